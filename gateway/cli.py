@@ -1,0 +1,105 @@
+"""``switchyard serve`` and ``switchyard check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from providers import PRESETS
+
+from .config import ConfigError, GatewayConfig, load_config
+from .settings import ProcessSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchyard", description="An OpenAI-compatible LLM gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the gateway.")
+    serve.add_argument("--config", help="providers.yaml to serve (default: $SWITCHYARD_CONFIG).")
+    serve.add_argument("--host", help="Address to bind (default: server.host, 127.0.0.1).")
+    serve.add_argument("--port", type=int, help="Port to bind (default: server.port, 8000).")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+    check = commands.add_parser("check-config", help="Validate a config file and say what it configures.")
+    check.add_argument("path")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.path)
+    return _serve(args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    print(describe(config))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = ProcessSettings()
+    path = args.config or settings.config
+    if path is None:
+        print(
+            "switchyard: no config given. Pass --config providers.yaml or set SWITCHYARD_CONFIG "
+            "(try: switchyard serve --config config.example.yaml).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    overrides = {
+        "host": args.host or settings.host,
+        "port": args.port if args.port is not None else settings.port,
+        "log_level": args.log_level or settings.log_level,
+    }
+    server = config.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    config = config.model_copy(update={"server": server})
+
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    configure_logging(server.log_level, config.secrets)
+    print(describe(config), file=sys.stderr)
+    print(f"switchyard: listening on http://{server.host}:{server.port}/v1", file=sys.stderr)
+    uvicorn.run(
+        create_app(config),
+        host=server.host,
+        port=server.port,
+        log_config=None,
+        log_level=server.log_level,
+        access_log=server.access_log,
+        server_header=False,
+    )
+    return 0
+
+
+def describe(config: GatewayConfig) -> str:
+    """What a config serves, in a few lines a person can check at a glance."""
+    lines = [f"providers ({len(config.providers)}):"]
+    for name, provider in config.providers.items():
+        preset = PRESETS[provider.type]
+        key = "key set" if provider.api_key else "no key"
+        if not provider.api_key and preset.requires_api_key:
+            key = f"no key: calls will fail until {preset.api_key_env} or api_key is set"
+        lines.append(f"  {name}: type={provider.type} base_url={provider.resolved_base_url} ({key})")
+    lines.append(f"models ({len(config.models)}):")
+    for name, model in config.models.items():
+        targets = ", ".join(f"{d.provider}/{d.model}" for d in model.deployments)
+        lines.append(f"  {name} -> {targets}")
+    if config.providers:
+        lines.append("any configured provider's model is also reachable as provider/model")
+    if config.fallbacks:
+        lines.append("note: `fallbacks:` is validated but not applied yet (router resilience is not built)")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""``providers.yaml``: read once at start, validated, then passed down immutable.
+
+This module is the one place that reads the process environment for the
+config file: ``${VAR}`` and ``${VAR:-default}`` in string values, and each
+preset's key variable (``OPENAI_API_KEY``, ...) for providers that name no
+``api_key``. A bad file fails here with the file, the field path and what
+was expected, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from providers import PRESETS, ProviderConfig
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``problems`` are ``path: what is wrong`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        return f"invalid config {self.source}:\n{lines}"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
+
+
+class DeploymentConfig(_Frozen):
+    provider: str = Field(description="A name from `providers:`.")
+    model: str = Field(min_length=1, description="The model's name at that provider.")
+
+
+class ModelConfig(_Frozen):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+
+
+class GatewayConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every provider key, for redaction in logs."""
+        return tuple(p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, interpolate and validate a config file; raise ConfigError when it is unusable."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    return parse_config(text, source=source, environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str]) -> GatewayConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the top level must be a mapping (server, providers, models, fallbacks)"])
+
+    problems: list[str] = []
+    raw = _interpolate(raw, environ, "", problems)
+    _default_api_keys(raw, environ)
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+    problems = _cross_reference_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Substitute ``${VAR}`` and ``${VAR:-default}`` in string values; ``$$`` is a literal ``$``."""
+    if isinstance(value, dict):
+        return {key: _interpolate(item, environ, _join(path, key), problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, environ, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set (write ${{{name}:-default}} to allow that)")
+        return ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def _default_api_keys(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """A provider with no ``api_key`` takes its preset's variable (``OPENAI_API_KEY``, ...)."""
+    providers = raw.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for entry in providers.values():
+        if not isinstance(entry, dict) or "api_key" in entry:
+            continue
+        preset = PRESETS.get(entry.get("type"))  # type: ignore[arg-type]
+        if preset is not None and preset.api_key_env and environ.get(preset.api_key_env):
+            entry["api_key"] = environ[preset.api_key_env]
+
+
+def _cross_reference_problems(config: GatewayConfig) -> list[str]:
+    problems = []
+    known_providers = ", ".join(config.providers) or "(none configured)"
+    for model_name, model in config.models.items():
+        for index, deployment in enumerate(model.deployments):
+            if deployment.provider not in config.providers:
+                problems.append(
+                    f"models.{model_name}.deployments[{index}].provider: unknown provider "
+                    f"{deployment.provider!r}; expected one of: {known_providers}"
+                )
+    for model_name, chain in config.fallbacks.items():
+        if model_name not in config.models:
+            problems.append(f"fallbacks.{model_name}: not a model under `models:`")
+        for index, fallback in enumerate(chain):
+            if fallback not in config.models:
+                problems.append(f"fallbacks.{model_name}[{index}]: {fallback!r} is not a model under `models:`")
+    return problems
+
+
+def _describe(error: Any) -> str:
+    location = ""
+    for part in error["loc"]:
+        location = f"{location}[{part}]" if isinstance(part, int) else _join(location, str(part))
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return f"{location or '(top level)'}: {message}"
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)

@@ -1,0 +1,63 @@
+"""The contract between the gateway and a provider adapter.
+
+A provider sends one OpenAI-shaped request to one upstream and answers with
+the upstream's bytes, or raises a :class:`~providers.errors.ProviderError`.
+It does not retry or fall back: those are the gateway's layers around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Endpoint(StrEnum):
+    """An OpenAI endpoint, named by its path below ``/v1``."""
+
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    endpoint: Endpoint
+    # The client's JSON body with ``model`` already set to the upstream's name.
+    # Fields the gateway does not know are kept: they are for the upstream.
+    payload: dict[str, Any]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A complete non-streamed 2xx answer, passed to the client unchanged."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamStream(Protocol):
+    """An open event stream whose status was 2xx.
+
+    Iterating yields each event's ``data`` payload (without the ``data:``
+    framing). Iteration ends normally only when the upstream sent
+    ``[DONE]``; a stream that ends or breaks before it raises
+    :class:`~providers.errors.StreamInterrupted` (or another ProviderError).
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def open_stream(self, request: UpstreamRequest) -> UpstreamStream: ...
+
+    async def aclose(self) -> None: ...

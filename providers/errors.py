@@ -1,0 +1,276 @@
+"""Errors that reach a client, in OpenAI's wire shape.
+
+Every error the gateway can show a client is an :class:`OpenAIError`: it
+carries the four fields of OpenAI's error body and the HTTP status, so one
+handler renders them all. Whether a failure may be retried on the same
+deployment, or may move on to another deployment, is a class attribute, never
+a guess from the message text::
+
+    OpenAIError                      (status, type, code, param, message)
+    └── ProviderError                an upstream call failed
+        ├── UpstreamRejected         upstream 4xx: the request itself is wrong
+        │   └── ContextWindowExceeded   400 context_length_exceeded
+        ├── UpstreamAuthFailed       401/403: the provider key is wrong
+        ├── UpstreamRateLimited      429                 retryable, fallback
+        ├── UpstreamServerError      5xx                 retryable, fallback
+        ├── UpstreamUnreachable      connect/DNS/reset   retryable, fallback -> 502
+        ├── UpstreamTimeout          no answer in time   retryable, fallback -> 504
+        └── UpstreamProtocolError    answer we cannot read           fallback -> 502
+
+The gateway adds its own subclasses for requests it rejects itself
+(see ``gateway.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status, when the body names none."""
+    if status >= 500:
+        return "api_error"
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+class OpenAIError(Exception):
+    """An error with OpenAI's body: ``{"error": {message, type, param, code}}``."""
+
+    status_code: int = 500
+    error_type: str = "api_error"
+    code: str | None = None
+    retryable: bool = False
+    fallback_allowed: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        if code is not None:
+            self.code = code
+        self.param = param
+        # Response headers worth keeping for the client, such as Retry-After.
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class ProviderError(OpenAIError):
+    """An upstream call failed; ``provider`` names the configured provider."""
+
+    status_code = 502
+
+    def __init__(self, message: str, *, provider: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.provider = provider
+
+
+class UpstreamRejected(ProviderError):
+    """The upstream refused the request as invalid; another deployment would too."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextWindowExceeded(UpstreamRejected):
+    """The prompt does not fit the model; a larger model may take it."""
+
+    code = "context_length_exceeded"
+
+
+class UpstreamAuthFailed(ProviderError):
+    """The provider refused our key: the gateway's configuration is wrong."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    fallback_allowed = True
+
+
+class UpstreamRateLimited(ProviderError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    retryable = True
+    fallback_allowed = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class UpstreamServerError(ProviderError):
+    status_code = 502
+    error_type = "api_error"
+    retryable = True
+    fallback_allowed = True
+
+
+class UpstreamUnreachable(ProviderError):
+    status_code = 502
+    error_type = "api_error"
+    retryable = True
+    fallback_allowed = True
+
+
+class UpstreamTimeout(ProviderError):
+    status_code = 504
+    error_type = "timeout_error"
+    retryable = True
+    fallback_allowed = True
+
+
+class UpstreamProtocolError(ProviderError):
+    """The upstream answered something that is not OpenAI's protocol."""
+
+    status_code = 502
+    error_type = "api_error"
+    fallback_allowed = True
+
+
+class StreamInterrupted(ProviderError):
+    """An event stream broke after it started: the answer is incomplete."""
+
+    status_code = 502
+    error_type = "api_error"
+    code = "stream_interrupted"
+
+
+def error_from_response(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    provider: str | None = None,
+) -> ProviderError:
+    """Map an upstream's non-2xx answer to the error class that says what to do next.
+
+    The upstream's own message, type, param and code are kept when its body has
+    OpenAI's shape; other shapes (``{"error": "text"}``, ``{"detail": ...}``,
+    ``{"message": ...}``, plain text) are normalised into it.
+    """
+    fields = _error_fields(body)
+    message = fields.get("message") or f"upstream answered HTTP {status}"
+    code = fields.get("code")
+    kept_headers = {}
+    retry_after = parse_retry_after(headers or {})
+    if retry_after is not None:
+        kept_headers["retry-after"] = str(max(1, round(retry_after)))
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "error_type": fields.get("type") or error_type_for_status(status),
+        "param": fields.get("param"),
+        "code": code,
+        "headers": kept_headers,
+        "provider": provider,
+    }
+    if status == 429:
+        return UpstreamRateLimited(message, retry_after=retry_after, **kwargs)
+    if status in (401, 403):
+        return UpstreamAuthFailed(message, **kwargs)
+    if status >= 500:
+        return UpstreamServerError(message, **kwargs)
+    if code == "context_length_exceeded":
+        return ContextWindowExceeded(message, **kwargs)
+    if status == 408:
+        return UpstreamTimeout(message, **kwargs)
+    if 400 <= status < 500:
+        return UpstreamRejected(message, **kwargs)
+    # A 1xx/3xx final answer: we asked for JSON and got neither data nor error.
+    kwargs["status_code"] = 502
+    return UpstreamProtocolError(f"upstream answered HTTP {status}", **kwargs)
+
+
+def _error_fields(body: bytes) -> dict[str, Any]:
+    """Pull OpenAI's error fields out of whatever shape the upstream used."""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return {"message": text[:1000]} if text else {}
+    if not isinstance(parsed, dict):
+        return {"message": str(parsed)[:1000]} if parsed is not None else {}
+    inner = parsed.get("error", parsed)
+    if isinstance(inner, str):
+        return {"message": inner}
+    if isinstance(inner, list) and inner and isinstance(inner[0], dict):
+        inner = inner[0]  # Google-style error lists
+    if not isinstance(inner, dict):
+        return {"message": str(inner)[:1000]}
+    message = inner.get("message") or inner.get("detail") or inner.get("msg")
+    if message is not None and not isinstance(message, str):
+        message = orjson.dumps(message).decode()
+    code = inner.get("code")
+    param = inner.get("param")
+    error_type = inner.get("type")
+    return {
+        "message": message,
+        "type": error_type if isinstance(error_type, str) else None,
+        "param": param if isinstance(param, str) else None,
+        # Some servers put the HTTP status in ``code``; OpenAI's code is a string.
+        "code": code if isinstance(code, str) else None,
+    }
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the upstream asked us to wait, from ``retry-after-ms`` or ``retry-after``."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    seconds = headers.get("retry-after")
+    if seconds:
+        try:
+            return max(0.0, float(seconds))
+        except ValueError:
+            return _seconds_until_http_date(seconds)
+    return None
+
+
+def _seconds_until_http_date(value: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

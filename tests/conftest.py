@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.servers import ServedApp
+
+PLANTED_KEY = "sk-planted-0123456789abcdef"
+
+GATEWAY_YAML = """
+providers:
+  fake:
+    type: custom
+    base_url: ${FAKE_URL}/v1
+    api_key: ${FAKE_KEY}
+    timeout: 2
+  impatient:
+    type: custom
+    base_url: ${FAKE_URL}/v1
+    api_key: ${FAKE_KEY}
+    timeout: 0.3
+  wrong-key:
+    type: custom
+    base_url: ${FAKE_URL}/v1
+    api_key: ${WRONG_KEY}
+  dead:
+    type: custom
+    base_url: http://127.0.0.1:9/v1
+    connect_timeout: 1
+models:
+  gpt-test:
+    deployments:
+      - {provider: fake, model: fake-model}
+  backed-up:
+    deployments:
+      - {provider: dead, model: fake-model}
+      - {provider: fake, model: fake-model}
+  embed-test:
+    deployments:
+      - {provider: fake, model: fake-embedder}
+"""
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeOpenAI, ServedApp]]:
+    fake = FakeOpenAI(api_key=PLANTED_KEY)
+    with ServedApp(fake) as served:
+        yield fake, served
+
+
+@pytest.fixture()
+def fake(fake_upstream: tuple[FakeOpenAI, ServedApp]) -> FakeOpenAI:
+    upstream = fake_upstream[0]
+    upstream.requests.clear()
+    upstream.disconnects.clear()
+    return upstream
+
+
+@pytest.fixture(scope="session")
+def gateway_config(fake_upstream: tuple[FakeOpenAI, ServedApp]) -> GatewayConfig:
+    environ = {"FAKE_URL": fake_upstream[1].url, "FAKE_KEY": PLANTED_KEY, "WRONG_KEY": PLANTED_KEY[::-1]}
+    return parse_config(GATEWAY_YAML, environ=environ)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_config: GatewayConfig) -> Iterator[ServedApp]:
+    with ServedApp(create_app(gateway_config)) as served:
+        yield served
+
+
+@pytest.fixture()
+def client(gateway: ServedApp) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
+
+
+@pytest.fixture()
+def async_client(gateway: ServedApp) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)

@@ -1,0 +1,1 @@
+"""Fakes of upstream providers, served on loopback sockets by the tests."""

@@ -1,0 +1,221 @@
+"""A fake OpenAI-compatible upstream, served for real on 127.0.0.1 by the tests.
+
+It answers like OpenAI's API (URL shape, Bearer auth, error bodies, SSE
+framing ending in ``data: [DONE]``) and records what it received. The model
+name in a request chooses a behaviour, so a test picks one through the
+gateway's config:
+
+    any name            a normal answer that quotes the last user message
+    status-<code>       that HTTP status with OpenAI's error body
+    plain-<code>        that HTTP status with a text/plain body
+    retry-after-<s>     429 with ``Retry-After: <s>``
+    slow-<seconds>      waits, then answers (a disconnect while waiting is recorded)
+    endless-stream      streams a chunk every 50 ms until the client leaves
+    broken-stream       streams two chunks, then drops the connection
+    json-for-stream     answers a stream request with plain JSON
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+Scope = dict[str, Any]
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeOpenAI:
+    api_key: str | None = None
+    requests: list[RecordedRequest] = field(default_factory=list)
+    # time.monotonic() of each client disconnect seen by a streaming answer
+    disconnects: list[float] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        payload = orjson.loads(body) if body else None
+        self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, payload))
+
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            given = headers.get("authorization", "").removeprefix("Bearer ")
+            # Echo the key it was given, as careless upstreams do: the gateway must mask it.
+            await _json(send, 401, _error(f"Incorrect API key provided: {given}.", "invalid_request_error", "invalid_api_key"))
+            return
+        route = (scope["method"], scope["path"])
+        if route == ("GET", "/v1/models"):
+            await _json(send, 200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+        elif route == ("POST", "/v1/chat/completions"):
+            await self._completion(payload, send, receive, chat=True)
+        elif route == ("POST", "/v1/completions"):
+            await self._completion(payload, send, receive, chat=False)
+        elif route == ("POST", "/v1/embeddings"):
+            await _json(send, 200, _embeddings(payload))
+        else:
+            await _json(send, 404, _error(f"Invalid URL ({scope['method']} {scope['path']})", "invalid_request_error"))
+
+    async def _completion(self, payload: dict[str, Any], send: Any, receive: Any, *, chat: bool) -> None:
+        model = payload["model"]
+        kind, _, argument = model.partition("-")
+        if kind == "status":
+            status = int(argument)
+            code = "context_length_exceeded" if status == 400 and "long" in str(payload) else None
+            await _json(send, status, _error(f"fake upstream error {status}", "invalid_request_error", code, param="messages"))
+            return
+        if kind == "plain":
+            await _raw(send, int(argument), b"upstream exploded", b"text/plain")
+            return
+        if kind == "retry" and argument.startswith("after-"):
+            retry_after = argument.removeprefix("after-")
+            await _raw(send, 429, orjson.dumps(_error("slow down", "rate_limit_error")), b"application/json", [(b"retry-after", retry_after.encode())])
+            return
+        if kind == "slow":
+            if await self._client_left_within(float(argument), receive):
+                return
+        text = _reply_text(payload, chat)
+        if not payload.get("stream"):
+            await _json(send, 200, _full_response(model, text, chat))
+            return
+        if model == "json-for-stream":
+            await _json(send, 200, _full_response(model, text, chat))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if model == "endless-stream":
+            await self._stream_until_disconnect(send, receive, model, chat)
+            return
+        chunks = _stream_chunks(model, text, chat)
+        include_usage = (payload.get("stream_options") or {}).get("include_usage")
+        if model == "broken-stream":
+            for chunk in chunks[:2]:
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+            raise ConnectionResetError("fake upstream drops the stream")  # uvicorn closes the socket
+        if include_usage:
+            chunks.append(_usage_chunk(model, text, chat))
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _client_left_within(self, seconds: float, receive: Any) -> bool:
+        """Wait up to ``seconds``; True (and recorded) if the client disconnected first."""
+        try:
+            async with asyncio.timeout(seconds):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        except TimeoutError:
+            return False
+        self.disconnects.append(time.monotonic())
+        return True
+
+    async def _stream_until_disconnect(self, send: Any, receive: Any, model: str, chat: bool) -> None:
+        async def write_forever() -> None:
+            index = 0
+            while True:
+                chunk = _stream_chunks(model, f"tick{index} ", chat)[1]
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+                index += 1
+                await asyncio.sleep(0.05)
+
+        writer = asyncio.ensure_future(write_forever())
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnects.append(time.monotonic())
+        finally:
+            writer.cancel()
+
+
+def _reply_text(payload: dict[str, Any], chat: bool) -> str:
+    if chat:
+        last = payload["messages"][-1].get("content")
+        said = last if isinstance(last, str) else "..."
+    else:
+        prompt = payload.get("prompt")
+        said = prompt if isinstance(prompt, str) else "..."
+    return f"You said: {said}"
+
+
+def _usage(text: str) -> dict[str, int]:
+    completion = len(text.split())
+    return {"prompt_tokens": 7, "completion_tokens": completion, "total_tokens": 7 + completion}
+
+
+def _full_response(model: str, text: str, chat: bool) -> dict[str, Any]:
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
+                "choices": [choice], "usage": _usage(text), "system_fingerprint": "fp_fake"}
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": model,
+            "choices": [choice], "usage": _usage(text)}
+
+
+def _stream_chunks(model: str, text: str, chat: bool) -> list[dict[str, Any]]:
+    pieces = [word + " " for word in text.split(" ")]
+    pieces[-1] = pieces[-1].rstrip()
+    if chat:
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return ([chunk({"role": "assistant", "content": ""}, None)]
+                + [chunk({"content": piece}, None) for piece in pieces]
+                + [chunk({}, "stop")])
+
+    def text_chunk(piece: str, finish: str | None) -> dict[str, Any]:
+        return {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": model,
+                "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}]}
+    return [text_chunk("", None)] + [text_chunk(piece, None) for piece in pieces] + [text_chunk("", "stop")]
+
+
+def _usage_chunk(model: str, text: str, chat: bool) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": 1700000000, "model": model, "choices": [], "usage": _usage(text)}
+
+
+def _embeddings(payload: dict[str, Any]) -> dict[str, Any]:
+    inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [float(len(str(text))), float(i), 0.5, -0.5]}
+        for i, text in enumerate(inputs)
+    ]
+    return {"object": "list", "data": data, "model": payload["model"],
+            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
+
+
+def _error(message: str, error_type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+async def _json(send: Any, status: int, content: Any) -> None:
+    await _raw(send, status, orjson.dumps(content), b"application/json")
+
+
+async def _raw(send: Any, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,1 @@
+"""OpenAPI-spec validation helpers for the Switchyard test suite."""
