@@ -225,13 +225,13 @@ def _error_fields(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace").strip()
         return {"message": text[:1000]} if text else {}
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+        parsed = parsed[0]  # some servers wrap the error object in a list
     if not isinstance(parsed, dict):
         return {"message": str(parsed)[:1000]} if parsed is not None else {}
     inner = parsed.get("error", parsed)
     if isinstance(inner, str):
         return {"message": inner}
-    if isinstance(inner, list) and inner and isinstance(inner[0], dict):
-        inner = inner[0]  # Google-style error lists
     if not isinstance(inner, dict):
         return {"message": str(inner)[:1000]}
     message = inner.get("message") or inner.get("detail") or inner.get("msg")

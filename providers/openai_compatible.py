@@ -7,6 +7,8 @@ an upstream's answer nor drops fields it does not know.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,6 +30,8 @@ from .sse import DONE, SSEDecoder
 
 logger = logging.getLogger(__name__)
 
+# How long to wait for the end of a stream's body after [DONE].
+_DRAIN_SECONDS = 0.5
 _STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
 
 
@@ -113,13 +117,16 @@ class EventStream:
     def __init__(self, response: httpx.Response, provider_name: str) -> None:
         self._response = response
         self._provider_name = provider_name
+        self._chunks = response.aiter_bytes()
+        self._finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self._chunks:
                 for data in decoder.feed(chunk):
                     if data == DONE:
+                        self._finished = True
                         return
                     yield data
         except httpx.HTTPError as exc:
@@ -134,4 +141,11 @@ class EventStream:
         )
 
     async def aclose(self) -> None:
+        if self._finished:
+            # Read the body's end (the chunked terminator follows [DONE]) so the
+            # connection goes back to the pool: a TLS connection is costly to reopen.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_DRAIN_SECONDS):
+                    async for _ in self._chunks:
+                        pass
         await self._response.aclose()

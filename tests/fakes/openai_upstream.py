@@ -33,6 +33,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    client_port: int
 
 
 @dataclass
@@ -56,7 +57,7 @@ class FakeOpenAI:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         payload = orjson.loads(body) if body else None
-        self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, payload))
+        self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, payload, scope["client"][1]))
 
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             given = headers.get("authorization", "").removeprefix("Bearer ")

@@ -56,6 +56,12 @@ async def test_async_stream_with_usage(async_client: openai.AsyncOpenAI) -> None
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
 
+def test_upstream_connection_is_reused_after_a_stream(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    for _ in range(3):
+        assert len(list(client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True))) == 6
+    assert len({request.client_port for request in fake.requests}) == 1
+
+
 def test_stream_is_relayed_before_the_upstream_finishes(client: openai.OpenAI, fake: FakeOpenAI) -> None:
     # The upstream never ends this stream: chunks can only arrive if each is forwarded as it comes.
     stream = client.chat.completions.create(model="fake/endless-stream", messages=HELLO, stream=True)
