@@ -18,7 +18,7 @@ from providers import OpenAIError, Provider, build_providers
 from .api import api_routes
 from .config import GatewayConfig
 from .disconnect import CancelOnDisconnectMiddleware
-from .errors import InvalidRequest, MethodNotAllowed, RouteNotFound, error_response
+from .errors import InvalidRequest, MethodNotAllowed, error_response, not_found_error
 from .health import health_routes
 from .request_id import RequestIdMiddleware
 from .router import Router
@@ -60,7 +60,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         if error.status_code == 404:
-            return error_response(RouteNotFound(request.method, request.url.path))
+            return error_response(not_found_error(request.method, request.url.path))
         if error.status_code == 405:
             return error_response(MethodNotAllowed(request.method, request.url.path))
         return error_response(OpenAIError(str(error.detail), status_code=error.status_code))

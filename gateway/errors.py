@@ -8,6 +8,7 @@ They join the tree drawn in ``providers.errors``::
         ├── InvalidRequest         400, names the offending param
         ├── ModelNotFound          404 model_not_found
         ├── RouteNotFound          404, unknown URL
+        ├── EndpointNotSupported   404, an OpenAI URL not served yet
         └── MethodNotAllowed       405
 """
 
@@ -45,6 +46,20 @@ class RouteNotFound(GatewayError):
         super().__init__(f"Invalid URL ({method} {path})")
 
 
+class EndpointNotSupported(GatewayError):
+    """An OpenAI endpoint this gateway does not serve (yet): say so, not just "no such URL"."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "unsupported_endpoint"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(
+            f"{method} {path} is an OpenAI endpoint that Switchyard does not serve yet; "
+            "see docs/compatibility.md for what it serves."
+        )
+
+
 class MethodNotAllowed(GatewayError):
     status_code = 405
     error_type = "invalid_request_error"
@@ -52,6 +67,34 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"Method {method} is not allowed for {path}")
+
+
+# OpenAI's endpoints that the gateway does not serve; docs/compatibility.md lists them too.
+UNSUPPORTED_OPENAI_PATHS = (
+    "/v1/responses",
+    "/v1/moderations",
+    "/v1/audio/",
+    "/v1/images/",
+    "/v1/files",
+    "/v1/uploads",
+    "/v1/batches",
+    "/v1/fine_tuning/",
+    "/v1/assistants",
+    "/v1/threads",
+    "/v1/vector_stores",
+    "/v1/realtime",
+    "/v1/evals",
+    "/v1/containers",
+    "/v1/conversations",
+    "/v1/videos",
+    "/v1/chat/completions/",  # stored completions
+)
+
+
+def not_found_error(method: str, path: str) -> GatewayError:
+    if path.startswith(UNSUPPORTED_OPENAI_PATHS):
+        return EndpointNotSupported(method, path)
+    return RouteNotFound(method, path)
 
 
 def error_response(error: OpenAIError) -> Response:

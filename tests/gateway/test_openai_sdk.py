@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
 from tests.conftest import PLANTED_KEY
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.openapi.spec import validate
+from tests.servers import ServedApp
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -236,3 +238,28 @@ def test_a_stream_that_breaks_raises_in_the_client(client: openai.OpenAI) -> Non
             received.append(chunk)
     assert len(received) == 2
     assert "before it finished" in caught.value.message
+
+
+def test_unknown_routes_and_methods(gateway: ServedApp, client: openai.OpenAI) -> None:
+    with httpx.Client(base_url=gateway.url) as http:
+        unknown = http.post("/v1/nothing-here", json={})
+        assert unknown.status_code == 404
+        validate("ErrorResponse", unknown.json())
+        assert unknown.json()["error"]["message"] == "Invalid URL (POST /v1/nothing-here)"
+
+        wrong_method = http.delete("/v1/chat/completions")
+        assert wrong_method.status_code == 405
+        validate("ErrorResponse", wrong_method.json())
+
+        truncated_json = b'{"model": "gpt-test", "messages": ['
+        malformed = http.post("/v1/chat/completions", content=truncated_json)
+        assert malformed.status_code == 400
+        validate("ErrorResponse", malformed.json())
+        assert "could not parse the JSON body" in malformed.json()["error"]["message"]
+
+        not_object = http.post("/v1/chat/completions", json=["a"])
+        assert not_object.status_code == 400
+
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.images.generate(prompt="a cat")
+    assert caught.value.code == "unsupported_endpoint"
