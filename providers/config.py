@@ -16,7 +16,7 @@ class ProviderConfig(BaseModel):
     timeout: float = Field(600.0, gt=0, description="Seconds to wait for each read from the upstream.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
     max_connections: int = Field(1000, ge=1, description="Pooled connections to this upstream.")
-    max_keepalive_connections: int = Field(200, ge=0, description="Idle connections kept open.")
+    keepalive_timeout: float = Field(30.0, gt=0, description="Seconds an idle pooled connection is kept open.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers on every upstream request.")
 
     @field_validator("type")

@@ -1,8 +1,14 @@
 """The adapter for any upstream that speaks OpenAI's HTTP API.
 
-One pooled ``httpx.AsyncClient`` per provider keeps connections alive across
-requests. Bodies are passed through as bytes: the gateway neither re-encodes
-an upstream's answer nor drops fields it does not know.
+One pooled ``aiohttp.ClientSession`` per provider keeps connections alive
+across requests. Bodies are passed through as bytes: the gateway neither
+re-encodes an upstream's answer nor drops fields it does not know.
+
+Why aiohttp and not httpx: on the hot path the client is most of the
+gateway's cost. Measured side by side against the same local upstream
+(``bench/overhead.py --clients``), httpx's AsyncClient spends about 0.9 ms of
+CPU per request, aiohttp about 0.15 ms (its HTTP parser is C, httpx's h11 is
+pure Python), and the gateway's whole budget is 1 ms.
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
-import httpx
+import aiohttp
 import orjson
+from yarl import URL
 
 from .base import Endpoint, UpstreamRequest, UpstreamResponse
 from .config import ProviderConfig
@@ -33,80 +40,83 @@ logger = logging.getLogger(__name__)
 # How long to wait for the end of a stream's body after [DONE].
 _DRAIN_SECONDS = 0.5
 _STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 class OpenAICompatibleProvider:
-    def __init__(
-        self,
-        name: str,
-        config: ProviderConfig,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         base_url = config.resolved_base_url
         assert base_url is not None  # ProviderConfig guarantees it
-        self._urls = {endpoint: httpx.URL(f"{base_url}/{endpoint.value}") for endpoint in Endpoint}
+        self._urls = {endpoint: URL(f"{base_url}/{endpoint.value}") for endpoint in Endpoint}
         api_key = config.api_key.get_secret_value() if config.api_key else None
         self._secrets = (api_key,) if api_key else ()
-        headers = {"content-type": "application/json", **config.headers}
+        self._headers = {"content-type": "application/json", **config.headers}
         if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_keepalive_connections,
-            ),
-            transport=transport,
-        )
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        http_request = self._build(request, headers=None)
         try:
-            response = await self._client.send(http_request)
-        except httpx.HTTPError as exc:
+            async with self._client().post(self._urls[request.endpoint], data=orjson.dumps(request.payload)) as response:
+                body = await response.read()
+        except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
-        if response.status_code >= 300:
-            raise self._upstream_error(response, response.content)
-        return UpstreamResponse(status=response.status_code, body=response.content)
+        if response.status >= 300:
+            raise self._upstream_error(response.status, body, response.headers)
+        return UpstreamResponse(status=response.status, body=body)
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
-        http_request = self._build(request, headers=_STREAM_HEADERS)
+        url = self._urls[request.endpoint]
         try:
-            response = await self._client.send(http_request, stream=True)
-            if response.status_code >= 300:
-                body = await response.aread()
-                await response.aclose()
-                raise self._upstream_error(response, body)
-        except httpx.HTTPError as exc:
+            response = await self._client().post(url, data=orjson.dumps(request.payload), headers=_STREAM_HEADERS)
+        except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            await response.aclose()
-            raise UpstreamProtocolError(
-                f"provider '{self.name}' answered a stream request without an event stream", provider=self.name
-            )
+        try:
+            if response.status >= 300:
+                body = await response.read()
+                raise self._upstream_error(response.status, body, response.headers)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise UpstreamProtocolError(
+                    f"provider '{self.name}' answered a stream request without an event stream", provider=self.name
+                )
+        except _TRANSPORT_ERRORS as exc:
+            response.close()
+            raise self._transport_error(exc) from None
+        except BaseException:
+            response.close()
+            raise
         return EventStream(response, self.name)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
-    def _build(self, request: UpstreamRequest, headers: dict[str, str] | None) -> httpx.Request:
-        return self._client.build_request(
-            "POST", self._urls[request.endpoint], content=orjson.dumps(request.payload), headers=headers
-        )
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: a session belongs to the event loop that runs it.
+        if self._session is None:
+            config = self._config
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=config.max_connections, limit_per_host=0, keepalive_timeout=config.keepalive_timeout
+                ),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.timeout),
+                raise_for_status=False,
+            )
+        return self._session
 
-    def _upstream_error(self, response: httpx.Response, body: bytes) -> ProviderError:
-        error = error_from_response(response.status_code, body, response.headers, provider=self.name)
+    def _upstream_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+        error = error_from_response(status, body, headers, provider=self.name)
         error.message = redact(error.message, self._secrets)
         return error
 
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+    def _transport_error(self, exc: BaseException) -> ProviderError:
         logger.warning("provider %s: %s: %s", self.name, type(exc).__name__, redact(str(exc), self._secrets))
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
             return UpstreamUnreachable(f"provider '{self.name}' is unreachable", provider=self.name)
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             return UpstreamTimeout(f"provider '{self.name}' did not answer in time", provider=self.name)
         return UpstreamUnreachable(f"provider '{self.name}' dropped the connection", provider=self.name)
 
@@ -114,23 +124,22 @@ class OpenAICompatibleProvider:
 class EventStream:
     """An upstream event stream whose status was 2xx; see ``UpstreamStream``."""
 
-    def __init__(self, response: httpx.Response, provider_name: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, provider_name: str) -> None:
         self._response = response
         self._provider_name = provider_name
-        self._chunks = response.aiter_bytes()
         self._finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         decoder = SSEDecoder()
         try:
-            async for chunk in self._chunks:
+            async for chunk in self._response.content.iter_any():
                 for data in decoder.feed(chunk):
                     if data == DONE:
                         self._finished = True
                         return
                     yield data
-        except httpx.HTTPError as exc:
-            cause = "stalled" if isinstance(exc, httpx.TimeoutException) else "broke"
+        except _TRANSPORT_ERRORS as exc:
+            cause = "stalled" if isinstance(exc, TimeoutError) else "broke"
             logger.warning("provider %s: stream %s: %s", self._provider_name, cause, type(exc).__name__)
             raise StreamInterrupted(
                 f"the stream from provider '{self._provider_name}' {cause} before it finished",
@@ -141,11 +150,12 @@ class EventStream:
         )
 
     async def aclose(self) -> None:
-        if self._finished:
-            # Read the body's end (the chunked terminator follows [DONE]) so the
-            # connection goes back to the pool: a TLS connection is costly to reopen.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_DRAIN_SECONDS):
-                    async for _ in self._chunks:
-                        pass
-        await self._response.aclose()
+        if not self._finished:
+            self._response.close()  # an unfinished body cannot be reused: drop the connection
+            return
+        # Read the body's end (the chunked terminator follows [DONE]) so the
+        # connection goes back to the pool: a TLS connection is costly to reopen.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                await self._response.content.read()
+        self._response.release()

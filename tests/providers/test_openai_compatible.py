@@ -1,99 +1,136 @@
-"""The adapter's translation, with httpx.MockTransport standing in for the network."""
+"""The adapter against scripted upstreams on real loopback sockets."""
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import AsyncIterator, Callable, Iterator
+
 import orjson
 import pytest
 
 from providers import Endpoint, ProviderConfig, UpstreamRequest
-from providers.errors import StreamInterrupted, UpstreamProtocolError, UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+from providers.errors import (
+    StreamInterrupted,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from providers.openai_compatible import OpenAICompatibleProvider
+from tests.fakes.scripted import Answer, DroppingServer, ScriptedUpstream
+from tests.servers import ServedApp
 
 KEY = "sk-secret-key-42"
+MakeProvider = Callable[..., OpenAICompatibleProvider]
+SSE = [(b"content-type", b"text/event-stream")]
 
 
-def make_provider(handler) -> OpenAICompatibleProvider:  # type: ignore[no-untyped-def]
-    config = ProviderConfig(type="custom", base_url="http://upstream.test/v1/", api_key=KEY, headers={"x-team": "a"})
-    return OpenAICompatibleProvider("up", config, transport=httpx.MockTransport(handler))
+@pytest.fixture()
+def upstream() -> Iterator[tuple[ScriptedUpstream, ServedApp]]:
+    scripted = ScriptedUpstream(script=lambda request: Answer(chunks=[b"{}"]))
+    with ServedApp(scripted) as served:
+        yield scripted, served
 
 
-def chat(**payload) -> UpstreamRequest:  # type: ignore[no-untyped-def]
+@pytest.fixture()
+async def make_provider() -> AsyncIterator[MakeProvider]:
+    made: list[OpenAICompatibleProvider] = []
+
+    def make(base_url: str, **overrides: object) -> OpenAICompatibleProvider:
+        config = ProviderConfig(type="custom", base_url=base_url, api_key=KEY, headers={"x-team": "a"}, **overrides)
+        made.append(OpenAICompatibleProvider("up", config))
+        return made[-1]
+
+    yield make
+    for provider in made:
+        await provider.aclose()
+
+
+def chat(**payload: object) -> UpstreamRequest:
     return UpstreamRequest(Endpoint.CHAT, {"model": "m", "messages": [], **payload})
 
 
-async def test_request_shape_and_passthrough_body() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=b'{"id": "x", "unknown_field": 1}')
-
-    provider = make_provider(handler)
+async def test_request_shape_and_passthrough_body(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    scripted.script = lambda request: Answer(chunks=[b'{"id": "x", ', b'"unknown_field": 1}'])
+    provider = make_provider(f"{served.url}/v1/")
     response = await provider.send(chat(top_k=3))
     assert response.body == b'{"id": "x", "unknown_field": 1}'
-    request = seen[0]
-    assert str(request.url) == "http://upstream.test/v1/chat/completions"
-    assert request.headers["authorization"] == f"Bearer {KEY}"
-    assert request.headers["x-team"] == "a"
-    assert orjson.loads(request.content) == {"model": "m", "messages": [], "top_k": 3}
+    seen = scripted.seen[0]
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["headers"]["authorization"] == f"Bearer {KEY}"
+    assert seen["headers"]["x-team"] == "a"
+    assert seen["headers"]["content-type"] == "application/json"
+    assert orjson.loads(seen["body"]) == {"model": "m", "messages": [], "top_k": 3}
 
 
-@pytest.mark.parametrize(
-    ("exc", "cls"),
-    [
-        (httpx.ConnectError("refused"), UpstreamUnreachable),
-        (httpx.ConnectTimeout("slow connect"), UpstreamUnreachable),
-        (httpx.ReadTimeout("slow read"), UpstreamTimeout),
-        (httpx.RemoteProtocolError("peer closed"), UpstreamUnreachable),
-    ],
-)
-async def test_transport_failures(exc: Exception, cls: type) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    with pytest.raises(cls) as caught:
-        await make_provider(handler).send(chat())
+async def test_unreachable_and_timeout(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    refused = make_provider("http://127.0.0.1:9/v1")
+    with pytest.raises(UpstreamUnreachable) as caught:
+        await refused.send(chat())
     assert caught.value.provider == "up"
 
+    scripted.script = lambda request: Answer(delay=1.0, chunks=[b"{}"])
+    impatient = make_provider(f"{served.url}/v1", timeout=0.2)
+    with pytest.raises(UpstreamTimeout):
+        await impatient.send(chat())
 
-async def test_echoed_key_is_redacted() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"error": {"message": f"bad key {KEY} given"}})
 
+async def test_dropped_connection_is_unreachable(make_provider: MakeProvider) -> None:
+    with DroppingServer() as server:
+        provider = make_provider(f"http://127.0.0.1:{server.port}/v1")
+        with pytest.raises(UpstreamUnreachable) as caught:
+            await provider.send(chat())
+        assert "dropped the connection" in caught.value.message
+
+
+async def test_echoed_key_is_redacted(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    body = orjson.dumps({"error": {"message": f"bad key {KEY} given"}})
+    scripted.script = lambda request: Answer(status=400, chunks=[body])
+    provider = make_provider(f"{served.url}/v1")
     with pytest.raises(UpstreamRejected) as caught:
-        await make_provider(handler).send(chat())
-    assert KEY not in caught.value.message
+        await provider.send(chat())
     assert caught.value.message == "bad key [redacted] given"
 
 
-async def test_stream_yields_events_until_done() -> None:
-    body = b'data: {"n":1}\n\n: ping\n\ndata: {"n":2}\n\ndata: [DONE]\n\n'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers["accept"] == "text/event-stream"
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
-
-    stream = await make_provider(handler).open_stream(chat(stream=True))
+async def test_stream_yields_events_until_done(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    chunks = [b'data: {"n":1}\n\n: ping\n\ndata: {"n"', b':2}\n\ndata: [DONE]\n\n']
+    scripted.script = lambda request: Answer(headers=SSE, chunks=chunks)
+    provider = make_provider(f"{served.url}/v1")
+    stream = await provider.open_stream(chat(stream=True))
     assert [event async for event in stream] == [b'{"n":1}', b'{"n":2}']
     await stream.aclose()
+    assert scripted.seen[0]["headers"]["accept"] == "text/event-stream"
 
 
-async def test_stream_without_done_is_interrupted() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=b'data: {"n":1}\n\n')
-
-    stream = await make_provider(handler).open_stream(chat(stream=True))
+async def test_stream_without_done_is_interrupted(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    scripted.script = lambda request: Answer(headers=SSE, chunks=[b'data: {"n":1}\n\n'])
+    provider = make_provider(f"{served.url}/v1")
+    stream = await provider.open_stream(chat(stream=True))
     events = []
     with pytest.raises(StreamInterrupted):
         async for event in stream:
             events.append(event)
+    await stream.aclose()
     assert events == [b'{"n":1}']
 
 
-async def test_stream_answered_with_json_is_a_protocol_error() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "not a stream"})
-
+async def test_stream_answered_with_json_is_a_protocol_error(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    scripted.script = lambda request: Answer(headers=[(b"content-type", b"application/json")], chunks=[b"{}"])
+    provider = make_provider(f"{served.url}/v1")
     with pytest.raises(UpstreamProtocolError):
-        await make_provider(handler).open_stream(chat(stream=True))
+        await provider.open_stream(chat(stream=True))
+
+
+async def test_stream_error_status_is_a_plain_error(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+    scripted, served = upstream
+    body = orjson.dumps({"error": {"message": "no", "type": "invalid_request_error", "code": "context_length_exceeded"}})
+    scripted.script = lambda request: Answer(status=400, headers=[(b"content-type", b"application/json")], chunks=[body])
+    provider = make_provider(f"{served.url}/v1")
+    with pytest.raises(UpstreamRejected) as caught:
+        await provider.open_stream(chat(stream=True))
+    assert caught.value.code == "context_length_exceeded"
