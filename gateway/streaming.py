@@ -1,6 +1,7 @@
 """Relay an upstream event stream to the client, event by event.
 
-Each event is written as soon as it is read: nothing is buffered. The stream
+Each event is written as soon as it is read: nothing is held back (events
+that arrived in one read are written in one message). The stream
 ends with ``data: [DONE]`` only when the upstream finished; if it breaks
 after the response has started, the client gets an error event in OpenAI's
 shape and no ``[DONE]``, so an SDK raises instead of returning half an answer.
@@ -38,8 +39,9 @@ class EventStreamResponse(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             try:
-                async for data in self.stream:
-                    await send({"type": "http.response.body", "body": encode_event(data), "more_body": True})
+                async for events in self.stream:
+                    body = b"".join([encode_event(data) for data in events])
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
             except ProviderError as error:
                 logger.warning("stream from %s interrupted: %s", error.provider, error.message)
                 await send({"type": "http.response.body", "body": encode_event(error.to_json()), "more_body": False})

@@ -42,13 +42,16 @@ class UpstreamResponse:
 class UpstreamStream(Protocol):
     """An open event stream whose status was 2xx.
 
-    Iterating yields each event's ``data`` payload (without the ``data:``
-    framing). Iteration ends normally only when the upstream sent
-    ``[DONE]``; a stream that ends or breaks before it raises
+    Iterating yields, for each read from the upstream, the ``data`` payloads
+    of the events it completed (without the ``data:`` framing), never an
+    empty list. Events that arrive together are relayed together: on this
+    path a write is a system call, and a burst of tokens should cost one.
+    Iteration ends normally only when the upstream sent ``[DONE]``; a stream
+    that ends or breaks before it raises
     :class:`~providers.errors.StreamInterrupted` (or another ProviderError).
     """
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
 
     async def aclose(self) -> None: ...
 

@@ -129,15 +129,18 @@ class EventStream:
         self._provider_name = provider_name
         self._finished = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
         try:
             async for chunk in self._response.content.iter_any():
-                for data in decoder.feed(chunk):
-                    if data == DONE:
-                        self._finished = True
-                        return
-                    yield data
+                events = decoder.feed(chunk)
+                if DONE in events:
+                    self._finished = True
+                    if events[0] != DONE:
+                        yield events[: events.index(DONE)]
+                    return
+                if events:
+                    yield events
         except _TRANSPORT_ERRORS as exc:
             cause = "stalled" if isinstance(exc, TimeoutError) else "broke"
             logger.warning("provider %s: stream %s: %s", self._provider_name, cause, type(exc).__name__)

@@ -100,7 +100,8 @@ async def test_stream_yields_events_until_done(upstream: tuple[ScriptedUpstream,
     scripted.script = lambda request: Answer(headers=SSE, chunks=chunks)
     provider = make_provider(f"{served.url}/v1")
     stream = await provider.open_stream(chat(stream=True))
-    assert [event async for event in stream] == [b'{"n":1}', b'{"n":2}']
+    events = [event async for batch in stream for event in batch]
+    assert events == [b'{"n":1}', b'{"n":2}']
     await stream.aclose()
     assert scripted.seen[0]["headers"]["accept"] == "text/event-stream"
 
@@ -112,8 +113,8 @@ async def test_stream_without_done_is_interrupted(upstream: tuple[ScriptedUpstre
     stream = await provider.open_stream(chat(stream=True))
     events = []
     with pytest.raises(StreamInterrupted):
-        async for event in stream:
-            events.append(event)
+        async for batch in stream:
+            events.extend(batch)
     await stream.aclose()
     assert events == [b'{"n":1}']
 
