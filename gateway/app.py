@@ -1,4 +1,12 @@
-"""Assemble the ASGI application from a validated config."""
+"""Assemble the ASGI application from a validated config.
+
+::
+
+    RequestIdMiddleware                 x-request-id on every response
+    └── CancelOnDisconnectMiddleware    client gone -> request cancelled
+        └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
+            └── FastAPI                 models, health, /docs, errors for unknown URLs
+"""
 
 from __future__ import annotations
 
@@ -12,14 +20,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from providers import OpenAIError, Provider, build_providers
 
-from .api import api_routes
 from .config import GatewayConfig
 from .disconnect import CancelOnDisconnectMiddleware
-from .errors import InvalidRequest, MethodNotAllowed, error_response, not_found_error
+from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
 from .health import health_routes
+from .model_list import model_routes
+from .relay import RELAY_PATHS, GatewayApp
 from .request_id import RequestIdMiddleware
 from .router import Router
 from .validation import REQUEST_MODELS
@@ -29,8 +39,8 @@ logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 
 
-def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> FastAPI:
-    """The gateway for ``config``; ``providers`` replaces the adapters built from it (tests)."""
+def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> ASGIApp:
+    """The gateway for ``config``; ``providers`` replaces the adapters built from it."""
     adapters = dict(providers) if providers is not None else build_providers(config.providers)
     router = Router(config.models, adapters)
 
@@ -40,16 +50,12 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
         for adapter in adapters.values():
             await adapter.aclose()
 
-    app = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
-    app.state.router = router
-    app.include_router(api_routes(router))
-    app.include_router(health_routes(router))
-    _install_error_handlers(app)
-    # The middleware added last runs first: every response, even an error, gets its request id.
-    app.add_middleware(CancelOnDisconnectMiddleware)
-    app.add_middleware(RequestIdMiddleware)
-    app.openapi = lambda: _openapi_schema(app)  # type: ignore[method-assign]
-    return app
+    api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
+    api.include_router(model_routes(router))
+    api.include_router(health_routes(router))
+    _install_error_handlers(api)
+    api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
+    return RequestIdMiddleware(CancelOnDisconnectMiddleware(GatewayApp(router, api)))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -73,7 +79,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(OpenAIError("The server had an error while processing your request."))
+        return error_response(InternalError())
 
     app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -82,12 +88,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _openapi_schema(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in REQUEST_MODELS.values():
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        app.openapi_schema = schema
-    return app.openapi_schema
+    """FastAPI's schema, plus the relay endpoints that bypass it."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, endpoint in RELAY_PATHS.items():
+        model = REQUEST_MODELS[endpoint]
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+        schema["paths"][path] = {
+            "post": {
+                "tags": ["openai"],
+                "summary": f"Create {endpoint.value.replace('/', ' ').rstrip('s')}",
+                "description": "OpenAI-compatible; fields not listed here are forwarded to the upstream unchanged.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                },
+                "responses": {
+                    "200": {"description": "The upstream's answer: JSON, or an event stream when `stream` is true."},
+                    "default": {"description": "An error in OpenAI's shape: {\"error\": {message, type, param, code}}."},
+                },
+            }
+        }
+    app.openapi_schema = schema
+    return schema

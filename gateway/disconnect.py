@@ -3,7 +3,7 @@
 Once the request body has been read, a watcher waits for the client's
 ``http.disconnect``. If it comes before the response is complete, the task
 running the request is cancelled, and the cancellation runs through the
-upstream call (``httpx`` closes that connection) wherever it is waiting: for
+upstream call (aiohttp closes that connection) wherever it is waiting: for
 a non-streamed answer, for the first event, or between two events.
 """
 

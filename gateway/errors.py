@@ -5,6 +5,7 @@ They join the tree drawn in ``providers.errors``::
     OpenAIError
     ├── ProviderError ...          an upstream failed (providers.errors)
     └── GatewayError               the gateway refused the request itself
+        ├── InternalError          500, a bug; details only in the log
         ├── InvalidRequest         400, names the offending param
         ├── ModelNotFound          404 model_not_found
         ├── RouteNotFound          404, unknown URL
@@ -21,6 +22,16 @@ from providers.errors import OpenAIError
 
 class GatewayError(OpenAIError):
     pass
+
+
+class InternalError(GatewayError):
+    """A bug in the gateway: logged with its traceback, shown to the client without it."""
+
+    status_code = 500
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("The server had an error while processing your request.")
 
 
 class InvalidRequest(GatewayError):

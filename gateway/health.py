@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
-from .api import json_response
+from .model_list import json_response
 from .router import Router
 
 

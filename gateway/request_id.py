@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
+import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +22,7 @@ class RequestIdMiddleware:
             return
         raw_id = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
         if raw_id is None or not _CLIENT_ID.fullmatch(raw_id):
-            raw_id = uuid.uuid4().hex.encode()
+            raw_id = os.urandom(16).hex().encode()
         scope.setdefault("state", {})["request_id"] = raw_id.decode()
         header = (b"x-request-id", raw_id)
 

@@ -1,0 +1,90 @@
+"""The endpoints that carry model traffic, served as plain ASGI.
+
+Chat completions, completions and embeddings are most of what a gateway
+serves, so they skip the web framework: FastAPI's routing, dependency
+solving and Request/Response objects cost about half of the gateway's CPU
+per request (docs/performance.md). Everything else (models, health, docs,
+unknown URLs) is served by FastAPI behind this dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from providers import Endpoint, OpenAIError
+
+from .errors import InternalError, MethodNotAllowed
+from .router import Deployment, Router
+from .streaming import relay_event_stream
+from .validation import parse_body
+
+logger = logging.getLogger(__name__)
+
+RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
+STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class GatewayApp:
+    """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
+
+    def __init__(self, router: Router, fallback: ASGIApp) -> None:
+        self._router = router
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self._fallback(scope, receive, send)
+        elif scope["method"] != "POST":
+            await send_error(send, MethodNotAllowed(scope["method"], scope["path"]))
+        else:
+            await self._relay(scope, receive, send, endpoint)
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        try:
+            payload = parse_body(await read_body(receive), endpoint)
+            request_id = scope["state"]["request_id"]
+            if payload.get("stream") is True and endpoint in STREAMABLE:
+                routed_stream = await self._router.open_stream(endpoint, payload, request_id)
+                await relay_event_stream(routed_stream.answer, deployment_headers(routed_stream.deployment), send)
+                return
+            routed = await self._router.send(endpoint, payload, request_id)
+        except OpenAIError as error:
+            await send_error(send, error)
+            return
+        except Exception:
+            # relay_event_stream never raises after the response started, so none has.
+            logger.exception("unexpected error on POST %s", scope["path"])
+            await send_error(send, InternalError())
+            return
+        headers = [JSON_CONTENT_TYPE, *deployment_headers(routed.deployment)]
+        await send({"type": "http.response.start", "status": routed.answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": routed.answer.body})
+
+
+async def read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        parts.append(message.get("body", b""))
+    return b"".join(parts)
+
+
+def deployment_headers(deployment: Deployment) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-switchyard-provider", deployment.provider_name.encode()),
+        (b"x-switchyard-model", deployment.model.encode()),
+    ]
+
+
+async def send_error(send: Send, error: OpenAIError) -> None:
+    headers = [JSON_CONTENT_TYPE, *((k.encode(), v.encode()) for k, v in error.headers.items())]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": error.to_json()})
