@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from .asgi import read_request, serve_lifespan
+
 Scope = dict[str, Any]
 
 
@@ -45,17 +47,9 @@ class FakeOpenAI:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        headers, body = await read_request(scope, receive)
         payload = orjson.loads(body) if body else None
         self.requests.append(RecordedRequest(scope["method"], scope["path"], headers, payload, scope["client"][1]))
 

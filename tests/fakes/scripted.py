@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .asgi import read_request, serve_lifespan
+
 
 @dataclass
 class Answer:
@@ -27,17 +29,10 @@ class ScriptedUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        request = {"path": scope["path"], "headers": {k.decode(): v.decode() for k, v in scope["headers"]}, "body": body}
+        headers, body = await read_request(scope, receive)
+        request = {"path": scope["path"], "headers": headers, "body": body}
         self.seen.append(request)
         answer = self.script(request)
         await asyncio.sleep(answer.delay)
