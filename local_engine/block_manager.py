@@ -1,0 +1,175 @@
+"""Paged KV-cache blocks: allocation, reference counts and prefix caching.
+
+The cache is a pool of ``num_blocks`` blocks of ``block_size`` token slots.
+A sequence's ``block_table`` lists its blocks in token order::
+
+    block_size = 4, 10 tokens computed
+    token index   0 1 2 3 | 4 5 6 7 | 8 9 . .
+    block_table [    7    |    2    |    5    ]
+    slot(i) = block_table[i // 4] * 4 + i % 4        slot(9) = 5 * 4 + 1 = 21
+
+A block full of computed tokens is keyed by a hash chained to its parent's,
+``h1 = H(h0, tokens 4..7)``, so any sequence whose tokens match (a shared
+system prompt, the n outputs of one request) can use it instead of
+computing it again. A lookup is confirmed by the block's token ids and by
+its parent block, so a hash collision can cost a cache miss, never a wrong
+answer.
+
+A block with ``ref_count == 0`` is free. Free blocks keep their hash and
+stay findable until the pool hands them out again, least recently freed
+first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence as Tokens
+from dataclasses import dataclass
+
+from .sequence import Sequence
+
+HashFn = Callable[[int | None, tuple[int, ...]], int]
+
+
+def hash_block(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
+    """Python's tuple hash: deterministic for ints, and fast."""
+    return hash((parent_hash, token_ids))
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    block_hash: int | None = None
+    token_ids: tuple[int, ...] = ()
+    parent_id: int | None = None  # the block before this one when it was hashed
+
+
+class BlockManager:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        enable_prefix_caching: bool = True,
+        hash_fn: HashFn = hash_block,
+    ) -> None:
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        self._hash = hash_fn
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        # Free block ids, least recently freed first (dict order: O(1) removal when a cached block is reused).
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._cached: dict[int, int] = {}  # block hash -> block id
+        self._num_hashed: dict[int, int] = {}  # seq_id -> leading blocks of its table already hashed
+        self.prefix_queries = 0  # prompt blocks looked up
+        self.prefix_hits = 0  # of those, found
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by sequences."""
+        return 1.0 - len(self._free) / self.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def cached_prefix(self, token_ids: Tokens[int], num_prompt_tokens: int) -> list[int]:
+        """Ids of the longest run of the prompt's leading full blocks found in the cache.
+
+        The prompt's last token is never served from the cache: its logits
+        are needed to sample the first output token.
+        """
+        if not self.enable_prefix_caching:
+            return []
+        size = self.block_size
+        hits: list[int] = []
+        parent_hash: int | None = None
+        for index in range((num_prompt_tokens - 1) // size):
+            tokens = tuple(token_ids[index * size : (index + 1) * size])
+            block_hash = self._hash(parent_hash, tokens)
+            block_id = self._cached.get(block_hash)
+            self.prefix_queries += 1
+            if block_id is None:
+                break
+            block = self.blocks[block_id]
+            if block.token_ids != tokens or block.parent_id != (hits[-1] if hits else None):
+                break  # a hash collision: not the block we are looking for
+            self.prefix_hits += 1
+            hits.append(block_id)
+            parent_hash = block_hash
+        return hits
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, cached_blocks: Tokens[int] = ()) -> bool:
+        """Give ``seq`` slots for ``num_new_tokens`` more tokens; False, changing nothing, if the pool is short.
+
+        ``cached_blocks`` (from :meth:`cached_prefix`, for a sequence with no
+        blocks yet) are shared and count as computed tokens.
+        """
+        num_computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size
+        num_new_blocks = self.blocks_needed(num_computed + num_new_tokens) - len(seq.block_table) - len(cached_blocks)
+        num_revived = sum(1 for block_id in cached_blocks if self.blocks[block_id].ref_count == 0)
+        if num_new_blocks + num_revived > len(self._free):
+            return False
+        for block_id in cached_blocks:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:
+                del self._free[block_id]
+            block.ref_count += 1
+            seq.block_table.append(block_id)
+        if cached_blocks:
+            seq.num_computed_tokens = num_computed
+            self._num_hashed[seq.seq_id] = len(cached_blocks)
+        for _ in range(max(0, num_new_blocks)):
+            seq.block_table.append(self._take_free_block())
+        return True
+
+    def cache_full_blocks(self, seq: Sequence) -> None:
+        """Make ``seq``'s blocks that are now full of computed tokens findable by others."""
+        if not self.enable_prefix_caching:
+            return
+        size = self.block_size
+        num_full = seq.num_computed_tokens // size
+        start = self._num_hashed.get(seq.seq_id, 0)
+        if start >= num_full:
+            return
+        table = seq.block_table
+        parent = self.blocks[table[start - 1]] if start else None
+        for index in range(start, num_full):
+            block = self.blocks[table[index]]
+            if block.block_hash is None:
+                block.token_ids = tuple(seq.token_ids[index * size : (index + 1) * size])
+                block.block_hash = self._hash(parent.block_hash if parent else None, block.token_ids)
+                block.parent_id = parent.block_id if parent else None
+                # On a collision the first block keeps the key; lookups confirm by tokens.
+                self._cached.setdefault(block.block_hash, block.block_id)
+            parent = block
+        self._num_hashed[seq.seq_id] = num_full
+
+    def free(self, seq: Sequence) -> None:
+        """Release ``seq``'s blocks; its hashed blocks stay findable until reused."""
+        # Tail blocks first: they are the least likely to be shared, so the first evicted.
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block_id] = None
+        seq.block_table.clear()
+        seq.num_computed_tokens = 0
+        self._num_hashed.pop(seq.seq_id, None)
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self._free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.block_hash is not None:
+            if self._cached.get(block.block_hash) == block_id:
+                del self._cached[block.block_hash]
+            block.block_hash = None
+            block.token_ids = ()
+            block.parent_id = None
+        block.ref_count = 1
+        return block_id
