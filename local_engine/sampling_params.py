@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+_GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     n: int = 1
@@ -47,6 +50,9 @@ class SamplingParams:
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
+        if self.logit_bias:
+            # OpenAI's JSON has string keys ("50256"); the sampler indexes by int.
+            object.__setattr__(self, "logit_bias", {int(token): float(bias) for token, bias in self.logit_bias.items()})
         problems = self._problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -68,10 +74,15 @@ class SamplingParams:
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
             ),
             (self.logprobs is None or self.logprobs >= 0, f"logprobs must be non-negative, got {self.logprobs}"),
+            (
+                all(-100 <= bias <= 100 for bias in (self.logit_bias or {}).values()),
+                "logit_bias values must be in [-100, 100]",
+            ),
             (all(self.stop), "stop strings must not be empty"),
         ]
         return [message for ok, message in checks if not ok]
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, dividing by the temperature overflows to the argmax anyway.
+        return self.temperature < _GREEDY_BELOW
