@@ -60,9 +60,7 @@ class GatewayApp:
             logger.exception("unexpected error on POST %s", scope["path"])
             await send_error(send, InternalError())
             return
-        headers = [JSON_CONTENT_TYPE, *deployment_headers(routed.deployment)]
-        await send({"type": "http.response.start", "status": routed.answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": routed.answer.body})
+        await send_json(send, routed.answer.status, routed.answer.body, deployment_headers(routed.deployment))
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -85,6 +83,12 @@ def deployment_headers(deployment: Deployment) -> list[tuple[bytes, bytes]]:
 
 
 async def send_error(send: Send, error: OpenAIError) -> None:
-    headers = [JSON_CONTENT_TYPE, *((k.encode(), v.encode()) for k, v in error.headers.items())]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": error.to_json()})
+    extra = [(name.encode(), value.encode()) for name, value in error.headers.items()]
+    await send_json(send, error.status_code, error.to_json(), extra)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    # content-length, not chunked: clients and proxies handle a sized body best.
+    start = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})

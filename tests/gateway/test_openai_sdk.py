@@ -263,3 +263,11 @@ def test_unknown_routes_and_methods(gateway: ServedApp, client: openai.OpenAI) -
     with pytest.raises(openai.NotFoundError) as caught:
         client.images.generate(prompt="a cat")
     assert caught.value.code == "unsupported_endpoint"
+
+
+def test_json_answers_are_sized_not_chunked(gateway: ServedApp) -> None:
+    body = {"model": "gpt-test", "messages": HELLO}
+    with httpx.Client(base_url=gateway.url) as http:
+        for response in (http.post("/v1/chat/completions", json=body), http.post("/v1/chat/completions", json={})):
+            assert response.headers["content-length"] == str(len(response.content))
+            assert "transfer-encoding" not in response.headers
