@@ -1,5 +1,21 @@
-"""Switchyard's local inference engine (paged KV cache, continuous batching).
+"""Switchyard's local inference engine: paged KV cache, continuous batching, a full sampler.
 
-Not built yet: see the project's issue "Local inference engine". Nothing here
-is imported by the gateway until then.
+Imports nothing from ``gateway`` or ``providers``.
 """
+
+from .config import EngineConfig
+from .llm import LLM
+from .llm_engine import LLMEngine, PromptTooLong
+from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .sampling_params import SamplingParams
+
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "EngineConfig",
+    "LLMEngine",
+    "PromptTooLong",
+    "RequestOutput",
+    "SamplingParams",
+    "TokenLogprob",
+]

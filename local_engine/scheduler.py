@@ -59,6 +59,7 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0  # since start, for metrics
 
     @property
     def has_unfinished(self) -> bool:
@@ -122,4 +123,5 @@ class Scheduler:
         self.block_manager.free(seq)  # also resets num_computed_tokens: it will be recomputed
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(seq)

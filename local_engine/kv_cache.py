@@ -1,0 +1,80 @@
+"""The paged KV cache: one pool of blocks shared by every layer.
+
+Each layer owns a K and a V tensor of ``num_blocks * block_size`` token
+slots. A slot is addressed by the flat index the block manager defines::
+
+    slot(i) = block_table[i // block_size] * block_size + i % block_size
+
+    k_flat   [num_blocks * block_size, num_kv_heads, head_dim]   written per token at slot_mapping
+    k_blocks [num_blocks, block_size, num_kv_heads, head_dim]    the same memory, gathered per block
+
+Gathering whole blocks (``k_blocks[block_table]``) moves ``block_size`` tokens
+per index instead of one, which is what makes decode attention cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class LayerKV:
+    """One layer's K and V; the flat and block views share storage."""
+
+    k: torch.Tensor  # [num_slots, num_kv_heads, head_dim]
+    v: torch.Tensor
+    k_blocks: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_blocks: torch.Tensor
+
+
+class KVCache:
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        """Bytes one block takes across all layers, K and V."""
+        element_size = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * element_size
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.num_layers = num_layers
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = device
+        # Zeroed, not empty: padded attention reads slots no sequence wrote, and
+        # a NaN there would survive the mask (NaN * 0 is NaN).
+        self.storage = torch.zeros(
+            2, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
+        )
+        num_slots = num_blocks * block_size
+        self.layers: list[LayerKV] = [
+            LayerKV(
+                k=self.storage[0, layer].view(num_slots, num_kv_heads, head_dim),
+                v=self.storage[1, layer].view(num_slots, num_kv_heads, head_dim),
+                k_blocks=self.storage[0, layer],
+                v_blocks=self.storage[1, layer],
+            )
+            for layer in range(num_layers)
+        ]
+
+    def __getitem__(self, layer: int) -> LayerKV:
+        return self.layers[layer]
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    @property
+    def num_bytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
