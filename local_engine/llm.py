@@ -5,7 +5,7 @@
     llm = LLM()                      # the embedded SmolLM2-135M-Instruct
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=8))
     print(out[0].outputs[0].text)
-    print(llm.chat([{"role": "user", "content": "Hi!"}])[0].outputs[0].text)
+    print(llm.chat([{"role": "user", "content": "Hi!"}], SamplingParams(temperature=0))[0].outputs[0].text)
 """
 
 from __future__ import annotations
