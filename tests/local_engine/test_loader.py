@@ -32,17 +32,9 @@ from local_engine.device import cpu_has_native_bf16, cpuinfo_flags, resolve_devi
 from local_engine.kv_cache import KVCache
 from local_engine.loader import LoadedModel, load_model
 from local_engine.model import LlamaForCausalLM
+from tests.local_engine.tiny import TINY
 
 CPU = torch.device("cpu")
-TINY = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
 
 
 def save_tokenizer(directory: Path) -> None:

@@ -30,20 +30,12 @@ from local_engine.attention import AttentionMetadata
 from local_engine.model.linear import FrozenLinear, can_pack_for_cpu
 from local_engine.kv_cache import KVCache
 from local_engine.model import LlamaForCausalLM
+from tests.local_engine.tiny import TINY
 
 CPU = torch.device("cpu")
 BLOCK_SIZE = 4
 NUM_BLOCKS = 32
 ATOL = 1e-5
-TINY = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "factor": 8.0,
