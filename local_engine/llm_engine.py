@@ -51,7 +51,6 @@ class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
     tracks: list[_Track]
-    num_cached_tokens: int = 0
 
 
 class LLMEngine:
@@ -176,6 +175,7 @@ class LLMEngine:
                 )
                 for track in request.tracks
             ],
+            num_cached_tokens=request.tracks[0].seq.num_cached_tokens,
         )
 
     def _num_kv_blocks(self, model: LlamaForCausalLM) -> int:

@@ -99,6 +99,8 @@ class Scheduler:
             if not self.block_manager.allocate(seq, num_new, cached):
                 break
             self.waiting.popleft()
+            if not seq.num_preemptions:
+                seq.num_cached_tokens = len(cached) * self.block_manager.block_size
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             output.scheduled.append(ScheduledSequence(seq, num_new))

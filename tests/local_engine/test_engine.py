@@ -99,6 +99,7 @@ def test_prefix_caching_shares_blocks_and_keeps_outputs(hf_model: HFLlama, smoll
     arrivals = {0: [("r0", batch[0], GREEDY)], 2: [(f"r{i}", batch[i], GREEDY) for i in range(1, 5)]}
     finished = run_to_end(engine, arrivals)
     assert engine.block_manager.prefix_hits >= 4 * (len(system) // BLOCK)
+    assert all(finished[f"r{i}"].num_cached_tokens >= 16 for i in range(1, 5))
     assert_matches_reference(hf_model, finished, batch)
 
 
