@@ -4,7 +4,7 @@ The step's tokens are laid out flat, sequence after sequence::
 
     seq A: prefill chunk of 3    seq B: decode    seq C: decode
     input_ids  [a5 a6 a7 | b9 | c4]
-    positions  [ 5  6  7 |  9 |  4]
+    positions  [ 5  6  7 |  9 |  4]     (AttentionMetadata derives them from the lengths)
     query_lens [3, 1, 1]   context_lens [8, 10, 5]
 
 Logits are computed only for the last token of each sequence whose tokens
@@ -41,7 +41,6 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, step: SchedulerOutput) -> StepResult:
         input_ids: list[int] = []
-        positions: list[int] = []
         query_lens: list[int] = []
         context_lens: list[int] = []
         block_tables: list[list[int]] = []
@@ -52,7 +51,6 @@ class ModelRunner:
             start = seq.num_computed_tokens
             end = start + item.num_new_tokens
             input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
             query_lens.append(item.num_new_tokens)
             context_lens.append(end)
             block_tables.append(seq.block_table)
@@ -61,10 +59,7 @@ class ModelRunner:
                 sampled_seqs.append(seq)
         metadata = AttentionMetadata.build(query_lens, context_lens, block_tables, self.block_size, self.device)
         hidden = self.model.forward(
-            torch.tensor(input_ids, dtype=torch.long, device=self.device),
-            torch.tensor(positions, dtype=torch.long, device=self.device),
-            metadata,
-            self.kv_cache,
+            torch.tensor(input_ids, dtype=torch.long, device=self.device), metadata.positions, metadata, self.kv_cache
         )
         if not sampled_seqs:
             return StepResult([])
