@@ -189,3 +189,25 @@ def test_smollm2_matches_transformers_and_knows_paris() -> None:
         with torch.inference_mode():
             expected = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
         assert reply.outputs[0].token_ids == expected
+
+
+def test_offline_api_accepts_text_token_ids_and_conversations(hf_model: HFLlama, smollm2_tokenizer: PreTrainedTokenizerBase) -> None:
+    from local_engine import LLM
+
+    llm = LLM(loaded=make_engine(hf_model, smollm2_tokenizer).loaded, block_size=BLOCK, kv_cache_bytes=1 << 22)
+    prompt_ids = prompts(1)[0]
+    expected = reference(hf_model, prompt_ids, 12)
+    by_ids = llm.generate(prompt_ids, GREEDY)
+    assert len(by_ids) == 1 and by_ids[0].outputs[0].token_ids == expected
+
+    text = smollm2_tokenizer.decode(prompt_ids)
+    many = llm.generate([text, text], [GREEDY, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)])
+    assert [len(out.outputs[0].token_ids) for out in many] == [12, 3]
+    assert many[0].prompt == text
+
+    conversation = [{"role": "user", "content": "hello"}]
+    replies = llm.chat([conversation, conversation], GREEDY)
+    assert replies[0].outputs[0].token_ids == replies[1].outputs[0].token_ids
+    assert replies[0].prompt is not None and replies[0].prompt.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError):
+        llm.generate([text, text], [GREEDY])
