@@ -121,17 +121,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8, 32 new tokens")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--quantization", choices=["int4", "int8"], help="weight-only copies for decode steps")
     args = parser.parse_args()
     levels = [1, 8] if args.quick else [int(c) for c in args.concurrency.split(",")]
     max_tokens = 32 if args.quick else args.max_tokens
 
     loaded = load_model(None, dtype=args.dtype)
-    engine = LLMEngine(EngineConfig(max_num_seqs=max(levels), dtype=args.dtype), loaded)
     hf_model = None
     if not args.skip_transformers:
         hf_model = AutoModelForCausalLM.from_pretrained(loaded.model_dir, dtype=loaded.model.dtype).eval()
+    config = EngineConfig(max_num_seqs=max(levels), dtype=args.dtype, quantization=args.quantization)
+    engine = LLMEngine(config, loaded)
     run_engine(engine, chat_prompts(loaded, 2), 8)  # warm-up: first-call allocations
-    print(f"SmolLM2-135M-Instruct, {loaded.model.dtype}, {torch.get_num_threads()} threads, {max_tokens} new tokens per request\n")
+    weights = f"{loaded.model.dtype}" + (f", {args.quantization} decode weights" if args.quantization else "")
+    print(f"SmolLM2-135M-Instruct, {weights}, {torch.get_num_threads()} threads, {max_tokens} new tokens per request\n")
     header = f"{'concurrency':>11}  {'engine tok/s':>12}  {'transformers':>12}  {'ratio':>6}  {'TTFT p50':>9}  {'TPOT p50':>9}  {'KV used':>9}  {'contig.':>9}"
     print(header)
     print("-" * len(header))

@@ -17,6 +17,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens in one step (the chunked-prefill budget)
     max_model_len: int | None = None  # None: the model's own context length
     enable_prefix_caching: bool = True
+    quantization: str | None = None  # "int4" or "int8": weight-only copies for decode steps (CPU, bfloat16)
     seed: int = 0  # for requests that give no seed
     cache_dir: str | None = None  # converted GGUF weights; None: ~/.cache/switchyard/models
 
@@ -30,6 +31,7 @@ class EngineConfig:
                 (self.max_num_seqs >= 1, "max_num_seqs must be positive"),
                 (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be positive"),
                 (self.max_model_len is None or self.max_model_len >= 1, "max_model_len must be positive"),
+                (self.quantization in (None, "int4", "int8"), "quantization must be None, 'int4' or 'int8'"),
             ]
             if not ok
         ]

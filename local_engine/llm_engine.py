@@ -58,6 +58,8 @@ class LLMEngine:
         self.config = config
         self.loaded = loaded or load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
         model = self.loaded.model
+        if config.quantization:
+            model.quantize_for_decode(config.quantization)
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = min(config.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len)
         num_blocks = self._num_kv_blocks(model)

@@ -211,3 +211,23 @@ def test_offline_api_accepts_text_token_ids_and_conversations(hf_model: HFLlama,
     assert replies[0].prompt is not None and replies[0].prompt.endswith("<|im_start|>assistant\n")
     with pytest.raises(ValueError):
         llm.generate([text, text], [GREEDY])
+
+
+@pytest.mark.slow
+def test_smollm2_with_int4_decode_weights_keeps_its_answers() -> None:
+    from local_engine import LLM
+    from local_engine.loader import load_model
+    from local_engine.model.linear import can_pack_for_cpu
+
+    if not can_pack_for_cpu(torch.zeros(1, dtype=torch.bfloat16)):
+        pytest.skip("needs torch's CPU bfloat16 kernels")
+    questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 plus 2?"]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    exact = LLM(loaded=load_model(None, dtype="bfloat16"), max_num_seqs=4).chat(conversations, params)
+    quantized = LLM(loaded=load_model(None, dtype="bfloat16"), max_num_seqs=4, quantization="int4").chat(conversations, params)
+    assert "Paris" in quantized[0].outputs[0].text
+    # Weight-only int4 changes the numbers a little: the answers should still mostly agree token for token.
+    agree = sum(a == b for x, y in zip(exact, quantized) for a, b in zip(x.outputs[0].token_ids, y.outputs[0].token_ids))
+    total = sum(len(x.outputs[0].token_ids) for x in exact)
+    assert agree / total > 0.5, (agree, total)
