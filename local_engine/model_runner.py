@@ -67,9 +67,9 @@ class ModelRunner:
         rows = [
             SamplingRow(
                 seq.params,
-                # Copying a long prompt every step is waste unless a penalty reads it.
+                # Copying a long sequence's tokens every step is waste unless the sampler reads them.
                 seq.prompt_token_ids if seq.params.repetition_penalty != 1.0 else (),
-                seq.output_token_ids,
+                seq.output_token_ids if seq.params.reads_output_tokens else (),
                 seq.generator,
             )
             for seq in sampled_seqs

@@ -83,6 +83,13 @@ class SamplingParams:
         return [message for ok, message in checks if not ok]
 
     @property
+    def reads_output_tokens(self) -> bool:
+        """Whether sampling looks at the tokens generated so far (penalties, min_tokens)."""
+        return bool(
+            self.min_tokens or self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+        )
+
+    @property
     def greedy(self) -> bool:
         # Below this, dividing by the temperature overflows to the argmax anyway.
         return self.temperature < _GREEDY_BELOW
