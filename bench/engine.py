@@ -8,10 +8,14 @@ the same number of new tokens per request go through:
 
 Printed: output tokens/s, time to first token and time per output token
 (engine), the ratio to transformers, and the KV memory the engine used
-against a contiguous cache sized for the longest request.
+against a contiguous cache sized for the longest request. With
+``--quantization``, one engine per listed variant ("none" is the exact
+weights) runs the same prompts; bench/perplexity.py measures what each
+variant costs in quality.
 
     .venv/bin/python bench/engine.py                 # ~4 min
     .venv/bin/python bench/engine.py --quick         # ~1 min
+    .venv/bin/python bench/engine.py --quantization none,int4,w8a8
 """
 
 from __future__ import annotations
@@ -121,32 +125,41 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8, 32 new tokens")
     parser.add_argument("--skip-transformers", action="store_true")
-    parser.add_argument("--quantization", choices=["int4", "int8"], help="weight-only copies for decode steps")
+    parser.add_argument(
+        "--quantization", default="none", help="comma-separated: none (exact), int4, int8, w8a8; one engine each"
+    )
     args = parser.parse_args()
     levels = [1, 8] if args.quick else [int(c) for c in args.concurrency.split(",")]
     max_tokens = 32 if args.quick else args.max_tokens
+    variants = args.quantization.split(",")
 
-    loaded = load_model(None, dtype=args.dtype)
+    engines: dict[str, LLMEngine] = {}
+    for variant in variants:
+        quantization = None if variant == "none" else variant
+        config = EngineConfig(max_num_seqs=max(levels), dtype=args.dtype, quantization=quantization)
+        engines[variant] = engine = LLMEngine(config, load_model(None, dtype=args.dtype))
+        run_engine(engine, chat_prompts(engine.loaded, 2), 8)  # warm-up: first-call allocations
+    loaded = next(iter(engines.values())).loaded
     hf_model = None
     if not args.skip_transformers:
         hf_model = AutoModelForCausalLM.from_pretrained(loaded.model_dir, dtype=loaded.model.dtype).eval()
-    config = EngineConfig(max_num_seqs=max(levels), dtype=args.dtype, quantization=args.quantization)
-    engine = LLMEngine(config, loaded)
-    run_engine(engine, chat_prompts(loaded, 2), 8)  # warm-up: first-call allocations
-    weights = f"{loaded.model.dtype}" + (f", {args.quantization} decode weights" if args.quantization else "")
-    print(f"SmolLM2-135M-Instruct, {weights}, {torch.get_num_threads()} threads, {max_tokens} new tokens per request\n")
-    header = f"{'concurrency':>11}  {'engine tok/s':>12}  {'transformers':>12}  {'ratio':>6}  {'TTFT p50':>9}  {'TPOT p50':>9}  {'KV used':>9}  {'contig.':>9}"
+    print(f"SmolLM2-135M-Instruct, {loaded.model.dtype}, {torch.get_num_threads()} threads, {max_tokens} new tokens per request\n")
+    header = (
+        f"{'concurrency':>11}  {'weights':>7}  {'engine tok/s':>12}  {'transformers':>12}  {'ratio':>6}"
+        f"  {'TTFT p50':>9}  {'TPOT p50':>9}  {'KV used':>9}  {'contig.':>9}"
+    )
     print(header)
     print("-" * len(header))
     for level in levels:
         prompts = chat_prompts(loaded, level)
-        ours = run_engine(engine, prompts, max_tokens)
         theirs = run_transformers(hf_model, loaded, prompts, max_tokens) if hf_model is not None else float("nan")
-        print(
-            f"{level:>11}  {ours.tokens_per_s:>12.1f}  {theirs:>12.1f}  {ours.tokens_per_s / theirs:>5.2f}x"
-            f"  {ours.ttft_p50 * 1000:>7.0f}ms  {ours.tpot_p50 * 1000:>7.1f}ms"
-            f"  {ours.peak_kv_bytes / 2**20:>7.1f}MB  {contiguous_kv_bytes(loaded, prompts, max_tokens) / 2**20:>7.1f}MB"
-        )
+        for variant, engine in engines.items():
+            ours = run_engine(engine, prompts, max_tokens)
+            print(
+                f"{level:>11}  {variant:>7}  {ours.tokens_per_s:>12.1f}  {theirs:>12.1f}  {ours.tokens_per_s / theirs:>5.2f}x"
+                f"  {ours.ttft_p50 * 1000:>7.0f}ms  {ours.tpot_p50 * 1000:>7.1f}ms"
+                f"  {ours.peak_kv_bytes / 2**20:>7.1f}MB  {contiguous_kv_bytes(loaded, prompts, max_tokens) / 2**20:>7.1f}MB"
+            )
     print(
         f"\nfor scale (reported, not measured here): llama.cpp single stream {LLAMA_CPP_SINGLE_STREAM:.0f} tok/s, "
         f"llama.cpp server at 8 concurrent {LLAMA_CPP_SERVER_8:.0f} tok/s in total"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+QUANTIZATION_KINDS = ("int4", "int8", "w8a8")  # see local_engine.quantization
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -17,7 +19,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens in one step (the chunked-prefill budget)
     max_model_len: int | None = None  # None: the model's own context length
     enable_prefix_caching: bool = True
-    quantization: str | None = None  # "int4" or "int8": weight-only copies for decode steps (CPU, bfloat16)
+    quantization: str | None = None  # CPU only: "int4"/"int8" weight-only for small batches, "w8a8" for all
     seed: int = 0  # for requests that give no seed
     cache_dir: str | None = None  # converted GGUF weights; None: ~/.cache/switchyard/models
 
@@ -31,7 +33,7 @@ class EngineConfig:
                 (self.max_num_seqs >= 1, "max_num_seqs must be positive"),
                 (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be positive"),
                 (self.max_model_len is None or self.max_model_len >= 1, "max_model_len must be positive"),
-                (self.quantization in (None, "int4", "int8"), "quantization must be None, 'int4' or 'int8'"),
+                (self.quantization in (None, *QUANTIZATION_KINDS), f"quantization must be None or one of {QUANTIZATION_KINDS}"),
             ]
             if not ok
         ]

@@ -21,6 +21,7 @@ from .kv_cache import KVCache
 from .loader import LoadedModel, load_model
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
+from .quantization import quantize
 from .outputs import CompletionOutput, RequestOutput, TokenLogprob
 from .sampler import SampledToken, Sampler
 from .sampling_params import SamplingParams
@@ -59,7 +60,7 @@ class LLMEngine:
         self.loaded = loaded or load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
         model = self.loaded.model
         if config.quantization:
-            model.quantize_for_decode(config.quantization)
+            quantize(self.loaded, config.quantization)
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = min(config.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len)
         num_blocks = self._num_kv_blocks(model)

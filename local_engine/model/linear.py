@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +32,7 @@ class FrozenLinear:
 
     UPCAST_MIN_ROWS = 256  # measured crossover, SmolLM2 on a 2-core AVX512-BF16 VM
 
-    # Up to this many rows (decode steps) a weight-only quantized twin, when
-    # added, does the matmul: a small batch is bound by the bytes it streams.
-    DECODE_MAX_ROWS = 16
-
-    __slots__ = ("weight", "bias", "_packed", "_upcast_min_rows", "_decode")
+    __slots__ = ("weight", "bias", "_packed", "_upcast_min_rows", "_quantized", "input_absmax")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, pack: bool | None = None) -> None:
         if pack is None:
@@ -44,23 +43,28 @@ class FrozenLinear:
         self.weight = None if pack else weight
         amx = "amx_bf16" in (cpu_flags() or ())
         self._upcast_min_rows = self.UPCAST_MIN_ROWS if pack and not amx else sys.maxsize
-        self._decode: Int4Weight | Int8Weight | None = None
+        self._quantized: QuantizedWeight | None = None
+        # Largest |input| per input channel seen while recording (see recording_inputs); used by "w8a8".
+        self.input_absmax: torch.Tensor | None = None
 
-    def quantize_for_decode(self, kind: str) -> None:
-        """Add an int4 (groups of 32) or int8 copy of the weight for small batches; bigger ones keep the exact path."""
+    def quantize(self, kind: str) -> None:
+        """Add a quantized twin of the weight (see QUANTIZED_KINDS); it serves batches up to its ``max_rows``."""
         weight = self._packed.to_dense() if self._packed is not None else self.weight
-        if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
-            raise ValueError("weight-only quantization runs on the CPU, in bfloat16")
-        if kind == "int4" and weight.shape[1] % Int4Weight.GROUP == 0:
-            self._decode = Int4Weight(weight)
-        elif kind in ("int4", "int8"):
-            self._decode = Int8Weight(weight)
+        if weight.device.type != "cpu":
+            raise ValueError("quantization runs on the CPU")
+        if kind == "int4" and weight.shape[1] % Int4Weight.GROUP != 0:
+            kind = "int8"  # int4's groups must divide the input size
+        if kind not in QUANTIZED_KINDS:
+            raise ValueError(f"unknown quantization {kind!r}; expected one of {sorted(QUANTIZED_KINDS)}")
+        if kind == "w8a8":
+            self._quantized = DynamicInt8(weight, self.input_absmax)
         else:
-            raise ValueError(f"unknown quantization {kind!r}; expected 'int4' or 'int8'")
+            self._quantized = QUANTIZED_KINDS[kind](weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._decode is not None and x.shape[0] <= self.DECODE_MAX_ROWS:
-            out = self._decode(x)
+        quantized = self._quantized
+        if quantized is not None and x.shape[0] <= quantized.max_rows:
+            out = quantized(x)
             return out if self.bias is None else out + self.bias
         packed = self._packed
         if packed is None:
@@ -75,6 +79,30 @@ class FrozenLinear:
         return (self._packed if self._packed is not None else self.weight).shape[0]
 
 
+class _RecordingLinear(FrozenLinear):
+    """A FrozenLinear that also keeps the largest |input| per channel (same slots, so instances can switch class)."""
+
+    __slots__ = ()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        absmax = x.detach().abs().amax(0).float()
+        self.input_absmax = absmax if self.input_absmax is None else torch.maximum(self.input_absmax, absmax)
+        return super().__call__(x)
+
+
+@contextmanager
+def recording_inputs(linears: Iterable[FrozenLinear]) -> Iterator[None]:
+    """Within the block, ``linears`` record their inputs' per-channel maxima in ``input_absmax``."""
+    linears = list(linears)
+    for linear in linears:
+        linear.__class__ = _RecordingLinear
+    try:
+        yield
+    finally:
+        for linear in linears:
+            linear.__class__ = FrozenLinear
+
+
 def can_pack_for_cpu(weight: torch.Tensor) -> bool:
     """Whether packing pays off for ``weight``: bfloat16 on a CPU build of torch with oneDNN."""
     if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
@@ -83,6 +111,20 @@ def can_pack_for_cpu(weight: torch.Tensor) -> bool:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     except RuntimeError:  # an op namespace without the op
         return False
+
+
+class QuantizedWeight(Protocol):
+    """A quantized copy of a weight [N, K]: ``x [M, K] -> x @ weight.T`` in ``x``'s dtype."""
+
+    max_rows: int  # the largest batch it serves; bigger ones use the exact weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+# A batch of a few rows only streams the weights, so weight-only twins pay
+# off up to this many rows; beyond, the matmul is compute-bound and their
+# kernels (which widen to bfloat16 before multiplying) are no faster.
+WEIGHT_ONLY_MAX_ROWS = 16
 
 
 class Int4Weight:
@@ -94,8 +136,10 @@ class Int4Weight:
     """
 
     GROUP = 32
+    max_rows = WEIGHT_ONLY_MAX_ROWS
 
     def __init__(self, weight: torch.Tensor) -> None:
+        _require_bfloat16(weight, "int4")
         rows, cols = weight.shape
         grouped = weight.float().reshape(rows, cols // self.GROUP, self.GROUP)
         low, high = grouped.amin(-1), grouped.amax(-1)
@@ -112,10 +156,68 @@ class Int4Weight:
 class Int8Weight:
     """Weight-only int8, symmetric, one scale per output channel (torch's CPU kernel)."""
 
+    max_rows = WEIGHT_ONLY_MAX_ROWS
+
     def __init__(self, weight: torch.Tensor) -> None:
-        scale = weight.float().abs().amax(1).clamp(min=1e-8) / 127
-        self._weight = torch.round(weight.float() / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        _require_bfloat16(weight, "int8")
+        self._weight, scale = _int8_per_row(weight)
         self._scale = scale.to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self._weight, self._scale)
+
+
+class DynamicInt8:
+    """int8 weights and int8 activations ("W8A8"): the matmul itself runs on integers.
+
+    Each call quantizes ``x`` per row (one scale per token, so one outlier
+    token does not coarsen the others), multiplies int8 by int8 into int32
+    (``torch._int_mm``: VNNI dot products on x86, four int8 products per lane
+    where bfloat16 has two) and scales the result back. Being compute-side,
+    it serves every batch size, prefill chunks included.
+
+    A few input channels carry most of an LLM's activation range, and one
+    scale per token spends the int8 levels on them. Given those channels'
+    recorded maxima (``input_absmax``), the range is shared out between
+    activations and weights as SmoothQuant does (alpha 0.5)::
+
+        x @ W.T = (x / s) @ (W * s).T      s_j = sqrt(max|x_j| / max|W_:,j|)
+
+    On SmolLM2 that halves the KL divergence from the exact model (bench/perplexity.py).
+    """
+
+    max_rows = sys.maxsize
+
+    def __init__(self, weight: torch.Tensor, input_absmax: torch.Tensor | None = None) -> None:
+        self._inverse_smoothing: torch.Tensor | None = None
+        if input_absmax is not None:
+            weight_absmax = weight.float().abs().amax(0).clamp(min=1e-5)
+            smoothing = (input_absmax.to(weight.device).clamp(min=1e-5) / weight_absmax).sqrt()
+            weight = weight.float() * smoothing
+            self._inverse_smoothing = smoothing.reciprocal()
+        weight_int8, scale = _int8_per_row(weight)
+        self._weight_t = weight_int8.t()  # [K, N], column-major: the layout _int_mm reads fastest
+        self._scale = scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if self._inverse_smoothing is not None:
+            x = x * self._inverse_smoothing  # float32 from here: the smoothed range may not fit bfloat16's precision
+        x_scale = x.abs().amax(-1, keepdim=True).float().clamp_(min=1e-8).div_(127)
+        x_int8 = (x / x_scale).round_().to(torch.int8)
+        out = torch._int_mm(x_int8, self._weight_t) * x_scale
+        return out.mul_(self._scale).to(dtype)
+
+
+QUANTIZED_KINDS: dict[str, type[QuantizedWeight]] = {"int4": Int4Weight, "int8": Int8Weight, "w8a8": DynamicInt8}
+
+
+def _int8_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per output row: ``weight ≈ q * scale[:, None]``."""
+    scale = weight.float().abs().amax(1).clamp(min=1e-8) / 127
+    return torch.round(weight.float() / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale
+
+
+def _require_bfloat16(weight: torch.Tensor, kind: str) -> None:
+    if weight.dtype != torch.bfloat16:
+        raise ValueError(f"{kind} weight-only quantization needs bfloat16 weights, not {weight.dtype}")

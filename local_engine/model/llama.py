@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import AttentionMetadata, paged_attention
-from .linear import FrozenLinear
+from .linear import FrozenLinear, recording_inputs
 from ..kv_cache import KVCache, LayerKV
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -185,17 +185,39 @@ class LlamaForCausalLM(nn.Module):
         with torch.no_grad():
             return cls(hf_model, dtype, device, pack)
 
-    def quantize_for_decode(self, kind: str) -> None:
-        """Weight-only ``kind`` ("int4" or "int8") copies of the matmul weights, used by small batches.
+    def quantize(self, kind: str, calibration_ids: torch.Tensor | None = None) -> None:
+        """Quantized twins of the matmul weights (``kind``: see linear.QUANTIZED_KINDS).
 
-        A batch-1 decode step streams every weight once, so it runs about as
-        fast as its bytes allow; int4 cuts them by four. Prefill chunks and
-        big batches keep the bfloat16 weights. The LM head is always int8.
+        "int4" / "int8" are weight-only, for small batches: a batch-1 decode
+        step streams every weight once, so it runs about as fast as its bytes
+        allow, and int4 cuts them by four; the LM head is then int8. "w8a8"
+        multiplies int8 activations by int8 weights at every batch size; it
+        first reads ``calibration_ids`` (one sequence of token ids), when
+        given, to learn each matmul's input range. The exact weights stay for
+        what a twin does not serve.
         """
-        for layer in self.layers:
-            for linear in (layer.qkv, layer.o_proj, layer.gate_up, layer.down):
-                linear.quantize_for_decode(kind)
-        self.lm_head.quantize_for_decode("int8")
+        if kind == "w8a8" and calibration_ids is not None:
+            self._record_input_ranges(calibration_ids)
+        for linear in self._matmuls():
+            linear.quantize(kind)
+        self.lm_head.quantize("int8" if kind == "int4" else kind)
+
+    def _matmuls(self) -> list[FrozenLinear]:
+        """The decoder layers' matmuls (not the LM head)."""
+        return [linear for layer in self.layers for linear in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
+
+    @torch.inference_mode()
+    def _record_input_ranges(self, token_ids: torch.Tensor) -> None:
+        """Run ``token_ids`` as one prompt; each matmul keeps its inputs' per-channel maxima."""
+        block_size = 16
+        num_tokens = len(token_ids)
+        num_blocks = -(-num_tokens // block_size)
+        cache = KVCache(
+            self.num_layers, num_blocks, block_size, self.num_kv_heads, self.head_dim, self.dtype, self.device
+        )
+        metadata = AttentionMetadata.build([num_tokens], [num_tokens], [range(num_blocks)], block_size, self.device)
+        with recording_inputs([*self._matmuls(), self.lm_head]):
+            self.compute_logits(self(token_ids.to(self.device), metadata.positions, metadata, cache))
 
     @torch.inference_mode()
     def forward(

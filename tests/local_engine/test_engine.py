@@ -231,3 +231,16 @@ def test_smollm2_with_int4_decode_weights_keeps_its_answers() -> None:
     agree = sum(a == b for x, y in zip(exact, quantized) for a, b in zip(x.outputs[0].token_ids, y.outputs[0].token_ids))
     total = sum(len(x.outputs[0].token_ids) for x in exact)
     assert agree / total > 0.5, (agree, total)
+
+
+def test_w8a8_reads_the_calibration_text_then_serves(hf_model: HFLlama, smollm2_tokenizer: PreTrainedTokenizerBase) -> None:
+    from local_engine.model.linear import DynamicInt8
+
+    engine = make_engine(hf_model, smollm2_tokenizer, quantization="w8a8")
+    model = engine.loaded.model
+    linears = [model.lm_head, *(layer.qkv for layer in model.layers), *(layer.down for layer in model.layers)]
+    for linear in linears:
+        assert isinstance(linear._quantized, DynamicInt8)
+        assert linear.input_absmax is not None and linear.input_absmax.shape == (linear._quantized._weight_t.shape[0],)
+    finished = run_to_end(engine, {0: [("a", prompts(1)[0], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))]})
+    assert len(finished["a"].outputs[0].token_ids) == 6
