@@ -42,7 +42,7 @@ VERSION = "0.1.0"
 def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> ASGIApp:
     """The gateway for ``config``; ``providers`` replaces the adapters built from it."""
     adapters = dict(providers) if providers is not None else build_providers(config.providers)
-    router = Router(config.models, adapters)
+    router = Router(config, adapters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

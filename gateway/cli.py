@@ -100,6 +100,14 @@ def describe(config: GatewayConfig) -> str:
         lines.append(f"  {name} -> {targets}")
     if config.providers:
         lines.append("any configured provider's model is also reachable as provider/model")
-    if config.fallbacks:
-        lines.append("note: `fallbacks:` is validated but not applied yet (router resilience is not built)")
+    policies = {
+        "fallbacks": config.fallbacks,
+        "context_window_fallbacks": config.context_window_fallbacks,
+        "content_policy_fallbacks": config.content_policy_fallbacks,
+    }
+    chains = [f"  {policy}: {model} -> {', '.join(chain)}" for policy, c in policies.items() for model, chain in c.items()]
+    if config.default_fallbacks:
+        chains.append(f"  default_fallbacks: any model -> {', '.join(config.default_fallbacks)}")
+    if chains:
+        lines += ["fallbacks:", *chains]
     return "\n".join(lines)

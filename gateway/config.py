@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,17 +48,51 @@ class ServerConfig(_Frozen):
 class DeploymentConfig(_Frozen):
     provider: str = Field(description="A name from `providers:`.")
     model: str = Field(min_length=1, description="The model's name at that provider.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic under `routing: weighted`.")
+
+
+RoutingStrategy = Literal["weighted", "least_busy", "lowest_latency"]
 
 
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
+    routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
+    context_window: int | None = Field(
+        None, gt=0, description="Prompt + max_tokens limit; larger requests go to context_window_fallbacks."
+    )
+
+
+class RetryConfig(_Frozen):
+    attempts: int = Field(3, ge=1, le=20, description="Calls per deployment for retryable errors (1 = no retry).")
+    backoff_initial: float = Field(0.25, ge=0, description="Seconds before the first retry; doubles each time.")
+    backoff_max: float = Field(8.0, ge=0, description="Longest wait between two retries.")
+    retry_after_max: float = Field(30.0, ge=0, description="Cap on an upstream's Retry-After.")
+
+
+class CooldownConfig(_Frozen):
+    failures: int = Field(3, ge=1, description="Failures within `window` that open the breaker.")
+    window: float = Field(60.0, gt=0, description="Seconds over which failures are counted.")
+    duration: float = Field(30.0, ge=0, description="Seconds a deployment is skipped before one probe request.")
+
+
+class RouterConfig(_Frozen):
+    routing: RoutingStrategy = "weighted"
+    timeout: float = Field(600.0, gt=0, description="Deadline per request across retries and fallbacks, seconds.")
+    stream_first_event_timeout: float = Field(60.0, gt=0, description="Seconds from the call to a stream's first event.")
+    stream_stall_timeout: float = Field(60.0, gt=0, description="Longest silence between two stream events, seconds.")
+    retries: RetryConfig = RetryConfig()
+    cooldown: CooldownConfig = CooldownConfig()
 
 
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
+    router: RouterConfig = RouterConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    context_window_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    content_policy_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    default_fallbacks: list[str] = Field(default_factory=list)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -153,13 +187,54 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{model_name}.deployments[{index}].provider: unknown provider "
                     f"{deployment.provider!r}; expected one of: {known_providers}"
                 )
-    for model_name, chain in config.fallbacks.items():
-        if model_name not in config.models:
-            problems.append(f"fallbacks.{model_name}: not a model under `models:`")
-        for index, fallback in enumerate(chain):
-            if fallback not in config.models:
-                problems.append(f"fallbacks.{model_name}[{index}]: {fallback!r} is not a model under `models:`")
+    policies = {
+        "fallbacks": config.fallbacks,
+        "context_window_fallbacks": config.context_window_fallbacks,
+        "content_policy_fallbacks": config.content_policy_fallbacks,
+    }
+    for policy, chains in policies.items():
+        for model_name, chain in chains.items():
+            if model_name not in config.models:
+                problems.append(f"{policy}.{model_name}: not a model under `models:`")
+            problems += _chain_problems(f"{policy}.{model_name}", chain, config.models)
+        cycle = find_cycle(chains)
+        if cycle:
+            problems.append(f"{policy}: the chains loop: {' -> '.join(cycle)}")
+    problems += _chain_problems("default_fallbacks", config.default_fallbacks, config.models)
     return problems
+
+
+def _chain_problems(path: str, chain: list[str], models: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for index, fallback in enumerate(chain):
+        if fallback not in models:
+            problems.append(f"{path}[{index}]: {fallback!r} is not a model under `models:`")
+    if len(set(chain)) != len(chain):
+        problems.append(f"{path}: a model is listed twice")
+    return problems
+
+
+def find_cycle(chains: Mapping[str, list[str]]) -> list[str] | None:
+    """A loop in the fallback graph (``[a, b, a]``), or None when the chains end."""
+    done: set[str] = set()
+
+    def visit(model: str, path: list[str]) -> list[str] | None:
+        if model in path:
+            return path[path.index(model) :] + [model]
+        if model in done:
+            return None
+        for fallback in chains.get(model, ()):
+            cycle = visit(fallback, path + [model])
+            if cycle:
+                return cycle
+        done.add(model)
+        return None
+
+    for model in chains:
+        cycle = visit(model, [])
+        if cycle:
+            return cycle
+    return None
 
 
 def _describe(error: Any) -> str:

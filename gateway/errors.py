@@ -10,7 +10,9 @@ They join the tree drawn in ``providers.errors``::
         ├── ModelNotFound          404 model_not_found
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
-        └── MethodNotAllowed       405
+        ├── MethodNotAllowed       405
+        ├── NoDeploymentAvailable  503, every deployment is cooling down
+        └── DeadlineExceeded       504, the request's deadline passed
 """
 
 from __future__ import annotations
@@ -78,6 +80,30 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, method: str, path: str) -> None:
         super().__init__(f"Method {method} is not allowed for {path}")
+
+
+class NoDeploymentAvailable(GatewayError):
+    """Every deployment that could serve the request is cooling down after failures."""
+
+    status_code = 503
+    error_type = "api_error"
+    code = "no_deployment_available"
+    fallback_allowed = True  # another model's deployments may be up
+
+    def __init__(self, model: str, retry_after: float) -> None:
+        super().__init__(
+            f"Every deployment of `{model}` is cooling down after repeated failures.",
+            headers={"retry-after": str(max(1, round(retry_after)))},
+        )
+
+
+class DeadlineExceeded(GatewayError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "deadline_exceeded"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request did not complete within its {seconds:g} s deadline.")
 
 
 # OpenAI's endpoints that the gateway does not serve; docs/compatibility.md lists them too.

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
+from .balancer import DeploymentState
 from .model_list import json_response
 from .router import Router
+
+
+def deployment_status(state: DeploymentState) -> dict[str, Any]:
+    breaker = state.breaker
+    return {
+        "provider": state.deployment.provider_name,
+        "model": state.deployment.model,
+        "state": breaker.state,  # closed, open (cooling down) or half_open (next request probes)
+        "cooldown_remaining_s": round(breaker.seconds_until_probe(), 3),
+        "in_flight": state.in_flight,
+        "latency_ms": None if state.latency is None else round(state.latency * 1000, 1),
+        "successes": state.successes,
+        "failures": state.failures,
+        "last_error": state.last_error,
+    }
 
 
 def health_routes(router: Router) -> APIRouter:
@@ -19,20 +37,12 @@ def health_routes(router: Router) -> APIRouter:
 
     @health.get("/health/ready")
     async def readiness() -> Response:
-        """Each provider's state, from the outcome of recent calls (no probe is sent)."""
-        providers = {
-            name: {
-                "state": state.state,
-                "successes": state.successes,
-                "failures": state.failures,
-                "consecutive_failures": state.consecutive_failures,
-                "last_success_at": state.last_success_at,
-                "last_failure_at": state.last_failure_at,
-                "last_error": state.last_error,
-            }
-            for name, state in router.health.items()
+        """Each deployment's state, from the outcome of recent calls (no probe is sent)."""
+        models = {
+            model: [deployment_status(state) for state in states]
+            for model, states in router.deployment_states().items()
         }
-        return json_response({"status": "ready", "providers": providers})
+        return json_response({"status": "ready", "models": models})
 
     @health.get("/ping")
     async def ping() -> Response:

@@ -10,13 +10,15 @@ unknown URLs) is served by FastAPI behind this dispatcher.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Endpoint, OpenAIError
 
 from .errors import InternalError, MethodNotAllowed
-from .router import Deployment, Router
+from .deadline import request_timeout
+from .router import Routed, Router
 from .streaming import relay_event_stream
 from .validation import parse_body
 
@@ -47,11 +49,12 @@ class GatewayApp:
         try:
             payload = parse_body(await read_body(receive), endpoint)
             request_id = scope["state"]["request_id"]
+            deadline = self._router.deadline(request_timeout(header_map(scope), self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
-                routed_stream = await self._router.open_stream(endpoint, payload, request_id)
-                await relay_event_stream(routed_stream.answer, deployment_headers(routed_stream.deployment), send)
+                routed_stream = await self._router.open_stream(endpoint, payload, deadline, request_id)
+                await relay_event_stream(routed_stream.answer, routed_headers(routed_stream), send)
                 return
-            routed = await self._router.send(endpoint, payload, request_id)
+            routed = await self._router.send(endpoint, payload, deadline, request_id)
         except OpenAIError as error:
             await send_error(send, error)
             return
@@ -60,7 +63,7 @@ class GatewayApp:
             logger.exception("unexpected error on POST %s", scope["path"])
             await send_error(send, InternalError())
             return
-        await send_json(send, routed.answer.status, routed.answer.body, deployment_headers(routed.deployment))
+        await send_json(send, routed.answer.status, routed.answer.body, routed_headers(routed))
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -75,10 +78,17 @@ async def read_body(receive: Receive) -> bytes:
     return b"".join(parts)
 
 
-def deployment_headers(deployment: Deployment) -> list[tuple[bytes, bytes]]:
+def header_map(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:
+    """Which deployment answered, and how many calls and which models it took."""
+    deployment = routed.deployment
     return [
         (b"x-switchyard-provider", deployment.provider_name.encode()),
         (b"x-switchyard-model", deployment.model.encode()),
+        *((name.encode(), value.encode()) for name, value in routed.trace.headers().items()),
     ]
 
 

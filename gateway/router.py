@@ -1,79 +1,97 @@
-"""Maps a model name to deployments and sends a request to the first that answers.
+"""Maps a model name to deployments and gets the request answered once, within its deadline.
 
 A model is addressed by its public name from ``models:``, or directly as
-``provider/upstream-model`` for any configured provider. The router's one
-loop walks a model's deployments in order and moves on only when the error
-class allows a fallback (``ProviderError.fallback_allowed``); an error that
-would fail the same way anywhere (a 400) is returned at once.
+``provider/upstream-model`` for any configured provider. For one request::
+
+    for each model: the requested one, then its fallback chain
+        for each of its deployments, in the balancer's order, skipping those cooling down
+            call it, retrying what is retryable (tenacity: backoff with jitter, Retry-After)
+            answered -> done
+            error    -> next deployment if the error allows a fallback, else stop
+        the model failed -> next model: the general chain, or the context-window /
+                            content-policy chain when that was the error
+
+Whether an error is retried or may fall back is an attribute of its class
+(``ProviderError.retryable`` / ``fallback_allowed``), never read from its
+text. Every wait and call is bounded by the request's one :class:`Deadline`.
+A stream counts as answered once its first event has arrived: until then a
+failure is retried or falls back unseen by the client.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from providers import Endpoint, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .config import ModelConfig
-from .errors import ModelNotFound
+from providers import Endpoint, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from providers.errors import StreamInterrupted, UpstreamTimeout, UpstreamUnreachable
+
+from .balancer import DeploymentState, order
+from .config import GatewayConfig, RetryConfig
+from .cooldown import CircuitBreaker
+from .deadline import Deadline
+from .deployment import Deployment
+from .errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
+from .fallbacks import FallbackPlan, FallbackPolicy
+from .stream_guard import GuardedStream
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    provider_name: str
-    model: str  # the model's name at the provider
-    provider: Provider
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(slots=True)
-class ProviderHealth:
-    """What the last calls to one provider said; shown at ``/health/ready``."""
+class Trace:
+    """What the router did for one request; sent back as response headers."""
 
-    successes: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    last_success_at: float | None = None
-    last_failure_at: float | None = None
-    last_error: str | None = None
+    attempts: int = 0  # upstream calls made
+    models: list[str] = field(default_factory=list)  # models tried, in order
 
-    @property
-    def state(self) -> str:
-        if self.successes == 0 and self.failures == 0:
-            return "unknown"
-        return "failing" if self.consecutive_failures else "ok"
-
-    def record_ok(self) -> None:
-        self.successes += 1
-        self.consecutive_failures = 0
-        self.last_success_at = time.time()
-
-    def record_failure(self, error: ProviderError) -> None:
-        self.failures += 1
-        self.consecutive_failures += 1
-        self.last_failure_at = time.time()
-        self.last_error = f"{error.status_code} {error.message}"
+    def headers(self) -> dict[str, str]:
+        return {"x-switchyard-attempts": str(self.attempts), "x-switchyard-fallback-chain": ",".join(self.models)}
 
 
 @dataclass(frozen=True, slots=True)
 class Routed(Generic[T]):
-    """An upstream's answer and the deployment that gave it."""
+    """An upstream's answer, the deployment that gave it, and how it was reached."""
 
     deployment: Deployment
     answer: T
+    trace: Trace
 
 
 class Router:
-    def __init__(self, models: Mapping[str, ModelConfig], providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        providers: Mapping[str, Provider],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config.router
         self._providers = dict(providers)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._fallbacks = FallbackPolicy(config)
+        self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
         self._routes = {
-            name: tuple(Deployment(d.provider, d.model, self._providers[d.provider]) for d in model.deployments)
-            for name, model in models.items()
+            name: tuple(
+                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
+                for d in model.deployments
+            )
+            for name, model in config.models.items()
         }
-        self.health = {name: ProviderHealth() for name in self._providers}
+        # Deployments reached as ``provider/model``, made on first use.
+        self._direct: dict[str, tuple[DeploymentState, ...]] = {}
 
     @property
     def model_names(self) -> list[str]:
@@ -84,52 +102,246 @@ class Router:
         return model in self._routes
 
     def deployments_for(self, model: str) -> tuple[Deployment, ...]:
-        """The deployments serving ``model``, in the order they are tried."""
-        deployments = self._routes.get(model)
-        if deployments is not None:
-            return deployments
-        provider_name, slash, upstream_model = model.partition("/")
-        provider = self._providers.get(provider_name) if slash and upstream_model else None
-        if provider is None:
-            raise ModelNotFound(model)
-        return (Deployment(provider_name, upstream_model, provider),)
+        """The deployments serving ``model``."""
+        return tuple(state.deployment for state in self._states_for(model))
 
-    async def send(
-        self, endpoint: Endpoint, payload: dict[str, Any], request_id: str | None = None
-    ) -> Routed[UpstreamResponse]:
-        return await self._first_answer(
-            endpoint, payload, request_id, lambda provider, request: provider.send(request)
-        )
+    def deployment_states(self) -> dict[str, tuple[DeploymentState, ...]]:
+        """Every model's deployments with their breaker and counters (for /health/ready)."""
+        return {**self._routes, **self._direct}
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds a request may take when the client sets no ``x-switchyard-timeout``."""
+        return self._config.timeout
+
+    def deadline(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now, on the router's clock."""
+        return Deadline(seconds, self._clock)
+
+    async def send(self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None) -> Routed[UpstreamResponse]:
+        async def call(state: DeploymentState, request: UpstreamRequest) -> UpstreamResponse:
+            return await _bounded(deadline, deadline.remaining(), state.deployment.provider.send(request))
+
+        return await self._route(endpoint, payload, request_id, deadline, call)
 
     async def open_stream(
-        self, endpoint: Endpoint, payload: dict[str, Any], request_id: str | None = None
-    ) -> Routed[UpstreamStream]:
-        return await self._first_answer(
-            endpoint, payload, request_id, lambda provider, request: provider.open_stream(request)
-        )
+        self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
+    ) -> Routed[GuardedStream]:
+        """An event stream whose first events have arrived (so failing over is still invisible until then)."""
+        config = self._config
 
-    async def _first_answer(
+        async def call(state: DeploymentState, request: UpstreamRequest) -> GuardedStream:
+            limit = min(config.stream_first_event_timeout, deadline.remaining())
+            stream = await _bounded(deadline, limit, _first_events(state.deployment.provider, request))
+            state.in_flight += 1  # until the stream ends, for least_busy
+
+            def finished(error: ProviderError | None) -> None:
+                state.in_flight -= 1
+                if error is not None:
+                    self._record_failure(state, error)
+
+            return GuardedStream(stream, config.stream_stall_timeout, deadline, finished)
+
+        return await self._route(endpoint, payload, request_id, deadline, call)
+
+    async def _route(
         self,
         endpoint: Endpoint,
         payload: dict[str, Any],
         request_id: str | None,
-        call: Callable[[Provider, UpstreamRequest], Awaitable[T]],
+        deadline: Deadline,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
     ) -> Routed[T]:
-        deployments = self.deployments_for(payload["model"])
+        requested = payload["model"]
+        self._states_for(requested)  # an unknown model is a 404 before anything else
+        plan = self._fallbacks.plan(requested, payload)
+        trace = Trace()
+        queue = [requested, *plan.general]
+        try:
+            while True:
+                model = queue.pop(0)
+                trace.models.append(model)
+                try:
+                    return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
+                except (ProviderError, NoDeploymentAvailable) as error:
+                    switched = self._fallbacks.after(error, model, plan)
+                    if switched is not None:
+                        queue = list(switched)
+                    elif not (error.fallback_allowed and plan.enabled):
+                        raise
+                    queue = [m for m in queue if m not in trace.models]
+                    if not queue:
+                        raise
+        except (ProviderError, NoDeploymentAvailable, DeadlineExceeded) as error:
+            error.headers = {**error.headers, **trace.headers()}
+            raise
+
+    async def _answer_from_model(
+        self,
+        model: str,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request_id: str | None,
+        deadline: Deadline,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        trace: Trace,
+    ) -> Routed[T]:
+        states = self._states_for(model)
         last_error: ProviderError | None = None
-        for deployment in deployments:
-            request = UpstreamRequest(endpoint, {**payload, "model": deployment.model}, request_id)
-            health = self.health[deployment.provider_name]
+        for state in order(states, self._strategies.get(model, self._config.routing), self._rng):
+            if not state.breaker.try_acquire():
+                continue
+            request = UpstreamRequest(endpoint, {**payload, "model": state.deployment.model}, request_id)
             try:
-                answer = await call(deployment.provider, request)
+                answer = await self._with_retries(state, request, call, deadline, trace)
             except ProviderError as error:
                 if not error.fallback_allowed:
-                    health.record_ok()  # the provider is fine; the request is at fault
                     raise
-                health.record_failure(error)
                 last_error = error
                 continue
-            health.record_ok()
-            return Routed(deployment, answer)
-        assert last_error is not None  # a model always has at least one deployment
-        raise last_error
+            return Routed(state.deployment, answer, trace)
+        if last_error is not None:
+            raise last_error
+        raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))
+
+    async def _with_retries(
+        self,
+        state: DeploymentState,
+        request: UpstreamRequest,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        deadline: Deadline,
+        trace: Trace,
+    ) -> T:
+        """Call one deployment until it answers, fails for good, or retrying would outlast the deadline."""
+        retries = self._config.retries
+
+        def out_of_time(retry_state: RetryCallState) -> bool:
+            return retry_state.upcoming_sleep >= deadline.remaining()
+
+        def breaker_open(retry_state: RetryCallState) -> bool:
+            return state.breaker.state != "closed"
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retries.attempts) | out_of_time | breaker_open,
+            wait=_retry_wait(retries),
+            retry=retry_if_exception(lambda error: isinstance(error, ProviderError) and error.retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                trace.attempts += 1
+                answer = await self._attempt(state, request, call)
+        return answer
+
+    async def _attempt(
+        self,
+        state: DeploymentState,
+        request: UpstreamRequest,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+    ) -> T:
+        started = self._clock()
+        state.in_flight += 1
+        try:
+            answer = await call(state, request)
+        except ProviderError as error:
+            if error.fallback_allowed:
+                self._record_failure(state, error)
+            else:
+                self._record_success(state)  # the deployment is fine; the request is at fault
+            raise
+        except BaseException:
+            state.breaker.release()  # cancelled (the client left) or the deadline: no verdict on the deployment
+            raise
+        finally:
+            state.in_flight -= 1
+        state.observe_latency(self._clock() - started)
+        self._record_success(state)
+        return answer
+
+    def _record_success(self, state: DeploymentState) -> None:
+        state.successes += 1
+        state.breaker.record_success()
+
+    def _record_failure(self, state: DeploymentState, error: ProviderError) -> None:
+        state.failures += 1
+        state.last_error = f"{error.status_code} {error.message}"
+        state.breaker.record_failure()
+
+    def _states_for(self, model: str) -> tuple[DeploymentState, ...]:
+        states = self._routes.get(model) or self._direct.get(model)
+        if states is not None:
+            return states
+        provider_name, slash, upstream_model = model.partition("/")
+        provider = self._providers.get(provider_name) if slash and upstream_model else None
+        if provider is None:
+            raise ModelNotFound(model)
+        states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
+        self._direct[model] = states
+        return states
+
+    def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
+        return DeploymentState(deployment, weight, CircuitBreaker(self._config.cooldown, self._clock))
+
+
+def _retry_wait(config: RetryConfig) -> Callable[[RetryCallState], float]:
+    """Seconds before the next try: the upstream's Retry-After (capped) if it sent one, else backoff with full jitter."""
+    backoff = wait_random_exponential(multiplier=config.backoff_initial, max=config.backoff_max)
+
+    def wait(retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), config.retry_after_max)
+        return float(backoff(retry_state))
+
+    return wait
+
+
+async def _bounded(deadline: Deadline, seconds: float, call: Awaitable[T]) -> T:
+    """``await call`` for at most ``seconds``: past the request's deadline that is a 504, before it a retryable timeout."""
+    if seconds <= 0:
+        raise DeadlineExceeded(deadline.seconds)
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        if deadline.remaining() <= 0:
+            raise DeadlineExceeded(deadline.seconds) from None
+        raise UpstreamTimeout(f"the upstream sent no event within {seconds:g} s") from None
+
+
+async def _first_events(provider: Provider, request: UpstreamRequest) -> _PrimedStream:
+    """Open a stream and read its first events; a stream that ends before any is a retryable failure."""
+    stream = await provider.open_stream(request)
+    iterator = aiter(stream)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise UpstreamUnreachable("the upstream ended the stream before its first event", provider=provider.name) from None
+    except StreamInterrupted as error:
+        await stream.aclose()
+        raise UpstreamUnreachable(error.message, provider=provider.name) from None
+    except BaseException:
+        await stream.aclose()
+        raise
+    return _PrimedStream(first, iterator, stream)
+
+
+class _PrimedStream:
+    """An upstream stream whose first events were read ahead; iterating yields them first."""
+
+    def __init__(self, first: list[bytes], rest: AsyncIterator[list[bytes]], stream: UpstreamStream) -> None:
+        self._first = first
+        self._rest = rest
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+        yield self._first
+        async for events in self._rest:
+            yield events
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

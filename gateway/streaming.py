@@ -13,7 +13,7 @@ import logging
 
 from starlette.types import Send
 
-from providers import ProviderError, UpstreamStream
+from providers import OpenAIError, UpstreamStream
 from providers.sse import DONE_EVENT, encode_event
 
 from .errors import InternalError
@@ -35,8 +35,8 @@ async def relay_event_stream(stream: UpstreamStream, headers: list[tuple[bytes, 
             async for events in stream:
                 body = b"".join([encode_event(data) for data in events])
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-        except ProviderError as error:
-            logger.warning("stream from %s interrupted: %s", error.provider, error.message)
+        except OpenAIError as error:
+            logger.warning("stream from %s interrupted: %s", getattr(error, "provider", None), error.message)
             await _end_with_error(send, error)
             return
         except Exception:
@@ -48,5 +48,5 @@ async def relay_event_stream(stream: UpstreamStream, headers: list[tuple[bytes, 
         await stream.aclose()
 
 
-async def _end_with_error(send: Send, error: ProviderError | InternalError) -> None:
+async def _end_with_error(send: Send, error: OpenAIError) -> None:
     await send({"type": "http.response.body", "body": encode_event(error.to_json()), "more_body": False})

@@ -13,7 +13,7 @@ class ProviderConfig(BaseModel):
     type: str = Field(description="Preset name: " + ", ".join(PRESETS))
     base_url: str | None = Field(None, description="Overrides the preset's URL; required for `custom`.")
     api_key: SecretStr | None = Field(None, description="Sent as a Bearer token; never logged.")
-    timeout: float = Field(600.0, gt=0, description="Seconds to wait for each read from the upstream.")
+    timeout: float = Field(600.0, gt=0, description="Seconds to wait for each read of a non-streamed answer.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
     max_connections: int = Field(1000, ge=1, description="Pooled connections to this upstream.")
     keepalive_timeout: float = Field(30.0, gt=0, description="Seconds an idle pooled connection is kept open.")

@@ -9,7 +9,9 @@ a guess from the message text::
     OpenAIError                      (status, type, code, param, message)
     └── ProviderError                an upstream call failed
         ├── UpstreamRejected         upstream 4xx: the request itself is wrong
-        │   └── ContextWindowExceeded   400 context_length_exceeded
+        │   ├── ContextWindowExceeded   400 context_length_exceeded    context-window fallbacks
+        │   └── ContentPolicyViolation  400 content_filter / content_policy_violation
+        │                                                            content-policy fallbacks
         ├── UpstreamAuthFailed       401/403: the provider key is wrong
         ├── UpstreamRateLimited      429                 retryable, fallback
         ├── UpstreamServerError      5xx                 retryable, fallback
@@ -40,6 +42,10 @@ _TYPE_BY_STATUS = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+# Codes providers use for a refusal by their content filter (OpenAI, Azure OpenAI).
+_CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 
 
 def error_type_for_status(status: int) -> str:
@@ -115,6 +121,10 @@ class ContextWindowExceeded(UpstreamRejected):
     """The prompt does not fit the model; a larger model may take it."""
 
     code = "context_length_exceeded"
+
+
+class ContentPolicyViolation(UpstreamRejected):
+    """The upstream's content filter refused the prompt; another model's policy may differ."""
 
 
 class UpstreamAuthFailed(ProviderError):
@@ -209,6 +219,8 @@ def error_from_response(
         return UpstreamServerError(message, **kwargs)
     if code == "context_length_exceeded":
         return ContextWindowExceeded(message, **kwargs)
+    if code in _CONTENT_POLICY_CODES:
+        return ContentPolicyViolation(message, **kwargs)
     if status == 408:
         return UpstreamTimeout(message, **kwargs)
     if 400 <= status < 500:

@@ -57,6 +57,10 @@ class OpenAICompatibleProvider:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._config = config
         self._session: aiohttp.ClientSession | None = None
+        # A stream's reads are not timed here: a per-read timer is re-armed on
+        # every chunk (about 9% of a stream's CPU), and the gateway watches
+        # streams with one timer each (gateway/stream_guard.py).
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=None)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         try:
@@ -71,7 +75,9 @@ class OpenAICompatibleProvider:
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url = self._urls[request.endpoint]
         try:
-            response = await self._client().post(url, data=orjson.dumps(request.payload), headers=_STREAM_HEADERS)
+            response = await self._client().post(
+                url, data=orjson.dumps(request.payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout
+            )
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
         try:
@@ -138,10 +144,10 @@ class EventStream:
                 if DONE in events:
                     self._finished = True
                     if events[0] != DONE:
-                        yield events[: events.index(DONE)]
+                        yield self._checked(events[: events.index(DONE)])
                     return
                 if events:
-                    yield events
+                    yield self._checked(events)
         except _TRANSPORT_ERRORS as exc:
             cause = "stalled" if isinstance(exc, TimeoutError) else "broke"
             logger.warning("provider %s: stream %s: %s", self._provider_name, cause, type(exc).__name__)
@@ -152,6 +158,18 @@ class EventStream:
         raise StreamInterrupted(
             f"provider '{self._provider_name}' ended the stream before [DONE]", provider=self._provider_name
         )
+
+    def _checked(self, events: list[bytes]) -> list[bytes]:
+        """``events``, if each is JSON: a client's SDK would choke on a broken one, so the stream ends here instead."""
+        for data in events:
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError:
+                logger.warning("provider %s: stream sent an event that is not JSON", self._provider_name)
+                raise StreamInterrupted(
+                    f"the stream from provider '{self._provider_name}' sent a malformed event", provider=self._provider_name
+                ) from None
+        return events
 
     async def aclose(self) -> None:
         if not self._finished:

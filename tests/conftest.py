@@ -13,6 +13,8 @@ from tests.servers import ServedApp
 PLANTED_KEY = "sk-planted-0123456789abcdef"
 
 GATEWAY_YAML = """
+router:
+  retries: {attempts: 1}   # these tests look at one call at a time; tests/resilience/ retries
 providers:
   fake:
     type: custom

@@ -13,18 +13,20 @@ def test_liveness_and_ping(gateway: ServedApp) -> None:
         assert http.get("/ping").text == "pong"
 
 
-def test_readiness_reports_each_provider_from_recent_calls(gateway: ServedApp, client: openai.OpenAI) -> None:
+def test_readiness_reports_each_deployment_from_recent_calls(gateway: ServedApp, client: openai.OpenAI) -> None:
     client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="dead/x", messages=[{"role": "user", "content": "hi"}])
     with httpx.Client(base_url=gateway.url) as http:
         ready = http.get("/health/ready")
     assert ready.status_code == 200
-    providers = ready.json()["providers"]
-    assert set(providers) == {"fake", "impatient", "wrong-key", "dead"}
-    assert providers["fake"]["state"] == "ok"
-    assert providers["dead"]["state"] == "failing"
-    assert "unreachable" in providers["dead"]["last_error"]
+    models = ready.json()["models"]
+    assert {"gpt-test", "backed-up", "embed-test", "dead/x"} <= set(models)
+    [fake] = models["gpt-test"]
+    assert (fake["provider"], fake["model"], fake["state"]) == ("fake", "fake-model", "closed")
+    assert fake["successes"] >= 1 and fake["latency_ms"] is not None
+    [dead] = models["dead/x"]
+    assert dead["failures"] == 1 and "unreachable" in dead["last_error"]
 
 
 def test_docs_describe_the_request_bodies(gateway: ServedApp) -> None:

@@ -1,0 +1,122 @@
+"""The router's pieces on their own: breaker, balancer, fallback chains, config checks."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from gateway.balancer import DeploymentState, order
+from gateway.config import ConfigError, CooldownConfig, GatewayConfig, parse_config
+from gateway.cooldown import CircuitBreaker
+from gateway.deployment import Deployment
+from gateway.errors import InvalidRequest
+from gateway.fallbacks import FallbackPolicy
+from providers.errors import ContextWindowExceeded, UpstreamServerError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_n_failures_in_the_window_and_one_probe_decides() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(CooldownConfig(failures=3, window=10, duration=5), clock)
+    breaker.record_failure()
+    clock.now += 11  # outside the window: forgotten
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state == "closed" and breaker.try_acquire()
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.try_acquire()
+    assert breaker.seconds_until_probe() == pytest.approx(5)
+    clock.now += 5
+    assert breaker.state == "half_open"
+    assert breaker.try_acquire()  # the probe
+    assert not breaker.try_acquire()  # everyone else waits for it
+    breaker.record_failure()  # the probe failed: open again, for a full duration
+    assert breaker.state == "open" and breaker.seconds_until_probe() == pytest.approx(5)
+    clock.now += 5
+    assert breaker.try_acquire()
+    breaker.release()  # the probe's client left: no verdict, the next request probes
+    assert breaker.try_acquire()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.try_acquire() and breaker.try_acquire()
+
+
+def states(*weights: float) -> list[DeploymentState]:
+    breaker = CircuitBreaker(CooldownConfig())
+    return [DeploymentState(Deployment(f"p{i}", "m", None), w, breaker) for i, w in enumerate(weights)]  # type: ignore[arg-type]
+
+
+def test_weighted_order_follows_the_weights() -> None:
+    rng = random.Random(7)
+    pool = states(3, 1)
+    firsts = Counter(order(pool, "weighted", rng)[0].deployment.provider_name for _ in range(4000))
+    assert firsts["p0"] / 4000 == pytest.approx(0.75, abs=0.03)
+    assert sorted(s.deployment.provider_name for s in order(pool, "weighted", rng)) == ["p0", "p1"]
+
+
+def test_least_busy_and_lowest_latency() -> None:
+    rng = random.Random(7)
+    pool = states(1, 1, 1)
+    pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 4, 1, 2
+    assert [s.deployment.provider_name for s in order(pool, "least_busy", rng)] == ["p1", "p2", "p0"]
+    for state, seconds in zip(pool, (0.3, 0.1)):
+        state.observe_latency(seconds)
+    assert order(pool, "lowest_latency", rng)[0] is pool[2]  # never measured: tried first
+    pool[2].observe_latency(0.2)
+    assert [s.deployment.provider_name for s in order(pool, "lowest_latency", rng)] == ["p1", "p2", "p0"]
+    pool[1].observe_latency(1.1)  # a moving average: one slow answer moves it by 20% of the gap
+    assert pool[1].latency == pytest.approx(0.1 + 0.2 * 1.0)
+
+
+MODELS = "models:\n" + "".join(f"  {m}: {{deployments: [{{provider: p, model: {m}}}]}}\n" for m in "abcd")
+
+
+def config(extra: str) -> GatewayConfig:
+    return parse_config("providers: {p: {type: custom, base_url: 'http://x/v1'}}\n" + MODELS + extra, environ={})
+
+
+def test_chains_are_followed_through_in_order() -> None:
+    policy = FallbackPolicy(config("fallbacks: {a: [b, c], b: [d]}\ncontext_window_fallbacks: {a: [d]}\n"))
+    plan = policy.plan("a", {})
+    assert plan.general == ("b", "d", "c")
+    assert policy.after(ContextWindowExceeded("too long"), "a", plan) == ("d",)
+    assert policy.after(UpstreamServerError("boom"), "a", plan) is None
+
+
+def test_request_overrides_are_read_and_removed() -> None:
+    policy = FallbackPolicy(config("default_fallbacks: [c]\n"))
+    payload = {"model": "a", "fallbacks": ["d", "b", "d"]}
+    assert policy.plan("a", payload).general == ("d", "b")
+    assert payload == {"model": "a"}
+    assert policy.plan("a", {}).general == ("c",)
+    assert policy.plan("c", {}).general == ()  # the default chain never points a model at itself
+    assert not policy.plan("a", {"disable_fallbacks": True}).enabled
+    with pytest.raises(InvalidRequest) as caught:
+        policy.plan("a", {"fallbacks": "b"})
+    assert caught.value.param == "fallbacks"
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("fallbacks: {a: [b], b: [c], c: [a]}\n", "fallbacks: the chains loop: a -> b -> c -> a"),
+        ("fallbacks: {a: [a]}\n", "fallbacks: the chains loop: a -> a"),
+        ("context_window_fallbacks: {a: [zz]}\n", "context_window_fallbacks.a[0]: 'zz' is not a model"),
+        ("content_policy_fallbacks: {zz: [a]}\n", "content_policy_fallbacks.zz: not a model"),
+        ("default_fallbacks: [b, b]\n", "default_fallbacks: a model is listed twice"),
+        ("router: {routing: fastest}\n", "router.routing"),
+        ("router: {retries: {attempts: 0}}\n", "router.retries.attempts"),
+    ],
+)
+def test_bad_policies_fail_at_load_naming_the_field(extra: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(extra)
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
