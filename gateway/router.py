@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from providers import Endpoint, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
-from providers.errors import StreamInterrupted, UpstreamTimeout, UpstreamUnreachable
+from providers.errors import ContextWindowExceeded, StreamInterrupted, UpstreamTimeout, UpstreamUnreachable
 
 from .balancer import DeploymentState, order
 from .config import GatewayConfig, RetryConfig
@@ -38,7 +38,8 @@ from .cooldown import CircuitBreaker
 from .deadline import Deadline
 from .deployment import Deployment
 from .errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
-from .fallbacks import FallbackPlan, FallbackPolicy
+from .fallbacks import FallbackPolicy
+from .prompt_size import tokens_needed
 from .stream_guard import GuardedStream
 
 T = TypeVar("T")
@@ -83,6 +84,7 @@ class Router:
         self._rng = rng or random.Random()
         self._fallbacks = FallbackPolicy(config)
         self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
+        self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
         self._routes = {
             name: tuple(
                 self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
@@ -157,11 +159,13 @@ class Router:
         plan = self._fallbacks.plan(requested, payload)
         trace = Trace()
         queue = [requested, *plan.general]
+        needed = _Memo(lambda: tokens_needed(endpoint, payload))
         try:
             while True:
                 model = queue.pop(0)
                 trace.models.append(model)
                 try:
+                    self._check_context_window(model, endpoint, needed)
                     return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
                 except (ProviderError, NoDeploymentAvailable) as error:
                     switched = self._fallbacks.after(error, model, plan)
@@ -175,6 +179,16 @@ class Router:
         except (ProviderError, NoDeploymentAvailable, DeadlineExceeded) as error:
             error.headers = {**error.headers, **trace.headers()}
             raise
+
+    def _check_context_window(self, model: str, endpoint: Endpoint, needed: _Memo[int]) -> None:
+        """Raise ContextWindowExceeded, before any call, when the request clearly does not fit ``model``."""
+        window = self._context_windows.get(model)
+        if window is not None and needed() > window:
+            param = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt"}.get(endpoint, "input")
+            raise ContextWindowExceeded(
+                f"This request needs about {needed()} tokens (prompt and max_tokens); `{model}` takes {window}.",
+                param=param,
+            )
 
     async def _answer_from_model(
         self,
@@ -297,6 +311,19 @@ def _retry_wait(config: RetryConfig) -> Callable[[RetryCallState], float]:
         return float(backoff(retry_state))
 
     return wait
+
+
+class _Memo(Generic[T]):
+    """A value computed on first use, then kept."""
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute: Callable[[], T] | None = compute
+        self._value: T | None = None
+
+    def __call__(self) -> T:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value  # type: ignore[return-value]
 
 
 async def _bounded(deadline: Deadline, seconds: float, call: Awaitable[T]) -> T:

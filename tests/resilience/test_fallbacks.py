@@ -137,3 +137,22 @@ def test_when_every_deployment_cools_down_the_client_gets_503_with_retry_after(g
     assert caught.value.code == "no_deployment_available"
     assert 1 <= int(caught.value.response.headers["retry-after"]) <= 30
     assert len(a.requests) == 1
+
+
+def test_a_prompt_too_big_for_the_configured_window_goes_to_the_context_chain_without_a_call(
+    gateway: Gateway, a: FaultyUpstream, b: FaultyUpstream
+) -> None:
+    config = {"models": {"alpha": {"context_window": 50}}}
+    long_prompt = [{"role": "user", "content": "word " * 60}]
+    with gateway(**config) as client:
+        raw = client.chat.completions.with_raw_response.create(model="alpha", messages=long_prompt)
+        assert raw.headers["x-switchyard-fallback-chain"] == "alpha,big"
+        assert raw.headers["x-switchyard-attempts"] == "1"
+        assert not a.requests and [r.body["model"] for r in b.requests] == ["big-up"]
+
+        client.chat.completions.create(model="alpha", messages=HI, max_tokens=20)  # fits: 8 + 20 tokens
+        assert len(a.requests) == 1
+        with pytest.raises(openai.BadRequestError) as caught:  # fits nowhere: no context chain for it
+            client.chat.completions.create(model="alpha", messages=long_prompt, extra_body={"disable_fallbacks": True})
+    assert caught.value.code == "context_length_exceeded" and caught.value.param == "messages"
+    assert len(a.requests) == 1

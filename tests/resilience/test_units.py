@@ -120,3 +120,16 @@ def test_bad_policies_fail_at_load_naming_the_field(extra: str, problem: str) ->
     with pytest.raises(ConfigError) as caught:
         config(extra)
     assert any(problem in line for line in caught.value.problems), caught.value.problems
+
+
+def test_tokens_needed_follows_openais_chat_accounting() -> None:
+    from gateway.prompt_size import count_text, tokens_needed
+    from providers import Endpoint
+
+    assert count_text("hello world") == 2  # cl100k_base
+    chat = {"messages": [{"role": "user", "content": "hello world"}, {"role": "user", "name": "bob", "content": [{"type": "text", "text": "hi"}]}]}
+    # 3 priming + (3 + "user" + 2) + (3 + "user" + "hi" + 1 + "bob")
+    assert tokens_needed(Endpoint.CHAT, chat) == 3 + (3 + 1 + 2) + (3 + 1 + 1 + 1 + 1)
+    assert tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 20 + 10
+    assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hi"], "max_tokens": 5}) == 2 + 5
+    assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": [1, 2, 3]}) == 3
