@@ -130,6 +130,6 @@ def test_tokens_needed_follows_openais_chat_accounting() -> None:
     chat = {"messages": [{"role": "user", "content": "hello world"}, {"role": "user", "name": "bob", "content": [{"type": "text", "text": "hi"}]}]}
     # 3 priming + (3 + "user" + 2) + (3 + "user" + "hi" + 1 + "bob")
     assert tokens_needed(Endpoint.CHAT, chat) == 3 + (3 + 1 + 2) + (3 + 1 + 1 + 1 + 1)
-    assert tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 20 + 10
+    assert tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 16 + 10
     assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hi"], "max_tokens": 5}) == 2 + 5
     assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": [1, 2, 3]}) == 3
