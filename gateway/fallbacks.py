@@ -26,10 +26,6 @@ from providers.errors import ContentPolicyViolation, ContextWindowExceeded, Open
 from .config import GatewayConfig
 from .errors import InvalidRequest
 
-# Body fields the gateway reads and does not forward upstream.
-REQUEST_FIELDS = ("fallbacks", "disable_fallbacks")
-
-
 @dataclass(frozen=True, slots=True)
 class FallbackPlan:
     """What one request may fall back to."""
@@ -48,6 +44,12 @@ class FallbackPolicy:
 
     def plan(self, model: str, payload: dict[str, Any]) -> FallbackPlan:
         """The plan for a request to ``model``; reads (and removes) the body's fallback fields."""
+        if payload.pop("stream_resume", None):
+            raise InvalidRequest(
+                "`stream_resume` (continuing a broken stream on another deployment) is not supported yet.",
+                param="stream_resume",
+                code="unsupported_parameter",
+            )
         requested = payload.pop("fallbacks", None)
         disabled = payload.pop("disable_fallbacks", False)
         if not isinstance(disabled, bool):

@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +90,10 @@ class Received:
 class FaultyUpstream:
     """``with FaultyUpstream() as upstream: upstream.url`` -- a loopback server in a background thread."""
 
-    def __init__(self, name: str = "upstream") -> None:
+    def __init__(self, name: str = "upstream", default: Callable[[dict[str, Any]], Fault] | None = None) -> None:
         self.name = name
+        # Picks the answer when the script is empty, from the request body (bench/chaos.py draws faults at random).
+        self.default = default or (lambda payload: Fault.ok())
         self.requests: list[Received] = []
         self._script: deque[Fault] = deque()
         self._loop = asyncio.new_event_loop()
@@ -151,7 +154,7 @@ class FaultyUpstream:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         payload = json.loads(body) if body else {}
         self.requests.append(Received(time.monotonic(), request_line.split()[1], headers, payload))
-        fault = self._script.popleft() if self._script else Fault.ok()
+        fault = self._script.popleft() if self._script else self.default(payload)
 
         if fault.delay:
             await asyncio.sleep(fault.delay)

@@ -97,3 +97,10 @@ def test_a_stream_past_its_deadline_ends_with_a_deadline_error(gateway: Gateway,
                 pass
     assert "deadline" in str(caught.value.message)
     assert time.monotonic() - started < 1.5
+
+
+def test_stream_resume_is_refused_until_it_is_built(gateway: Gateway, a: FaultyUpstream) -> None:
+    with gateway() as client, pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="alpha", messages=HI, stream=True, extra_body={"stream_resume": True})
+    assert (caught.value.param, caught.value.code) == ("stream_resume", "unsupported_parameter")
+    assert not a.requests

@@ -1,0 +1,17 @@
+"""The config shown in the README loads as printed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gateway.config import parse_config
+
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def test_the_readme_config_is_valid() -> None:
+    block = re.search(r"## Configuration\n\n```yaml\n(.*?)```", README, re.S)
+    assert block is not None
+    config = parse_config(block.group(1), source="README.md", environ={"GROQ_API_KEY": "x"})
+    assert config.fallbacks == {"llama-70b": ["gpt-4o-mini"]}
