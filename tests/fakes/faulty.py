@@ -100,6 +100,7 @@ class FaultyUpstream:
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._stopping: asyncio.Event | None = None
+        self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
     def script(self, *faults: Fault) -> None:
@@ -133,14 +134,22 @@ class FaultyUpstream:
         assert self._server is not None and self._stopping is not None
         self._stopping.set()
         self._server.close()
+        # Kept-alive connections are still being served: end them while the loop runs.
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         try:
             while await self._serve_request(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._connections.discard(task)
             writer.close()
 
     async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
