@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 
 from .errors import InvalidRequest
 
 TIMEOUT_HEADER = "x-switchyard-timeout"
+_TIMEOUT_HEADER_BYTES = TIMEOUT_HEADER.encode()
 
 
 class Deadline:
@@ -24,11 +25,12 @@ class Deadline:
         return self._expires_at - self._clock()
 
 
-def request_timeout(headers: Mapping[str, str], default: float) -> float:
-    """The request's deadline in seconds: ``x-switchyard-timeout`` when the client sent one, else ``default``."""
-    value = headers.get(TIMEOUT_HEADER)
-    if value is None:
+def request_timeout(headers: Iterable[tuple[bytes, bytes]], default: float) -> float:
+    """The request's deadline in seconds: ``x-switchyard-timeout`` (in ASGI ``headers``) if sent, else ``default``."""
+    raw = next((value for name, value in headers if name == _TIMEOUT_HEADER_BYTES), None)
+    if raw is None:
         return default
+    value = raw.decode("latin-1")
     try:
         seconds = float(value)
     except ValueError:

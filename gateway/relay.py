@@ -49,7 +49,7 @@ class GatewayApp:
         try:
             payload = parse_body(await read_body(receive), endpoint)
             request_id = scope["state"]["request_id"]
-            deadline = self._router.deadline(request_timeout(header_map(scope), self._router.default_timeout))
+            deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
                 routed_stream = await self._router.open_stream(endpoint, payload, deadline, request_id)
                 await relay_event_stream(routed_stream.answer, routed_headers(routed_stream), send)
@@ -76,10 +76,6 @@ async def read_body(receive: Receive) -> bytes:
         message = await receive()
         parts.append(message.get("body", b""))
     return b"".join(parts)
-
-
-def header_map(scope: Scope) -> dict[str, str]:
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
 def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:

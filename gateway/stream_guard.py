@@ -20,19 +20,25 @@ from .errors import DeadlineExceeded
 
 
 class GuardedStream:
-    """Iterates like ``UpstreamStream``; raises StreamInterrupted on a stall, DeadlineExceeded past the deadline.
+    """An upstream stream whose ``first`` events were read ahead, then the ``rest``.
 
-    ``finished(error)`` is called once when the stream ends: with None after
-    ``[DONE]``, with the error when it broke (not when the client left).
+    Iterates like ``UpstreamStream``; raises StreamInterrupted on a stall,
+    DeadlineExceeded past the deadline. ``finished(error)`` is called once
+    when the stream ends: with None after ``[DONE]`` or when the client left,
+    with the error when it broke.
     """
 
     def __init__(
         self,
+        first: list[bytes],
+        rest: AsyncIterator[list[bytes]],
         upstream: UpstreamStream,
         stall_timeout: float,
         deadline: Deadline,
         finished: Callable[[ProviderError | None], None],
     ) -> None:
+        self._first = first
+        self._rest = rest
         self._upstream = upstream
         self._stall_timeout = stall_timeout
         self._deadline = deadline
@@ -42,11 +48,12 @@ class GuardedStream:
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+        yield self._first
         loop = asyncio.get_running_loop()
         self._last_event_at = loop.time()
         self._arm(loop)
         try:
-            async for events in self._upstream:
+            async for events in self._rest:
                 if self._stopped_by is not None:
                     break
                 yield events
