@@ -73,6 +73,13 @@ class OpenAICompatibleProvider:
             raise self._transport_error(exc) from None
         if response.status >= 300:
             raise self._upstream_error(response.status, body, response.headers)
+        try:
+            orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
+        except orjson.JSONDecodeError:
+            logger.warning("provider %s: a %d answer whose body is not JSON", self.name, response.status)
+            raise UpstreamProtocolError(
+                f"provider '{self.name}' answered with a body that is not JSON", provider=self.name
+            ) from None
         return UpstreamResponse(status=response.status, body=body)
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:

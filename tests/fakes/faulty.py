@@ -30,7 +30,7 @@ HANG_SECONDS = 20.0
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str = "ok"  # ok | status | hang | reset | cut | stall | malformed
+    kind: str = "ok"  # ok | status | hang | reset | cut | stall | malformed | not_json
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
@@ -72,6 +72,11 @@ class Fault:
     def stall(cls, after: int) -> Fault:
         """A stream that sends ``after`` events, then goes quiet."""
         return cls("stall", events=after)
+
+    @classmethod
+    def not_json(cls) -> Fault:
+        """A 200 whose body is cut-off JSON."""
+        return cls("not_json")
 
     @classmethod
     def malformed(cls, after: int) -> Fault:
@@ -175,6 +180,11 @@ class FaultyUpstream:
             return False
         if fault.kind == "status":
             await _send_json(writer, fault.status, fault.body or {}, fault.headers)
+            return True
+        if fault.kind == "not_json":
+            data = json.dumps(completion(payload.get("model", "?"), self.name)).encode()[:40]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data))
+            await writer.drain()
             return True
         if not payload.get("stream"):
             await _send_json(writer, 200, completion(payload.get("model", "?"), self.name), {})

@@ -84,3 +84,12 @@ def test_a_reset_connection_is_retried(gateway: Gateway, a: FaultyUpstream) -> N
         raw = client.chat.completions.with_raw_response.create(model="alpha", messages=HI)
     assert raw.parse().choices[0].message.content == "a"
     assert raw.headers["x-switchyard-attempts"] == "2"
+
+
+def test_a_200_whose_body_is_not_json_falls_back(gateway: Gateway, a: FaultyUpstream, b: FaultyUpstream) -> None:
+    a.script(Fault.not_json())
+    with gateway() as client:
+        raw = client.chat.completions.with_raw_response.create(model="alpha", messages=HI)
+    assert raw.parse().choices[0].message.content == "b"
+    assert raw.headers["x-switchyard-attempts"] == "2"  # not retried: the same deployment answered it that way
+    assert len(a.requests) == 1
