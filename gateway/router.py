@@ -35,7 +35,7 @@ from providers.errors import ContextWindowExceeded, StreamInterrupted, UpstreamT
 from .balancer import DeploymentState, order
 from .config import GatewayConfig
 from .cooldown import CircuitBreaker
-from .deadline import Deadline
+from .deadline import Deadline, DeadlineGuard
 from .deployment import Deployment
 from .errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
 from .fallbacks import FallbackPolicy
@@ -123,26 +123,21 @@ class Router:
         """A deadline ``seconds`` from now, on the router's clock."""
         return Deadline(seconds, self._clock)
 
-    async def send(
-        self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
-    ) -> Routed[UpstreamResponse]:
-        async def call(state: DeploymentState, request: UpstreamRequest) -> UpstreamResponse:
-            remaining = deadline.remaining()
-            if remaining <= 0:
-                raise DeadlineExceeded(deadline.seconds)
-            try:
-                timed = UpstreamRequest(request.endpoint, request.payload, request.request_id, remaining)
-                return await state.deployment.provider.send(timed)
-            except UpstreamTimeout:
-                if deadline.remaining() <= 0:
-                    raise DeadlineExceeded(deadline.seconds) from None
-                raise
+    # send and open_stream return _route's coroutine rather than awaiting it:
+    # every coroutine frame between the relay and the socket is resumed on
+    # each of the request's I/O waits, so each layer costs on every request.
 
-        return await self._route(endpoint, payload, request_id, deadline, call)
-
-    async def open_stream(
+    def send(
         self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
-    ) -> Routed[GuardedStream]:
+    ) -> Awaitable[Routed[UpstreamResponse]]:
+        def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
+            return state.deployment.provider.send(request)
+
+        return self._route(endpoint, payload, request_id, deadline, call)
+
+    def open_stream(
+        self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
+    ) -> Awaitable[Routed[GuardedStream]]:
         """An event stream whose first events have arrived (so failing over is still invisible until then)."""
         config = self._config
 
@@ -158,7 +153,7 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return await self._route(endpoint, payload, request_id, deadline, call)
+        return self._route(endpoint, payload, request_id, deadline, call)
 
     async def _route(
         self,
@@ -175,21 +170,22 @@ class Router:
         queue = [requested, *plan.general]
         needed = _Memo(lambda: tokens_needed(endpoint, payload))
         try:
-            while True:
-                model = queue.pop(0)
-                trace.models.append(model)
-                try:
-                    self._check_context_window(model, endpoint, needed)
-                    return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
-                except (ProviderError, NoDeploymentAvailable) as error:
-                    switched = self._fallbacks.after(error, model, plan)
-                    if switched is not None:
-                        queue = list(switched)
-                    elif not (error.fallback_allowed and plan.enabled):
-                        raise
-                    queue = [m for m in queue if m not in trace.models]
-                    if not queue:
-                        raise
+            with DeadlineGuard(deadline):
+                while True:
+                    model = queue.pop(0)
+                    trace.models.append(model)
+                    try:
+                        self._check_context_window(model, endpoint, needed)
+                        return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
+                    except (ProviderError, NoDeploymentAvailable) as error:
+                        switched = self._fallbacks.after(error, model, plan)
+                        if switched is not None:
+                            queue = list(switched)
+                        elif not (error.fallback_allowed and plan.enabled):
+                            raise
+                        queue = [m for m in queue if m not in trace.models]
+                        if not queue:
+                            raise
         except (ProviderError, NoDeploymentAvailable, DeadlineExceeded) as error:
             error.headers = {**error.headers, **trace.headers()}
             raise
@@ -245,19 +241,41 @@ class Router:
         The loop is written out rather than run by tenacity's AsyncRetrying:
         that machinery cost about 35 µs per request even when the first call
         answers (a sixth of the gateway's CPU per request); tenacity still
-        computes the backoff.
+        computes the backoff. The call is awaited here, not in a helper, to
+        keep the await chain short (see ``send``).
         """
         attempts = self._config.retries.attempts
         for attempt in range(1, attempts + 1):
+            if deadline.remaining() <= 0:
+                state.breaker.release()
+                raise DeadlineExceeded(deadline.seconds)
             trace.attempts += 1
+            started = self._clock()
+            state.in_flight += 1
             try:
-                return await self._attempt(state, request, call)
+                answer = await call(state, request)
             except ProviderError as error:
+                if isinstance(error, UpstreamTimeout) and deadline.remaining() <= 0:
+                    state.breaker.release()  # the request ran out of time: no verdict on the deployment
+                    raise DeadlineExceeded(deadline.seconds) from None
+                if not error.fallback_allowed:
+                    self._record_success(state)  # the deployment is fine; the request is at fault
+                    raise
+                self._record_failure(state, error)
                 if not error.retryable or attempt == attempts or state.breaker.state != "closed":
                     raise
                 wait = self._retry_wait(error, attempt)
                 if wait >= deadline.remaining():
                     raise
+            except BaseException:
+                state.breaker.release()  # cancelled (the client left) or the deadline: no verdict on the deployment
+                raise
+            else:
+                state.observe_latency(self._clock() - started)
+                self._record_success(state)
+                return answer
+            finally:
+                state.in_flight -= 1
             await self._sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -269,31 +287,6 @@ class Router:
         state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return float(self._backoff(state))
-
-    async def _attempt(
-        self,
-        state: DeploymentState,
-        request: UpstreamRequest,
-        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
-    ) -> T:
-        started = self._clock()
-        state.in_flight += 1
-        try:
-            answer = await call(state, request)
-        except ProviderError as error:
-            if error.fallback_allowed:
-                self._record_failure(state, error)
-            else:
-                self._record_success(state)  # the deployment is fine; the request is at fault
-            raise
-        except BaseException:
-            state.breaker.release()  # cancelled (the client left) or the deadline: no verdict on the deployment
-            raise
-        finally:
-            state.in_flight -= 1
-        state.observe_latency(self._clock() - started)
-        self._record_success(state)
-        return answer
 
     def _record_success(self, state: DeploymentState) -> None:
         state.successes += 1

@@ -28,8 +28,6 @@ class UpstreamRequest:
     # Fields the gateway does not know are kept: they are for the upstream.
     payload: dict[str, Any]
     request_id: str | None = None
-    # Seconds ``send`` may take in all, when the caller has a deadline; past it the adapter raises UpstreamTimeout.
-    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,13 +45,18 @@ def test_dynamic_int8_scales_each_row_on_its_own() -> None:
     assert relative_error(got[1:], want[1:]) < 0.03
 
 
-def test_weight_only_twin_serves_small_batches_only() -> None:
+def exact_and_quantized(kind: str) -> tuple[FrozenLinear, FrozenLinear]:
+    """The same 64x64 bfloat16 layer (with a bias) twice, the second with a ``kind`` twin."""
     torch.manual_seed(0)
     weight = torch.randn(64, 64, dtype=torch.bfloat16)
     bias = torch.randn(64, dtype=torch.bfloat16)
-    exact = FrozenLinear(weight, bias)
     quantized = FrozenLinear(weight, bias)
-    quantized.quantize("int4")
+    quantized.quantize(kind)
+    return FrozenLinear(weight, bias), quantized
+
+
+def test_weight_only_twin_serves_small_batches_only() -> None:
+    exact, quantized = exact_and_quantized("int4")
     small = torch.randn(2, 64, dtype=torch.bfloat16)
     big = torch.randn(WEIGHT_ONLY_MAX_ROWS + 1, 64, dtype=torch.bfloat16)
     assert not torch.equal(quantized(small), exact(small))
@@ -60,12 +65,7 @@ def test_weight_only_twin_serves_small_batches_only() -> None:
 
 
 def test_w8a8_twin_serves_every_batch() -> None:
-    torch.manual_seed(0)
-    weight = torch.randn(64, 64, dtype=torch.bfloat16)
-    bias = torch.randn(64, dtype=torch.bfloat16)
-    exact = FrozenLinear(weight, bias)
-    quantized = FrozenLinear(weight, bias)
-    quantized.quantize("w8a8")
+    exact, quantized = exact_and_quantized("w8a8")
     for rows in (1, WEIGHT_ONLY_MAX_ROWS + 1, FrozenLinear.UPCAST_MIN_ROWS + 1):
         x = torch.randn(rows, 64, dtype=torch.bfloat16)
         assert not torch.equal(quantized(x), exact(x))
