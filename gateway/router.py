@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
 
+# ``provider/model`` names whose deployment state is kept (oldest dropped first).
+MAX_DIRECT_MODELS = 1024
+
 
 @dataclass(slots=True)
 class Trace:
@@ -306,6 +309,8 @@ class Router:
         if provider is None:
             raise ModelNotFound(model)
         states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
+        if len(self._direct) >= MAX_DIRECT_MODELS:  # the names come from clients: keep the table bounded
+            del self._direct[next(iter(self._direct))]
         self._direct[model] = states
         return states
 

@@ -133,3 +133,15 @@ def test_tokens_needed_follows_openais_chat_accounting() -> None:
     assert tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 16 + 10
     assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hi"], "max_tokens": 5}) == 2 + 5
     assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": [1, 2, 3]}) == 3
+
+
+def test_direct_provider_model_names_are_kept_in_a_bounded_table() -> None:
+    from gateway import router as router_module
+    from gateway.router import Router
+
+    router = Router(config(""), {"p": object()})  # type: ignore[dict-item]
+    for index in range(router_module.MAX_DIRECT_MODELS + 10):
+        router.deployments_for(f"p/model-{index}")
+    states = router.deployment_states()
+    assert len(states) == 4 + router_module.MAX_DIRECT_MODELS  # a..d, then the newest direct names
+    assert "p/model-0" not in states and f"p/model-{router_module.MAX_DIRECT_MODELS + 9}" in states
