@@ -60,6 +60,9 @@ class ModelConfig(_Frozen):
     context_window: int | None = Field(
         None, gt=0, description="Prompt + max_tokens limit; larger requests go to context_window_fallbacks."
     )
+    unsupported_params: Literal["drop", "reject"] = Field(
+        "drop", description="A parameter a deployment's provider does not take: drop it (and say so) or answer 400."
+    )
 
 
 class RetryConfig(_Frozen):

@@ -85,6 +85,7 @@ def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:
         (b"x-switchyard-provider", deployment.provider_name.encode()),
         (b"x-switchyard-model", deployment.model.encode()),
         *((name.encode(), value.encode()) for name, value in routed.trace.headers().items()),
+        *((name.encode(), value.encode()) for name, value in routed.answer.headers.items()),
     ]
 
 

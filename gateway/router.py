@@ -91,6 +91,7 @@ class Router:
         self._backoff = wait_random_exponential(multiplier=retries.backoff_initial, max=retries.backoff_max)
         self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
         self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
+        self._unsupported = {name: m.unsupported_params for name, m in config.models.items()}
         self._routes = {
             name: tuple(
                 self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
@@ -218,7 +219,9 @@ class Router:
         for state in order(states, self._strategies.get(model, self._config.routing), self._rng):
             if not state.breaker.try_acquire():
                 continue
-            request = UpstreamRequest(endpoint, {**payload, "model": state.deployment.model}, request_id)
+            request = UpstreamRequest(
+                endpoint, {**payload, "model": state.deployment.model}, request_id, self._unsupported.get(model, "drop")
+            )
             try:
                 answer = await self._with_retries(state, request, call, deadline, trace)
             except ProviderError as error:

@@ -40,6 +40,7 @@ class GuardedStream:
         self._first = first
         self._rest = rest
         self._upstream = upstream
+        self.headers = upstream.headers
         self._stall_timeout = stall_timeout
         self._deadline = deadline
         self._finished: Callable[[ProviderError | None], None] | None = finished

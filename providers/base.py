@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+UnsupportedPolicy = Literal["drop", "reject"]
 
 
 class Endpoint(StrEnum):
@@ -28,6 +30,8 @@ class UpstreamRequest:
     # Fields the gateway does not know are kept: they are for the upstream.
     payload: dict[str, Any]
     request_id: str | None = None
+    # What to do with a parameter the provider does not take (see providers.params).
+    unsupported_params: UnsupportedPolicy = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,7 @@ class UpstreamResponse:
 
     status: int
     body: bytes
+    # Headers for the client's response (such as x-switchyard-dropped-params).
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,6 +55,9 @@ class UpstreamStream(Protocol):
     that ends or breaks before it raises
     :class:`~providers.errors.StreamInterrupted` (or another ProviderError).
     """
+
+    # Headers for the client's response (such as x-switchyard-dropped-params).
+    headers: dict[str, str]
 
     def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
 

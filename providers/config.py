@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .presets import PRESETS
+from .presets import PRESETS, ProviderPreset
 
 
 class ProviderConfig(BaseModel):
@@ -12,7 +14,11 @@ class ProviderConfig(BaseModel):
 
     type: str = Field(description="Preset name: " + ", ".join(PRESETS))
     base_url: str | None = Field(None, description="Overrides the preset's URL; required for `custom`.")
-    api_key: SecretStr | None = Field(None, description="Sent as a Bearer token; never logged.")
+    api_key: SecretStr | None = Field(None, description="Sent as the preset says (Bearer, or Azure's api-key); never logged.")
+    auth: Literal["bearer", "api-key"] | None = Field(
+        None, description="How the key is sent; default: the preset's (`bearer` for an Azure Entra ID token)."
+    )
+    api_version: str | None = Field(None, description="Azure's api-version; default: the preset's.")
     timeout: float = Field(600.0, gt=0, description="Seconds to wait for each read of a non-streamed answer.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
     max_connections: int = Field(1000, ge=1, description="Pooled connections to this upstream.")
@@ -37,6 +43,10 @@ class ProviderConfig(BaseModel):
         if self.resolved_base_url is None:
             raise ValueError(f"provider type {self.type!r} needs base_url")
         return self
+
+    @property
+    def preset(self) -> ProviderPreset:
+        return PRESETS[self.type]
 
     @property
     def resolved_base_url(self) -> str | None:

@@ -175,6 +175,17 @@ class UpstreamProtocolError(ProviderError):
     fallback_allowed = True
 
 
+class EndpointNotOffered(ProviderError):
+    """The provider has no such endpoint (embeddings at a chat-only provider): a configuration mistake."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "unsupported_endpoint"
+
+    def __init__(self, endpoint: str, provider: str) -> None:
+        super().__init__(f"Provider '{provider}' does not offer /v1/{endpoint}.", provider=provider)
+
+
 class StreamInterrupted(ProviderError):
     """An event stream broke after it started: the answer is incomplete."""
 

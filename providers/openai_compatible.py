@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -26,6 +28,7 @@ from yarl import URL
 from .base import Endpoint, UpstreamRequest, UpstreamResponse
 from .config import ProviderConfig
 from .errors import (
+    EndpointNotOffered,
     ProviderError,
     StreamInterrupted,
     UpstreamProtocolError,
@@ -33,6 +36,7 @@ from .errors import (
     UpstreamUnreachable,
     error_from_response,
 )
+from .params import DROPPED_HEADER, adapt
 from .redact import redact
 from .sse import DONE, SSEDecoder
 
@@ -42,19 +46,27 @@ logger = logging.getLogger(__name__)
 _DRAIN_SECONDS = 0.5
 _STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+_NO_HEADERS: dict[str, str] = {}
 
 
 class OpenAICompatibleProvider:
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
+        preset = config.preset
         base_url = config.resolved_base_url
         assert base_url is not None  # ProviderConfig guarantees it
+        self._base_url = base_url
+        self._preset = preset
+        self._api_version = config.api_version or preset.api_version
         self._urls = {endpoint: URL(f"{base_url}/{endpoint.value}") for endpoint in Endpoint}
         api_key = config.api_key.get_secret_value() if config.api_key else None
         self._secrets = (api_key,) if api_key else ()
         self._headers = {"content-type": "application/json", **config.headers}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
+            if (config.auth or preset.auth) == "api-key":
+                self._headers["api-key"] = api_key
+            else:
+                self._headers["authorization"] = f"Bearer {api_key}"
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         # A stream's reads are not timed here: a per-read timer is re-armed on
@@ -63,8 +75,9 @@ class OpenAICompatibleProvider:
         self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=None)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        url, payload, headers = self._prepare(request)
         try:
-            async with self._client().post(self._urls[request.endpoint], data=orjson.dumps(request.payload)) as response:
+            async with self._client().post(url, data=orjson.dumps(payload)) as response:
                 body = await response.read()
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
@@ -77,13 +90,13 @@ class OpenAICompatibleProvider:
             raise UpstreamProtocolError(
                 f"provider '{self.name}' answered with a body that is not JSON", provider=self.name
             ) from None
-        return UpstreamResponse(status=response.status, body=body)
+        return UpstreamResponse(status=response.status, body=body, headers=headers)
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
-        url = self._urls[request.endpoint]
+        url, payload, headers = self._prepare(request)
         try:
             response = await self._client().post(
-                url, data=orjson.dumps(request.payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout
+                url, data=orjson.dumps(payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout
             )
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
@@ -101,7 +114,26 @@ class OpenAICompatibleProvider:
         except BaseException:
             response.close()
             raise
-        return EventStream(response, self.name)
+        return EventStream(response, self.name, headers)
+
+    def _prepare(self, request: UpstreamRequest) -> tuple[URL, dict[str, Any], dict[str, str]]:
+        """Where to send ``request``, its body as this provider takes it, and headers for the client."""
+        endpoint = request.endpoint
+        if endpoint not in self._preset.endpoints:
+            raise EndpointNotOffered(endpoint.value, self.name)
+        payload, headers = request.payload, _NO_HEADERS
+        if self._preset.params and endpoint is not Endpoint.EMBEDDINGS:
+            payload, dropped = adapt(payload, self._preset.params, request.unsupported_params, self.name)
+            if dropped:
+                headers = {DROPPED_HEADER: ",".join(dropped)}
+        if self._preset.url_style == "azure":
+            return self._azure_url(endpoint, str(payload.get("model", ""))), payload, headers
+        return self._urls[endpoint], payload, headers
+
+    def _azure_url(self, endpoint: Endpoint, deployment: str) -> URL:
+        # Azure names the deployment in the path; the body's model is not used to route.
+        path = f"{self._base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
+        return URL(path).with_query({"api-version": self._api_version or ""})
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -138,7 +170,8 @@ class OpenAICompatibleProvider:
 class EventStream:
     """An upstream event stream whose status was 2xx; see ``UpstreamStream``."""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider_name: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, provider_name: str, headers: dict[str, str]) -> None:
+        self.headers = headers
         self._response = response
         self._provider_name = provider_name
         self._finished = False
