@@ -17,7 +17,6 @@ from .base import Endpoint
 from .params import Rule, Translate, Unsupported
 
 CHAT_ONLY = frozenset({Endpoint.CHAT})
-ALL_ENDPOINTS = frozenset(Endpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +30,97 @@ class ProviderPreset:
     # Where requests go: "{base_url}/{endpoint}", or Azure's per-deployment URLs.
     url_style: Literal["openai", "azure"] = "openai"
     api_version: str | None = None  # Azure's api-version query parameter
-    endpoints: frozenset[Endpoint] = ALL_ENDPOINTS
+    endpoints: frozenset[Endpoint] = frozenset(Endpoint)
     # Rules for chat and completions parameters; a parameter not listed is forwarded.
     params: Mapping[str, Rule] = field(default_factory=dict)
 
 
-# Reasoning-era OpenAI renamed max_tokens; providers that kept the old name get it translated.
+CHAT_AND_COMPLETIONS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+OPENAI_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS})
+CHAT_AND_EMBEDDINGS = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
+
+# OpenAI renamed max_tokens to max_completion_tokens; providers that kept the old name get it translated.
 _MAX_TOKENS = {"max_completion_tokens": Translate("max_tokens")}
+_NO_LOGPROBS = {"logprobs": Unsupported(allowed=(False,)), "top_logprobs": Unsupported()}
 
 PRESETS: dict[str, ProviderPreset] = {
     "openai": ProviderPreset(base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"),
+    "groq": ProviderPreset(
+        base_url="https://api.groq.com/openai/v1",
+        api_key_env="GROQ_API_KEY",
+        endpoints=CHAT_ONLY,
+        params={**_NO_LOGPROBS, "logit_bias": Unsupported(), "n": Unsupported(allowed=(1,))},
+    ),
+    "together": ProviderPreset(
+        base_url="https://api.together.ai/v1",
+        api_key_env="TOGETHER_API_KEY",
+        endpoints=OPENAI_ENDPOINTS,
+        # Together's logprobs is a count with its own answer shape, not OpenAI's flag.
+        params={**_MAX_TOKENS, **_NO_LOGPROBS},
+    ),
+    "mistral": ProviderPreset(
+        base_url="https://api.mistral.ai/v1",
+        api_key_env="MISTRAL_API_KEY",
+        endpoints=CHAT_AND_EMBEDDINGS,
+        # Mistral answers 422 to any field outside its schema.
+        params={
+            **_MAX_TOKENS,
+            **_NO_LOGPROBS,
+            "seed": Translate("random_seed"),
+            "logit_bias": Unsupported(),
+            "user": Unsupported(),
+            "stream_options": Unsupported(),
+        },
+    ),
+    "deepseek": ProviderPreset(
+        base_url="https://api.deepseek.com/v1",
+        api_key_env="DEEPSEEK_API_KEY",
+        endpoints=CHAT_ONLY,
+        params=_MAX_TOKENS,
+    ),
+    "perplexity": ProviderPreset(
+        base_url="https://api.perplexity.ai",
+        api_key_env="PERPLEXITY_API_KEY",
+        endpoints=CHAT_ONLY,
+        params={
+            **_MAX_TOKENS,
+            **_NO_LOGPROBS,
+            "tools": Unsupported(),
+            "tool_choice": Unsupported(),
+            "parallel_tool_calls": Unsupported(),
+            "logit_bias": Unsupported(),
+            "seed": Unsupported(),
+        },
+    ),
+    "xai": ProviderPreset(
+        base_url="https://api.x.ai/v1",
+        api_key_env="XAI_API_KEY",
+        endpoints=CHAT_AND_COMPLETIONS,
+        params={"logit_bias": Unsupported()},
+    ),
+    "fireworks": ProviderPreset(
+        base_url="https://api.fireworks.ai/inference/v1",
+        api_key_env="FIREWORKS_API_KEY",
+        endpoints=OPENAI_ENDPOINTS,
+        params=_MAX_TOKENS,
+    ),
+    # OpenRouter drops what the routed model does not take by itself; app attribution
+    # (HTTP-Referer, X-OpenRouter-Title / X-Title) goes in the provider's `headers:`.
+    "openrouter": ProviderPreset(
+        base_url="https://openrouter.ai/api/v1", api_key_env="OPENROUTER_API_KEY", endpoints=OPENAI_ENDPOINTS
+    ),
+    # Anyscale's public multi-tenant endpoint closed on 2024-08-01; the preset serves hosted deployments.
+    "anyscale": ProviderPreset(
+        base_url="https://api.endpoints.anyscale.com/v1", api_key_env="ANYSCALE_API_KEY", endpoints=OPENAI_ENDPOINTS
+    ),
+    # base_url is the resource endpoint, https://{resource}.openai.azure.com; models are deployment names.
+    "azure": ProviderPreset(
+        base_url=None,
+        api_key_env="AZURE_OPENAI_API_KEY",
+        auth="api-key",
+        url_style="azure",
+        api_version="2024-10-21",
+        endpoints=OPENAI_ENDPOINTS,
+    ),
     "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False),
 }
