@@ -44,3 +44,36 @@ def test_every_checked_parameter_is_listed(endpoint: Endpoint) -> None:
 def test_unsupported_endpoints_are_listed() -> None:
     for path in UNSUPPORTED_OPENAI_PATHS:
         assert path.rstrip("/") in DOC, path
+
+
+def provider_matrix() -> list[str]:
+    """The provider table's rows, as providers/presets.py defines them."""
+    from providers import PRESETS
+    from providers.params import Translate
+
+    names = list(PRESETS)
+    params: list[str] = []
+    for preset in PRESETS.values():
+        params += [name for name in preset.params if name not in params]
+
+    def cell(name: str, param: str) -> str:
+        rule = PRESETS[name].params.get(param)
+        if rule is None:
+            return "forwarded"
+        if isinstance(rule, Translate):
+            return f"-> `{rule.to}`"
+        allowed = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in rule.allowed)
+        return "unsupported" + (f" (except {allowed})" if allowed else "")
+
+    rows = ["| parameter | " + " | ".join(f"`{n}`" for n in names) + " |"]
+    rows += [f"| `{param}` | " + " | ".join(cell(n, param) for n in names) + " |" for param in params]
+    rows += [
+        f"| `POST /v1/{endpoint.value}` | " + " | ".join("✓" if endpoint in PRESETS[n].endpoints else "400" for n in names) + " |"
+        for endpoint in Endpoint
+    ]
+    return rows
+
+
+def test_the_provider_table_matches_the_presets() -> None:
+    for row in provider_matrix():
+        assert row in DOC, f"docs/compatibility.md is missing or differs on: {row}"
