@@ -39,7 +39,7 @@ from .deadline import Deadline, DeadlineGuard
 from .deployment import Deployment
 from .errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
 from .fallbacks import FallbackPolicy
-from .prompt_size import tokens_needed
+from providers.tokens import tokens_needed
 from .stream_guard import GuardedStream
 
 T = TypeVar("T")

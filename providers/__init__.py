@@ -4,6 +4,7 @@
 """
 
 from .base import Endpoint, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
+from .client import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
 from .config import ProviderConfig
 from .errors import OpenAIError, ProviderError
 from .presets import PRESETS, ProviderPreset
@@ -11,6 +12,10 @@ from .registry import build_provider, build_providers
 
 __all__ = [
     "PRESETS",
+    "AsyncOpenAICompatibleAPI",
+    "MissingAPIKey",
+    "NotOffered",
+    "OpenAICompatibleAPI",
     "Endpoint",
     "OpenAIError",
     "Provider",

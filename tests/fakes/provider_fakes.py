@@ -61,6 +61,8 @@ class ProviderFake:
             expected = f"{self.prefix}/openai/deployments/{body.get('model')}/chat/completions"
             if query.get("api-version") != [self.azure_api_version]:
                 return 404, {"error": {"code": "404", "message": "Resource not found"}}
+        if path == f"{self.prefix}/models":
+            return 200, {"object": "list", "data": [{"id": f"{self.name}-model", "object": "model", "created": 0, "owned_by": self.name}]}
         if path != expected:
             return 404, openai_error(f"Unknown request URL: POST {path}", "unknown_url")
         if self.allowed_fields is not None:

@@ -123,7 +123,7 @@ def test_bad_policies_fail_at_load_naming_the_field(extra: str, problem: str) ->
 
 
 def test_tokens_needed_follows_openais_chat_accounting() -> None:
-    from gateway.prompt_size import count_text, tokens_needed
+    from providers.tokens import count_text, tokens_needed
     from providers import Endpoint
 
     assert count_text("hello world") == 2  # cl100k_base
