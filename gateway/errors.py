@@ -109,7 +109,6 @@ class DeadlineExceeded(GatewayError):
 # OpenAI's endpoints that the gateway does not serve; docs/compatibility.md lists them too.
 UNSUPPORTED_OPENAI_PATHS = (
     "/v1/responses",
-    "/v1/moderations",
     "/v1/audio/",
     "/v1/images/",
     "/v1/files",

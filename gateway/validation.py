@@ -79,10 +79,17 @@ class EmbeddingRequest(_Body):
     user: str | None = None
 
 
+class ModerationRequest(_Body):
+    # OpenAI lets `model` default; a gateway must know where to route, so it is required here.
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[dict[str, Any]]
+
+
 REQUEST_MODELS: dict[Endpoint, type[_Body]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
+    Endpoint.MODERATIONS: ModerationRequest,
 }
 
 

@@ -21,6 +21,7 @@ class Endpoint(StrEnum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    MODERATIONS = "moderations"
 
 
 @dataclass(frozen=True, slots=True)

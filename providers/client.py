@@ -46,8 +46,6 @@ FALLBACK_ERRORS = (
 )
 # What a bad key looks like (xAI answers one with a 400).
 _BAD_KEY_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.BadRequestError)
-# Providers that serve /v1/moderations (docs/providers.md).
-MODERATION_PROVIDERS = frozenset({"openai", "mistral", "custom"})
 
 
 class MissingAPIKey(ValueError):
@@ -125,20 +123,14 @@ class _Targets:
             raise ValueError(f"no model: pass model= or set default_model for provider {target.provider!r}")
         return chosen
 
-    def arguments(self, target: Target, endpoint: Endpoint | None, model: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        """``create()`` keyword arguments: the body adapted to the provider, unknown fields via ``extra_body``.
-
-        ``endpoint`` None is moderations, which are not a gateway endpoint: only the providers that offer it,
-        and the model may be left to the provider.
-        """
-        if endpoint is None:
-            if target.provider not in MODERATION_PROVIDERS:
-                raise NotOffered(f"provider {target.provider!r} does not offer /v1/moderations")
-            return {**body, **({"model": model} if model else {})}
+    def arguments(self, target: Target, endpoint: Endpoint, model: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """``create()`` keyword arguments: the body adapted to the provider, unknown fields via ``extra_body``."""
         if endpoint not in target.preset.endpoints:
             raise NotOffered(f"provider {target.provider!r} does not offer /v1/{endpoint.value}")
+        if endpoint is Endpoint.MODERATIONS:  # the provider picks its moderation model when none is named
+            return {**body, **({"model": model} if model else {})}
         body = {**body, "model": self.model(target, model)}
-        if endpoint is not Endpoint.EMBEDDINGS:
+        if endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS):
             body, _ = adapt(body, target.preset.params, target.unsupported_params, target.provider)
         fixed = {key: body.pop(key) for key in ("model", "messages", "prompt", "input", "stream") if key in body}
         return {**fixed, "extra_body": body} if body else fixed
@@ -195,7 +187,7 @@ class OpenAICompatibleAPI:
 
     def moderate(self, text: str | list[str], model: str | None = None) -> list[Moderation]:
         """Moderation results, one per input (providers that offer it: openai, mistral, custom)."""
-        answer = self._first_answer(None, model, {"input": text}, lambda c, kw: c.moderations.create(**kw))
+        answer = self._first_answer(Endpoint.MODERATIONS, model, {"input": text}, lambda c, kw: c.moderations.create(**kw))
         return list(answer.results)
 
     def count_tokens(self, text_or_messages: str | Messages, model: str | None = None) -> int:
@@ -213,7 +205,7 @@ class OpenAICompatibleAPI:
         return [model.id for model in self._clients[0].models.list()]
 
     def _first_answer(
-        self, endpoint: Endpoint | None, model: str | None, body: dict[str, Any], call: Callable[[Any, dict[str, Any]], T]
+        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], call: Callable[[Any, dict[str, Any]], T]
     ) -> T:
         error: Exception | None = None
         for target, client in zip(self._targets.targets, self._clients):
@@ -252,7 +244,7 @@ class AsyncOpenAICompatibleAPI:
         return await self._first_answer(Endpoint.EMBEDDINGS, model, body, lambda c, kw: c.embeddings.create(**kw))
 
     async def moderate(self, text: str | list[str], model: str | None = None) -> list[Moderation]:
-        answer = await self._first_answer(None, model, {"input": text}, lambda c, kw: c.moderations.create(**kw))
+        answer = await self._first_answer(Endpoint.MODERATIONS, model, {"input": text}, lambda c, kw: c.moderations.create(**kw))
         return list(answer.results)
 
     def count_tokens(self, text_or_messages: str | Messages, model: str | None = None) -> int:
@@ -270,7 +262,7 @@ class AsyncOpenAICompatibleAPI:
 
     async def _first_answer(
         self,
-        endpoint: Endpoint | None,
+        endpoint: Endpoint,
         model: str | None,
         body: dict[str, Any],
         call: Callable[[Any, dict[str, Any]], Awaitable[T]],

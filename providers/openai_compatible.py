@@ -47,6 +47,8 @@ _DRAIN_SECONDS = 0.5
 _STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 _NO_HEADERS: dict[str, str] = {}
+# Parameter maps are about generation parameters: chat and completions bodies.
+_MAPPED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 
 
 class OpenAICompatibleProvider:
@@ -122,7 +124,7 @@ class OpenAICompatibleProvider:
         if endpoint not in self._preset.endpoints:
             raise EndpointNotOffered(endpoint.value, self.name)
         payload, headers = request.payload, _NO_HEADERS
-        if self._preset.params and endpoint is not Endpoint.EMBEDDINGS:
+        if self._preset.params and endpoint in _MAPPED_ENDPOINTS:
             payload, dropped = adapt(payload, self._preset.params, request.unsupported_params, self.name)
             if dropped:
                 headers = {DROPPED_HEADER: ",".join(dropped)}

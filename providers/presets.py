@@ -37,7 +37,7 @@ class ProviderPreset:
 
 CHAT_AND_COMPLETIONS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 OPENAI_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS})
-CHAT_AND_EMBEDDINGS = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS})
+CHAT_EMBEDDINGS_MODERATIONS = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.MODERATIONS})
 
 # OpenAI renamed max_tokens to max_completion_tokens; providers that kept the old name get it translated.
 _MAX_TOKENS = {"max_completion_tokens": Translate("max_tokens")}
@@ -61,7 +61,7 @@ PRESETS: dict[str, ProviderPreset] = {
     "mistral": ProviderPreset(
         base_url="https://api.mistral.ai/v1",
         api_key_env="MISTRAL_API_KEY",
-        endpoints=CHAT_AND_EMBEDDINGS,
+        endpoints=CHAT_EMBEDDINGS_MODERATIONS,
         # Mistral answers 422 to any field outside its schema.
         params={
             **_MAX_TOKENS,

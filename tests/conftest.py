@@ -45,6 +45,9 @@ models:
   embed-test:
     deployments:
       - {provider: fake, model: fake-embedder}
+  moderation-test:
+    deployments:
+      - {provider: fake, model: omni-moderation-latest}
 """
 
 

@@ -18,6 +18,7 @@ SECTIONS = {
     Endpoint.CHAT: "CreateChatCompletionRequest",
     Endpoint.COMPLETIONS: "CreateCompletionRequest",
     Endpoint.EMBEDDINGS: "CreateEmbeddingRequest",
+    Endpoint.MODERATIONS: "CreateModerationRequest",
 }
 
 

@@ -67,6 +67,8 @@ class FakeOpenAI:
             await self._completion(payload, send, receive, chat=False)
         elif route == ("POST", "/v1/embeddings"):
             await _json(send, 200, _embeddings(payload))
+        elif route == ("POST", "/v1/moderations"):
+            await _json(send, 200, _moderation(payload))
         else:
             await _json(send, 404, _error(f"Invalid URL ({scope['method']} {scope['path']})", "invalid_request_error"))
 
@@ -148,6 +150,26 @@ def _reply_text(payload: dict[str, Any], chat: bool) -> str:
         prompt = payload.get("prompt")
         said = prompt if isinstance(prompt, str) else "..."
     return f"You said: {said}"
+
+
+def _moderation(payload: dict[str, Any]) -> dict[str, Any]:
+    """One result per input; anything mentioning "attack" is flagged as violence."""
+    inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
+    names = ["harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+             "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
+             "violence/graphic"]  # fmt: skip
+
+    def result(text: Any) -> dict[str, Any]:
+        violent = "attack" in str(text)
+        categories = {name: violent and name == "violence" for name in names}
+        return {
+            "flagged": violent,
+            "categories": categories,
+            "category_scores": {name: 0.9 if flagged else 0.01 for name, flagged in categories.items()},
+            "category_applied_input_types": {name: ["text"] for name in names},
+        }
+
+    return {"id": "modr-fake", "model": payload.get("model", "omni-moderation-latest"), "results": [result(t) for t in inputs]}
 
 
 def _usage(text: str) -> dict[str, int]:

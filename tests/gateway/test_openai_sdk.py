@@ -93,10 +93,20 @@ def test_embeddings(client: openai.OpenAI, fake: FakeOpenAI) -> None:
     assert fake.requests[-1].body["model"] == "fake-embedder"
 
 
+def test_moderations(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    raw = client.moderations.with_raw_response.create(model="moderation-test", input=["hello", "attack them"])
+    validate("CreateModerationResponse", raw.http_response.json())
+    assert [result.flagged for result in raw.parse().results] == [False, True]
+    assert fake.requests[-1].body["model"] == "omni-moderation-latest"
+    with pytest.raises(openai.BadRequestError) as caught:  # a gateway must know where to route
+        client.moderations.create(input="hello")
+    assert caught.value.param == "model"
+
+
 def test_models(client: openai.OpenAI) -> None:
     raw = client.models.with_raw_response.list()
     validate("ListModelsResponse", raw.http_response.json())
-    assert [model.id for model in raw.parse()] == ["gpt-test", "backed-up", "embed-test"]
+    assert [model.id for model in raw.parse()] == ["gpt-test", "backed-up", "embed-test", "moderation-test"]
 
     model = client.models.retrieve("gpt-test")
     assert model.id == "gpt-test"

@@ -37,6 +37,7 @@ def test_chat_stream_complete_embed_and_models_through_switchyard(switchyard: di
     assert len(embedding.data) == 2
     assert "gpt-test" in api.list_models()
     assert api.validate_credentials()
+    assert [r.flagged for r in api.moderate(["hi", "attack"], model="moderation-test")] == [False, True]
 
 
 async def test_the_async_twin_does_the_same(switchyard: dict[str, str]) -> None:

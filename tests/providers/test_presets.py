@@ -100,6 +100,9 @@ def test_an_endpoint_the_provider_lacks_is_a_400_saying_so(client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="groq-m", input="hi")
     assert caught.value.code == "unsupported_endpoint" and "'groq'" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as moderation:
+        client.moderations.create(model="together-m", input="hi")
+    assert moderation.value.code == "unsupported_endpoint" and "/v1/moderations" in moderation.value.message
 
 
 @pytest.mark.parametrize(
