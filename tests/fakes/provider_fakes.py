@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .asgi import read_request, serve_lifespan
-from .faulty import completion
+from .faulty import chunk, completion
 
 Refusal = tuple[int, dict[str, Any]]
 
@@ -49,8 +49,13 @@ class ProviderFake:
         query = parse_qs(scope.get("query_string", b"").decode())
         self.requests.append({"path": scope["path"], "query": query, "headers": headers, "body": body})
         status, answer = self._answer(scope["path"], query, headers, body)
-        data = json.dumps(answer).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        if status == 200 and body.get("stream"):
+            events = [chunk(str(body.get("model")), self.name), chunk(str(body.get("model")), None, "stop")]
+            data = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+            content_type = b"text/event-stream"
+        else:
+            data, content_type = json.dumps(answer).encode(), b"application/json"
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
         await send({"type": "http.response.body", "body": data})
 
     def _answer(self, path: str, query: dict[str, list[str]], headers: dict[str, str], body: dict[str, Any]) -> Refusal:
@@ -81,6 +86,24 @@ class ProviderFake:
 def always(status: int, answer: dict[str, Any]) -> Callable[[Any], Refusal]:
     return lambda value: (status, answer)
 
+
+# Azure's answer to a prompt its content filter blocks (learn.microsoft.com, "content filtering").
+AZURE_CONTENT_FILTER: Refusal = (
+    400,
+    {
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {"violence": {"filtered": True, "severity": "high"}},
+            },
+        }
+    },
+)
 
 MISTRAL_FIELDS = frozenset(
     "model messages temperature top_p max_tokens stream stop random_seed response_format tools tool_choice "
@@ -119,5 +142,12 @@ def fakes() -> dict[str, ProviderFake]:
         "fireworks": ProviderFake("fireworks", "/inference/v1"),
         "openrouter": ProviderFake("openrouter", "/api/v1"),
         "anyscale": ProviderFake("anyscale", "/v1"),
-        "azure": ProviderFake("azure", "", auth_header="api-key", auth_value="{key}", azure_api_version="2024-10-21"),
+        "azure": ProviderFake(
+            "azure",
+            "",
+            auth_header="api-key",
+            auth_value="{key}",
+            azure_api_version="2024-10-21",
+            refuses={"messages": lambda messages: AZURE_CONTENT_FILTER if "forbidden" in json.dumps(messages) else None},
+        ),
     }

@@ -60,7 +60,8 @@ def client(served_fakes: dict[str, tuple[ProviderFake, ServedApp]]) -> Iterator[
         providers[name] = {"type": name, "base_url": server.url + fake.prefix, "api_key": fake.key}
         models[f"{name}-m"] = {"deployments": [{"provider": name, "model": f"m-{name}"}]}
         models[f"{name}-strict"] = {"deployments": [{"provider": name, "model": f"m-{name}"}], "unsupported_params": "reject"}
-    config = parse_config(yaml.safe_dump({"providers": providers, "models": models}), environ={})
+    policies = {"content_policy_fallbacks": {"azure-m": ["openai-m"]}}
+    config = parse_config(yaml.safe_dump({"providers": providers, "models": models, **policies}), environ={})
     with ServedApp(create_app(config)) as gateway:
         yield openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client", max_retries=0)
 
@@ -131,3 +132,29 @@ def test_provider_error_bodies_arrive_in_openais_shape(client: openai.OpenAI) ->
     with pytest.raises(openai.BadRequestError) as bad_key:
         client.chat.completions.create(model="xai-m", messages=HI, extra_body={"x-test-bad-key": True})
     assert "Incorrect API key" in bad_key.value.message
+
+
+def test_azure_content_filter_is_a_content_policy_refusal(client: openai.OpenAI) -> None:
+    blocked = [{"role": "user", "content": "something forbidden"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="azure-strict", messages=blocked)
+    assert caught.value.code == "content_filter" and caught.value.type == "invalid_request_error"
+    assert caught.value.param == "prompt"
+    raw = client.chat.completions.with_raw_response.create(model="azure-m", messages=blocked)  # its policy chain
+    assert raw.headers["x-switchyard-fallback-chain"] == "azure-m,openai-m"
+    assert raw.parse().choices[0].message.content == "openai"
+
+
+def test_a_streamed_answer_names_what_was_dropped_too(served_fakes: dict[str, tuple[ProviderFake, ServedApp]]) -> None:
+    fake, server = served_fakes["groq"]
+    config = parse_config(
+        yaml.safe_dump({
+            "providers": {"groq": {"type": "groq", "base_url": server.url + fake.prefix, "api_key": fake.key}},
+            "models": {"g": {"deployments": [{"provider": "groq", "model": "llama"}]}},
+        }),
+        environ={},
+    )  # fmt: skip
+    with ServedApp(create_app(config)) as gateway:
+        streaming = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client", max_retries=0)
+        with streaming.chat.completions.with_streaming_response.create(model="g", messages=HI, stream=True, logit_bias={"1": 1}) as response:
+            assert response.headers["x-switchyard-dropped-params"] == "logit_bias"
