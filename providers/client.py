@@ -70,14 +70,17 @@ class Target:
     headers: Mapping[str, str]
     api_version: str | None
     unsupported_params: UnsupportedPolicy
+    auth: str  # "bearer" or "api-key"
 
     def sdk_options(self) -> dict[str, Any]:
         """Keyword arguments for the SDK's client classes (OpenAI / AzureOpenAI and their async twins)."""
         options: dict[str, Any] = {"timeout": self.timeout, "max_retries": self.max_retries}
         headers = dict(self.headers)
         if self.preset.url_style == "azure":
-            return {**options, "azure_endpoint": self.base_url, "api_version": self.api_version,
-                    "api_key": self.api_key, "default_headers": headers}  # fmt: skip
+            # An Entra ID token goes as a Bearer token, a key in the api-key header.
+            credential = {"azure_ad_token": self.api_key} if self.auth == "bearer" else {"api_key": self.api_key}
+            return {**options, **credential, "azure_endpoint": self.base_url, "api_version": self.api_version,
+                    "default_headers": headers}  # fmt: skip
         # The SDK insists on a key; a server that needs none ignores the header.
         return {**options, "base_url": self.base_url, "api_key": self.api_key or "none", "default_headers": headers}
 
@@ -106,6 +109,7 @@ def resolve(config: Mapping[str, Any], environ: Mapping[str, str] | None = None)
         headers=dict(config.get("headers", {})),
         api_version=config.get("api_version") or preset.api_version,
         unsupported_params=config.get("unsupported_params", "drop"),
+        auth=config.get("auth") or preset.auth,
     )
 
 

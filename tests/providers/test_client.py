@@ -94,3 +94,15 @@ def test_count_tokens_uses_the_bundled_encoding_offline() -> None:
     api = OpenAICompatibleAPI({"provider": "custom", "base_url": "http://127.0.0.1:9/v1", "default_model": "gpt-4"})
     assert api.count_tokens("hello world") == 2
     assert api.count_tokens([{"role": "user", "content": "hello world"}]) == 3 + 3 + 1 + 2
+
+
+def test_azure_deployment_urls_with_a_key_or_an_entra_token() -> None:
+    apps = fakes()
+    keyed = apps["azure"]
+    token = ProviderFake("azure", "", auth_value="Bearer {key}", azure_api_version="2024-10-21", key="entra-token")
+    with ServedApp(keyed) as keyed_server, ServedApp(token) as token_server:
+        api = OpenAICompatibleAPI({"provider": "azure", "base_url": keyed_server.url, "api_key": keyed.key, "default_model": "my-gpt"})
+        assert api.chat(HI) == "azure"
+        assert keyed.requests[-1]["path"] == "/openai/deployments/my-gpt/chat/completions"
+        config = {"provider": "azure", "base_url": token_server.url, "api_key": token.key, "auth": "bearer", "default_model": "d"}
+        assert OpenAICompatibleAPI(config).chat(HI) == "azure"

@@ -158,3 +158,17 @@ def test_a_streamed_answer_names_what_was_dropped_too(served_fakes: dict[str, tu
         streaming = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client", max_retries=0)
         with streaming.chat.completions.with_streaming_response.create(model="g", messages=HI, stream=True, logit_bias={"1": 1}) as response:
             assert response.headers["x-switchyard-dropped-params"] == "logit_bias"
+
+
+def test_azure_with_an_entra_id_token_sends_it_as_bearer() -> None:
+    fake = ProviderFake("azure", "", auth_value="Bearer {key}", azure_api_version="2024-10-21", key="entra-token")
+    with ServedApp(fake) as upstream:
+        provider = {"type": "azure", "base_url": upstream.url, "api_key": fake.key, "auth": "bearer"}
+        config = parse_config(
+            yaml.safe_dump({"providers": {"az": provider}, "models": {"a": {"deployments": [{"provider": "az", "model": "dep"}]}}}),
+            environ={},
+        )
+        with ServedApp(create_app(config)) as gateway:
+            client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client", max_retries=0)
+            assert client.chat.completions.create(model="a", messages=HI).choices[0].message.content == "azure"
+    assert fake.requests[-1]["path"] == "/openai/deployments/dep/chat/completions"
