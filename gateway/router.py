@@ -30,7 +30,13 @@ from typing import Any, Generic, TypeVar
 from tenacity import RetryCallState, wait_random_exponential
 
 from providers import Endpoint, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
-from providers.errors import ContextWindowExceeded, StreamInterrupted, UpstreamTimeout, UpstreamUnreachable
+from providers.errors import (
+    ContextWindowExceeded,
+    EndpointNotOffered,
+    StreamInterrupted,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 from .balancer import DeploymentState, order
 from .config import GatewayConfig
@@ -214,7 +220,10 @@ class Router:
         call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
         trace: Trace,
     ) -> Routed[T]:
-        states = self._states_for(model)
+        states = [state for state in self._states_for(model) if state.deployment.provider.offers(endpoint)]
+        if not states:
+            deployment = self._states_for(model)[0].deployment
+            raise EndpointNotOffered(endpoint.value, deployment.provider_name)
         last_error: ProviderError | None = None
         for state in order(states, self._strategies.get(model, self._config.routing), self._rng):
             if not state.breaker.try_acquire():

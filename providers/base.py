@@ -68,6 +68,10 @@ class UpstreamStream(Protocol):
 class Provider(Protocol):
     name: str
 
+    def offers(self, endpoint: Endpoint) -> bool:
+        """Whether the provider has ``endpoint`` at all (the router skips deployments that do not)."""
+        ...
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 
     async def open_stream(self, request: UpstreamRequest) -> UpstreamStream: ...

@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 _DRAIN_SECONDS = 0.5
 _STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
-_NO_HEADERS: dict[str, str] = {}
 # Parameter maps are about generation parameters: chat and completions bodies.
 _MAPPED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 
@@ -118,12 +117,16 @@ class OpenAICompatibleProvider:
             raise
         return EventStream(response, self.name, headers)
 
+    def offers(self, endpoint: Endpoint) -> bool:
+        return endpoint in self._preset.endpoints
+
     def _prepare(self, request: UpstreamRequest) -> tuple[URL, dict[str, Any], dict[str, str]]:
         """Where to send ``request``, its body as this provider takes it, and headers for the client."""
         endpoint = request.endpoint
         if endpoint not in self._preset.endpoints:
             raise EndpointNotOffered(endpoint.value, self.name)
-        payload, headers = request.payload, _NO_HEADERS
+        payload: dict[str, Any] = request.payload
+        headers: dict[str, str] = {}
         if self._preset.params and endpoint in _MAPPED_ENDPOINTS:
             payload, dropped = adapt(payload, self._preset.params, request.unsupported_params, self.name)
             if dropped:

@@ -68,6 +68,9 @@ class ProviderFake:
                 return 404, {"error": {"code": "404", "message": "Resource not found"}}
         if path == f"{self.prefix}/models":
             return 200, {"object": "list", "data": [{"id": f"{self.name}-model", "object": "model", "created": 0, "owned_by": self.name}]}
+        if path == expected.replace("/chat/completions", "/embeddings"):
+            data = [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5]}]
+            return 200, {"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": 1, "total_tokens": 1}}
         if path != expected:
             return 404, openai_error(f"Unknown request URL: POST {path}", "unknown_url")
         if self.allowed_fields is not None:

@@ -60,6 +60,7 @@ def client(served_fakes: dict[str, tuple[ProviderFake, ServedApp]]) -> Iterator[
         providers[name] = {"type": name, "base_url": server.url + fake.prefix, "api_key": fake.key}
         models[f"{name}-m"] = {"deployments": [{"provider": name, "model": f"m-{name}"}]}
         models[f"{name}-strict"] = {"deployments": [{"provider": name, "model": f"m-{name}"}], "unsupported_params": "reject"}
+    models["mixed"] = {"deployments": [{"provider": "groq", "model": "llama"}, {"provider": "openai", "model": "embedder"}]}
     policies = {"content_policy_fallbacks": {"azure-m": ["openai-m"]}}
     config = parse_config(yaml.safe_dump({"providers": providers, "models": models, **policies}), environ={})
     with ServedApp(create_app(config)) as gateway:
@@ -101,6 +102,9 @@ def test_an_endpoint_the_provider_lacks_is_a_400_saying_so(client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="groq-m", input="hi")
     assert caught.value.code == "unsupported_endpoint" and "'groq'" in caught.value.message
+    # A model whose deployments differ: the ones that lack the endpoint are skipped, not failed.
+    raw = client.embeddings.with_raw_response.create(model="mixed", input="hi")
+    assert raw.headers["x-switchyard-provider"] == "openai" and raw.headers["x-switchyard-attempts"] == "1"
     with pytest.raises(openai.BadRequestError) as moderation:
         client.moderations.create(model="together-m", input="hi")
     assert moderation.value.code == "unsupported_endpoint" and "/v1/moderations" in moderation.value.message
