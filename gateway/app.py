@@ -3,6 +3,7 @@
 ::
 
     RequestIdMiddleware                 x-request-id on every response
+    └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
         └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
             └── FastAPI                 models, health, /docs, errors for unknown URLs
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp
 
 from providers import OpenAIError, Provider, build_providers
 
+from .auth import ApiKeyMiddleware, KeyRing
 from .config import GatewayConfig
 from .disconnect import CancelOnDisconnectMiddleware
 from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
@@ -55,7 +57,11 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
     api.include_router(health_routes(router))
     _install_error_handlers(api)
     api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
-    return RequestIdMiddleware(CancelOnDisconnectMiddleware(GatewayApp(router, api)))
+    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api))
+    keys = KeyRing(config.server.api_keys)
+    if not keys.is_open:
+        app = ApiKeyMiddleware(app, keys)
+    return RequestIdMiddleware(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -100,6 +100,11 @@ def describe(config: GatewayConfig) -> str:
         lines.append(f"  {name} -> {targets}")
     if config.providers:
         lines.append("any configured provider's model is also reachable as provider/model")
+    keys = config.server.api_keys
+    if keys:
+        lines.append(f"api keys ({len(keys)}): " + ", ".join(key.name for key in keys))
+    else:
+        lines.append("api keys: none; the gateway is open to anyone who can reach its address")
     policies = {
         "fallbacks": config.fallbacks,
         "context_window_fallbacks": config.context_window_fallbacks,

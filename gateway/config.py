@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from providers import PRESETS, ProviderConfig
 
@@ -38,11 +38,32 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ApiKeyConfig(_Frozen):
+    """A client key: the key itself (from the environment) or its sha256, what it may call, how often."""
+
+    key: SecretStr | None = Field(None, description="The key, e.g. ${TEAM_A_KEY}; never logged.")
+    key_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$", description="The key's sha256, hex.")
+    name: str = Field(min_length=1, description="Shown in logs and limits instead of the key.")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Models it may call; '*' is all.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(None, description="Tokens per minute: not built yet.")
+    budget_tokens: int | None = Field(None, description="A token budget: not built yet.")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApiKeyConfig:
+        if (self.key is None or not self.key.get_secret_value()) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of `key` and `key_sha256`")
+        if self.tpm is not None or self.budget_tokens is not None:
+            raise ValueError("`tpm` and `budget_tokens` are not built yet (they need usage accounting); remove them")
+        return self
+
+
 class ServerConfig(_Frozen):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
 
 
 class DeploymentConfig(_Frozen):
@@ -99,8 +120,10 @@ class GatewayConfig(_Frozen):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Every provider key, for redaction in logs."""
-        return tuple(p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None)
+        """Every provider and client key, for redaction in logs."""
+        provider_keys = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None]
+        client_keys = [k.key.get_secret_value() for k in self.server.api_keys if k.key is not None]
+        return tuple(provider_keys + client_keys)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -190,6 +213,14 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{model_name}.deployments[{index}].provider: unknown provider "
                     f"{deployment.provider!r}; expected one of: {known_providers}"
                 )
+    names = [key.name for key in config.server.api_keys]
+    for index, key in enumerate(config.server.api_keys):
+        if names.count(key.name) > 1:
+            problems.append(f"server.api_keys[{index}].name: {key.name!r} is used twice")
+        for position, model in enumerate(key.models):
+            provider, slash, _ = model.partition("/")
+            if model != "*" and model not in config.models and not (slash and provider in config.providers):
+                problems.append(f"server.api_keys[{index}].models[{position}]: {model!r} is not a model here")
     policies = {
         "fallbacks": config.fallbacks,
         "context_window_fallbacks": config.context_window_fallbacks,

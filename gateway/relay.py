@@ -17,8 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from providers import Endpoint, OpenAIError
 
 from .errors import InternalError, MethodNotAllowed
+from .auth import ApiKey, ModelNotAllowed, RateLimitReached
 from .deadline import request_timeout
+from .rate_limit import RequestLimiter
 from .router import Routed, Router
+from .responses import send_error, send_json
 from .streaming import relay_event_stream
 from .validation import parse_body
 
@@ -26,15 +29,15 @@ logger = logging.getLogger(__name__)
 
 RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 class GatewayApp:
     """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
 
-    def __init__(self, router: Router, fallback: ASGIApp) -> None:
+    def __init__(self, router: Router, fallback: ASGIApp, limiter: RequestLimiter | None = None) -> None:
         self._router = router
         self._fallback = fallback
+        self._limiter = limiter or RequestLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
@@ -46,15 +49,19 @@ class GatewayApp:
             await self._relay(scope, receive, send, endpoint)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        limit_headers: list[tuple[bytes, bytes]] = []
         try:
             payload = parse_body(await read_body(receive), endpoint)
-            request_id = scope["state"]["request_id"]
+            state = scope["state"]
+            key: ApiKey | None = state.get("api_key")
+            if key is not None:
+                limit_headers = self._admit(key, payload["model"])
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
-                routed_stream = await self._router.open_stream(endpoint, payload, deadline, request_id)
-                await relay_event_stream(routed_stream.answer, routed_headers(routed_stream), send)
+                routed_stream = await self._router.open_stream(endpoint, payload, deadline, state["request_id"])
+                await relay_event_stream(routed_stream.answer, routed_headers(routed_stream) + limit_headers, send)
                 return
-            routed = await self._router.send(endpoint, payload, deadline, request_id)
+            routed = await self._router.send(endpoint, payload, deadline, state["request_id"])
         except OpenAIError as error:
             await send_error(send, error)
             return
@@ -63,7 +70,18 @@ class GatewayApp:
             logger.exception("unexpected error on POST %s", scope["path"])
             await send_error(send, InternalError())
             return
-        await send_json(send, routed.answer.status, routed.answer.body, routed_headers(routed))
+        await send_json(send, routed.answer.status, routed.answer.body, routed_headers(routed) + limit_headers)
+
+    def _admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
+        """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
+        if not key.may_use(model):
+            raise ModelNotAllowed(key.name, model)
+        if key.rpm is None:
+            return []
+        decision = self._limiter.acquire(key.name, key.rpm)
+        if not decision.allowed:
+            raise RateLimitReached(key.name, decision)
+        return [(name.encode(), value.encode()) for name, value in decision.headers().items()]
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -87,15 +105,3 @@ def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:
         *((name.encode(), value.encode()) for name, value in routed.trace.headers().items()),
         *((name.encode(), value.encode()) for name, value in routed.answer.headers.items()),
     ]
-
-
-async def send_error(send: Send, error: OpenAIError) -> None:
-    extra = [(name.encode(), value.encode()) for name, value in error.headers.items()]
-    await send_json(send, error.status_code, error.to_json(), extra)
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    # content-length, not chunked: clients and proxies handle a sized body best.
-    start = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": body})
