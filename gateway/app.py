@@ -30,6 +30,7 @@ from .config import GatewayConfig
 from .disconnect import CancelOnDisconnectMiddleware
 from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
 from .health import health_routes
+from .metrics import GatewayMetrics
 from .model_list import model_routes
 from .relay import RELAY_PATHS, GatewayApp
 from .request_id import RequestIdMiddleware
@@ -52,12 +53,13 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
         for adapter in adapters.values():
             await adapter.aclose()
 
+    metrics = GatewayMetrics(router)
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router))
-    api.include_router(health_routes(router))
+    api.include_router(health_routes(router, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
-    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api))
+    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api, metrics))
     keys = KeyRing(config.server.api_keys)
     if not keys.is_open:
         app = ApiKeyMiddleware(app, keys)

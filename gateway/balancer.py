@@ -1,4 +1,4 @@
-"""Which of a model's deployments to try first: weighted random, least busy, or lowest latency.
+"""Which of a model's deployments to try first: weighted random, in order, least busy, or lowest latency.
 
 The balancer orders all of a model's deployments; the router takes them in
 that order, skipping those cooling down, so the later ones are the model's
@@ -42,7 +42,7 @@ class DeploymentState:
 
 def order(states: Sequence[DeploymentState], strategy: RoutingStrategy, rng: random.Random) -> list[DeploymentState]:
     """``states`` in the order to try them."""
-    if len(states) == 1:
+    if len(states) == 1 or strategy == "ordered":  # ordered: the first listed is primary, the rest back it up
         return list(states)
     if strategy == "weighted":
         # Weighted sampling without replacement (Efraimidis-Spirakis): the

@@ -72,7 +72,7 @@ class DeploymentConfig(_Frozen):
     weight: float = Field(1.0, gt=0, description="Share of traffic under `routing: weighted`.")
 
 
-RoutingStrategy = Literal["weighted", "least_busy", "lowest_latency"]
+RoutingStrategy = Literal["weighted", "ordered", "least_busy", "lowest_latency"]
 
 
 class ModelConfig(_Frozen):

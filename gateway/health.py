@@ -7,7 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import PlainTextResponse, Response
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from .balancer import DeploymentState
+from .metrics import GatewayMetrics
 from .model_list import json_response
 from .router import Router
 
@@ -27,7 +30,7 @@ def deployment_status(state: DeploymentState) -> dict[str, Any]:
     }
 
 
-def health_routes(router: Router) -> APIRouter:
+def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
     health = APIRouter(tags=["health"])
 
     @health.get("/health")
@@ -43,6 +46,11 @@ def health_routes(router: Router) -> APIRouter:
             for model, states in router.deployment_states().items()
         }
         return json_response({"status": "ready", "models": models})
+
+    @health.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: requests, latency, time to first token, attempts, deployments."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @health.get("/ping")
     async def ping() -> Response:

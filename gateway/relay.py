@@ -10,6 +10,7 @@ unknown URLs) is served by FastAPI behind this dispatcher.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,6 +20,7 @@ from providers import Endpoint, OpenAIError
 from .errors import InternalError, MethodNotAllowed
 from .auth import ApiKey, ModelNotAllowed, RateLimitReached
 from .deadline import request_timeout
+from .metrics import GatewayMetrics
 from .rate_limit import RequestLimiter
 from .router import Routed, Router
 from .responses import send_error, send_json
@@ -34,9 +36,12 @@ STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 class GatewayApp:
     """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
 
-    def __init__(self, router: Router, fallback: ASGIApp, limiter: RequestLimiter | None = None) -> None:
+    def __init__(
+        self, router: Router, fallback: ASGIApp, metrics: GatewayMetrics, limiter: RequestLimiter | None = None
+    ) -> None:
         self._router = router
         self._fallback = fallback
+        self._metrics = metrics
         self._limiter = limiter or RequestLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,9 +54,20 @@ class GatewayApp:
             await self._relay(scope, receive, send, endpoint)
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        try:
+            await self._answer(scope, receive, send, endpoint, started, outcome)
+        finally:
+            self._count(endpoint, outcome, started)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, started: float, outcome: _Outcome
+    ) -> None:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
             payload = parse_body(await read_body(receive), endpoint)
+            outcome.model = payload["model"]
             state = scope["state"]
             key: ApiKey | None = state.get("api_key")
             if key is not None:
@@ -59,10 +75,16 @@ class GatewayApp:
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
                 routed_stream = await self._router.open_stream(endpoint, payload, deadline, state["request_id"])
-                await relay_event_stream(routed_stream.answer, routed_headers(routed_stream) + limit_headers, send)
+                outcome.routed(routed_stream, 200)
+                first_event = time.perf_counter() - started
+                self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(first_event)
+                headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
+                await relay_event_stream(routed_stream.answer, headers, send)
                 return
             routed = await self._router.send(endpoint, payload, deadline, state["request_id"])
         except OpenAIError as error:
+            outcome.status = error.status_code
+            outcome.attempts_from(error.headers)
             await send_error(send, error)
             return
         except Exception:
@@ -70,7 +92,19 @@ class GatewayApp:
             logger.exception("unexpected error on POST %s", scope["path"])
             await send_error(send, InternalError())
             return
-        await send_json(send, routed.answer.status, routed.answer.body, routed_headers(routed) + limit_headers)
+        outcome.routed(routed, routed.answer.status)
+        headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
+        await send_json(send, routed.answer.status, routed.answer.body, headers)
+
+    def _count(self, endpoint: Endpoint, outcome: _Outcome, started: float) -> None:
+        metrics = self._metrics
+        model = metrics.model_label(outcome.model)
+        metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
+        metrics.duration.labels(endpoint.value, model).observe(time.perf_counter() - started)
+        if outcome.attempts:
+            metrics.attempts.labels(model).inc(outcome.attempts)
+        if outcome.models_tried > 1:
+            metrics.fallbacks.labels(model).inc()
 
     def _admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
@@ -82,6 +116,35 @@ class GatewayApp:
         if not decision.allowed:
             raise RateLimitReached(key.name, decision)
         return [(name.encode(), value.encode()) for name, value in decision.headers().items()]
+
+
+class _Outcome:
+    """What one request came to, for the metrics."""
+
+    __slots__ = ("model", "provider", "status", "attempts", "models_tried")
+
+    def __init__(self) -> None:
+        self.model: object = None
+        self.provider = ""
+        self.status = 500
+        self.attempts = 0
+        self.models_tried = 0
+
+    def routed(self, routed: Routed[Any], status: int) -> None:
+        self.provider = routed.deployment.provider_name
+        self.status = status
+        self.attempts = routed.trace.attempts
+        self.models_tried = len(routed.trace.models)
+
+    def attempts_from(self, headers: dict[str, str]) -> None:
+        self.attempts = int(headers.get("x-switchyard-attempts", 0))
+        chain = headers.get("x-switchyard-fallback-chain")
+        self.models_tried = len(chain.split(",")) if chain else 0
+
+
+def _process_time(seconds: float) -> tuple[bytes, bytes]:
+    """x-process-time: the gateway's time to the answer (to the first event, for a stream), in seconds."""
+    return (b"x-process-time", f"{seconds:.4f}".encode())
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -112,6 +112,10 @@ class Router:
     def model_names(self) -> list[str]:
         return list(self._routes)
 
+    @property
+    def provider_names(self) -> list[str]:
+        return list(self._providers)
+
     def is_public(self, model: str) -> bool:
         """True for a name under ``models:``, False for ``provider/model`` and unknown names."""
         return model in self._routes

@@ -15,6 +15,7 @@ PLANTED_KEY = "sk-planted-0123456789abcdef"
 GATEWAY_YAML = """
 router:
   retries: {attempts: 1}   # these tests look at one call at a time; tests/resilience/ retries
+  cooldown: {failures: 1000}   # ... and cools down: here a failure must not change the next test
 providers:
   fake:
     type: custom
@@ -39,6 +40,7 @@ models:
     deployments:
       - {provider: fake, model: fake-model}
   backed-up:
+    routing: ordered
     deployments:
       - {provider: dead, model: fake-model}
       - {provider: fake, model: fake-model}

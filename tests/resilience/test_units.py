@@ -62,6 +62,11 @@ def test_weighted_order_follows_the_weights() -> None:
     assert sorted(s.deployment.provider_name for s in order(pool, "weighted", rng)) == ["p0", "p1"]
 
 
+def test_ordered_keeps_the_configured_order() -> None:
+    pool = states(1, 5, 1)
+    assert [order(pool, "ordered", random.Random(i))[0] for i in range(20)] == [pool[0]] * 20
+
+
 def test_least_busy_and_lowest_latency() -> None:
     rng = random.Random(7)
     pool = states(1, 1, 1)
