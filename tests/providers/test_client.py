@@ -106,3 +106,19 @@ def test_azure_deployment_urls_with_a_key_or_an_entra_token() -> None:
         assert keyed.requests[-1]["path"] == "/openai/deployments/my-gpt/chat/completions"
         config = {"provider": "azure", "base_url": token_server.url, "api_key": token.key, "auth": "bearer", "default_model": "d"}
         assert OpenAICompatibleAPI(config).chat(HI) == "azure"
+
+
+def test_encodings_follow_the_model_family_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers import tokens
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    tokens.encoding_for.cache_clear()
+    tokens._encoding.cache_clear()
+    try:
+        assert tokens.encoding_for("gpt-4o").name == "o200k_base"
+        assert tokens.encoding_for("gpt-4o").encode("hello world") == [24912, 2375]  # o200k_base's ids
+        assert tokens.encoding_for("gpt-4").encode("hello world") == [15339, 1917]  # cl100k_base's ids
+        assert tokens.encoding_for("some-local-model").name == "cl100k_base"
+    finally:
+        tokens.encoding_for.cache_clear()
+        tokens._encoding.cache_clear()
