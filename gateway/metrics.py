@@ -47,6 +47,10 @@ class GatewayMetrics:
             "switchyard_fallbacks", "Requests answered (or failed) after moving to another model.",
             ["model"], registry=self.registry,
         )  # fmt: skip
+        self.tokens = Counter(
+            "switchyard_tokens", "Tokens of finished requests: as the upstream reported, or estimated by the gateway.",
+            ["model", "kind", "estimated"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_DeploymentCollector(router))
 
     def model_label(self, model: object) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Endpoint, OpenAIError
+from providers.usage import Usage
 
 from .errors import InternalError, MethodNotAllowed
 from .auth import ApiKey, ModelNotAllowed, RateLimitReached
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+# On an answer whose token usage the gateway counted because the upstream reported none.
+ESTIMATED_HEADER = (b"x-switchyard-usage-estimated", b"true")
 
 
 class GatewayApp:
@@ -79,7 +82,10 @@ class GatewayApp:
                 first_event = time.perf_counter() - started
                 self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
-                await relay_event_stream(routed_stream.answer, headers, send)
+                options = payload.get("stream_options")
+                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
+                outcome.usage = routed_stream.answer.usage
                 return
             routed = await self._router.send(endpoint, payload, deadline, state["request_id"])
         except OpenAIError as error:
@@ -93,7 +99,10 @@ class GatewayApp:
             await send_error(send, InternalError())
             return
         outcome.routed(routed, routed.answer.status)
+        outcome.usage = routed.answer.usage
         headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
+        if outcome.usage is not None and outcome.usage.estimated:
+            headers.append(ESTIMATED_HEADER)
         await send_json(send, routed.answer.status, routed.answer.body, headers)
 
     def _count(self, endpoint: Endpoint, outcome: _Outcome, started: float) -> None:
@@ -105,6 +114,11 @@ class GatewayApp:
             metrics.attempts.labels(model).inc(outcome.attempts)
         if outcome.models_tried > 1:
             metrics.fallbacks.labels(model).inc()
+        usage = outcome.usage
+        if usage is not None:
+            estimated = "true" if usage.estimated else "false"
+            metrics.tokens.labels(model, "prompt", estimated).inc(usage.prompt_tokens)
+            metrics.tokens.labels(model, "completion", estimated).inc(usage.completion_tokens)
 
     def _admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
@@ -121,9 +135,10 @@ class GatewayApp:
 class _Outcome:
     """What one request came to, for the metrics."""
 
-    __slots__ = ("model", "provider", "status", "attempts", "models_tried")
+    __slots__ = ("model", "provider", "status", "attempts", "models_tried", "usage")
 
     def __init__(self) -> None:
+        self.usage: Usage | None = None
         self.model: object = None
         self.provider = ""
         self.status = 500

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from providers import ProviderError, UpstreamStream
+from providers.usage import Usage
 from providers.errors import StreamInterrupted
 
 from .deadline import Deadline
@@ -70,6 +71,17 @@ class GuardedStream:
             self._end(self._stopped_by)
             raise self._stopped_by
         self._end(None)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._upstream.usage
+
+    @property
+    def usage_reported(self) -> bool:
+        return self._upstream.usage_reported
+
+    def usage_chunk(self) -> bytes | None:
+        return self._upstream.usage_chunk()
 
     async def aclose(self) -> None:
         self._end(None)  # if still running, the client left mid-stream: no verdict on the upstream

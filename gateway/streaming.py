@@ -27,8 +27,14 @@ _SSE_HEADERS = [
 ]
 
 
-async def relay_event_stream(stream: UpstreamStream, headers: list[tuple[bytes, bytes]], send: Send) -> None:
-    """Write ``stream`` to the client; never raises once the response has started."""
+async def relay_event_stream(
+    stream: UpstreamStream, headers: list[tuple[bytes, bytes]], send: Send, *, include_usage: bool = False
+) -> None:
+    """Write ``stream`` to the client; never raises once the response has started.
+
+    ``include_usage``: the client asked for a usage chunk; if the upstream sent
+    none, one with the gateway's estimate goes before ``[DONE]``.
+    """
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         try:
@@ -43,7 +49,9 @@ async def relay_event_stream(stream: UpstreamStream, headers: list[tuple[bytes, 
             logger.exception("stream relay failed")
             await _end_with_error(send, InternalError())
             return
-        await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
+        usage_chunk = stream.usage_chunk() if include_usage else None
+        ending = DONE_EVENT if usage_chunk is None else encode_event(usage_chunk) + DONE_EVENT
+        await send({"type": "http.response.body", "body": ending, "more_body": False})
     finally:
         await stream.aclose()
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from .usage import Usage
 
 UnsupportedPolicy = Literal["drop", "reject"]
 
@@ -43,6 +46,7 @@ class UpstreamResponse:
     body: bytes
     # Headers for the client's response (such as x-switchyard-dropped-params).
     headers: dict[str, str] = field(default_factory=dict)
+    usage: Usage | None = None  # reported by the upstream, or estimated
 
 
 class UpstreamStream(Protocol):
@@ -59,6 +63,20 @@ class UpstreamStream(Protocol):
 
     # Headers for the client's response (such as x-switchyard-dropped-params).
     headers: dict[str, str]
+
+    @property
+    def usage(self) -> Usage | None:
+        """Once the stream finished: the usage the upstream reported, else an estimate."""
+        ...
+
+    @property
+    def usage_reported(self) -> bool:
+        """Whether the upstream sent a usage chunk (the client already has it)."""
+        ...
+
+    def usage_chunk(self) -> bytes | None:
+        """Once finished: a last event carrying the estimated usage, for a client that asked for usage; None if the upstream sent it."""
+        ...
 
     def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +40,7 @@ from .errors import (
 from .params import DROPPED_HEADER, adapt
 from .redact import redact
 from .sse import DONE, SSEDecoder
+from .usage import Usage, answer_texts, estimated_usage, reported_usage
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +87,16 @@ class OpenAICompatibleProvider:
         if response.status >= 300:
             raise self._upstream_error(response.status, body, response.headers)
         try:
-            orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
+            answer = orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
         except orjson.JSONDecodeError:
             logger.warning("provider %s: a %d answer whose body is not JSON", self.name, response.status)
             raise UpstreamProtocolError(
                 f"provider '{self.name}' answered with a body that is not JSON", provider=self.name
             ) from None
-        return UpstreamResponse(status=response.status, body=body, headers=headers)
+        usage = reported_usage(answer)
+        if usage is None and request.endpoint is not Endpoint.MODERATIONS:
+            usage = estimated_usage(request.endpoint, payload, answer_texts(answer))
+        return UpstreamResponse(status=response.status, body=body, headers=headers, usage=usage)
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url, payload, headers = self._prepare(request)
@@ -115,7 +120,7 @@ class OpenAICompatibleProvider:
         except BaseException:
             response.close()
             raise
-        return EventStream(response, self.name, headers)
+        return EventStream(response, self.name, headers, request.endpoint, payload)
 
     def offers(self, endpoint: Endpoint) -> bool:
         return endpoint in self._preset.endpoints
@@ -175,11 +180,44 @@ class OpenAICompatibleProvider:
 class EventStream:
     """An upstream event stream whose status was 2xx; see ``UpstreamStream``."""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider_name: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        provider_name: str,
+        headers: dict[str, str],
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+    ) -> None:
         self.headers = headers
         self._response = response
         self._provider_name = provider_name
         self._finished = False
+        self._endpoint = endpoint
+        self._payload = payload
+        self._reported: Usage | None = None
+        self._texts: list[tuple[int, str]] = []  # generated text per choice, for an estimate
+        self._identity: tuple[Any, Any, Any] = (None, payload.get("model"), "chat.completion.chunk")
+
+    @property
+    def usage_reported(self) -> bool:
+        return self._reported is not None
+
+    def usage_chunk(self) -> bytes | None:
+        """A final chunk carrying the estimated usage, in the stream's own shape; None if the upstream sent one."""
+        usage = self.usage
+        if usage is None or self._reported is not None:
+            return None
+        chunk_id, model, kind = self._identity
+        return orjson.dumps(
+            {"id": chunk_id, "object": kind, "created": int(time.time()), "model": model, "choices": [],
+             "usage": usage.to_openai()}
+        )  # fmt: skip
+
+    @property
+    def usage(self) -> Usage | None:
+        if not self._finished:
+            return None
+        return self._reported or estimated_usage(self._endpoint, self._payload, self._texts)
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
@@ -208,12 +246,17 @@ class EventStream:
         """``events``, if each is JSON: a client's SDK would choke on a broken one, so the stream ends here instead."""
         for data in events:
             try:
-                orjson.loads(data)
+                event = orjson.loads(data)
             except orjson.JSONDecodeError:
                 logger.warning("provider %s: stream sent an event that is not JSON", self._provider_name)
                 raise StreamInterrupted(
                     f"the stream from provider '{self._provider_name}' sent a malformed event", provider=self._provider_name
                 ) from None
+            # Usage, from the same parse: the reported chunk, or the text to count.
+            if isinstance(event, dict):
+                self._reported = reported_usage(event) or self._reported
+                self._texts += answer_texts(event)
+                self._identity = (event.get("id"), event.get("model"), event.get("object"))
         return events
 
     async def aclose(self) -> None:

@@ -92,7 +92,10 @@ class FakeOpenAI:
                 return
         text = _reply_text(payload, chat)
         if not payload.get("stream"):
-            await _json(send, 200, _full_response(model, text, chat))
+            answer = _full_response(model, text, chat)
+            if model == "no-usage":  # an upstream that reports no usage: the gateway counts
+                del answer["usage"]
+            await _json(send, 200, answer)
             return
         if model == "json-for-stream":
             await _json(send, 200, _full_response(model, text, chat))
@@ -107,7 +110,7 @@ class FakeOpenAI:
             for chunk in chunks[:2]:
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
             raise ConnectionResetError("fake upstream drops the stream")  # uvicorn closes the socket
-        if include_usage:
+        if include_usage and model != "no-usage":
             chunks.append(_usage_chunk(model, text, chat))
         for chunk in chunks:
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})

@@ -1,0 +1,83 @@
+"""Token usage of one answer: as the upstream reported it, or counted here and marked estimated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Endpoint
+from .tokens import count_messages, count_text
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+def reported_usage(answer: Any) -> Usage | None:
+    """The ``usage`` object of an answer (or of a stream's usage chunk), if it has a usable one."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion)
+
+
+def answer_texts(answer: Any) -> list[tuple[int, str]]:
+    """The generated text in an answer or a stream chunk, per choice index: message or delta content, or text."""
+    texts = []
+    for position, choice in enumerate(answer.get("choices") or () if isinstance(answer, dict) else ()):
+        if not isinstance(choice, dict):
+            continue
+        part = choice.get("message") or choice.get("delta")
+        text = part.get("content") if isinstance(part, dict) else choice.get("text")
+        if isinstance(text, str):
+            index = choice.get("index")
+            texts.append((index if isinstance(index, int) else position, text))
+    return texts
+
+
+def estimated_usage(endpoint: Endpoint, payload: dict[str, Any], completion: list[tuple[int, str]]) -> Usage:
+    """Usage counted with tiktoken in the model family's encoding, for an upstream that reported none.
+
+    ``completion`` is the generated text as (choice index, piece) in order; each
+    choice's pieces are joined before counting, as the tokenizer saw them.
+    """
+    model = payload.get("model")
+    model = model if isinstance(model, str) else None
+    if endpoint is Endpoint.CHAT:
+        prompt = count_messages(payload.get("messages", ()), model)
+    else:
+        source = payload.get("prompt") if endpoint is Endpoint.COMPLETIONS else payload.get("input")
+        prompt = _prompt_tokens(source, model)
+    choices: dict[int, list[str]] = {}
+    for index, piece in completion:
+        choices.setdefault(index, []).append(piece)
+    generated = sum(count_text("".join(pieces), model) for pieces in choices.values())
+    return Usage(prompt, generated, estimated=True)
+
+
+def _prompt_tokens(value: Any, model: str | None) -> int:
+    """All the prompts of a request: a string, token ids, or a list of either."""
+    if isinstance(value, str):
+        return count_text(value, model)
+    if isinstance(value, list):
+        if all(isinstance(item, int) for item in value):
+            return len(value)
+        return sum(_prompt_tokens(item, model) for item in value)
+    return 0
