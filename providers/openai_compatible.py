@@ -196,7 +196,7 @@ class EventStream:
         self._payload = payload
         self._reported: Usage | None = None
         self._texts: list[tuple[int, str]] = []  # generated text per choice, for an estimate
-        self._identity: tuple[Any, Any, Any] = (None, payload.get("model"), "chat.completion.chunk")
+        self._identity: tuple[Any, Any, Any] | None = None  # the first event's id, model and object
 
     @property
     def usage_reported(self) -> bool:
@@ -207,7 +207,7 @@ class EventStream:
         usage = self.usage
         if usage is None or self._reported is not None:
             return None
-        chunk_id, model, kind = self._identity
+        chunk_id, model, kind = self._identity or (None, self._payload.get("model"), "chat.completion.chunk")
         return orjson.dumps(
             {"id": chunk_id, "object": kind, "created": int(time.time()), "model": model, "choices": [],
              "usage": usage.to_openai()}
@@ -254,9 +254,12 @@ class EventStream:
                 ) from None
             # Usage, from the same parse: the reported chunk, or the text to count.
             if isinstance(event, dict):
-                self._reported = reported_usage(event) or self._reported
-                self._texts += answer_texts(event)
-                self._identity = (event.get("id"), event.get("model"), event.get("object"))
+                if event.get("usage") is not None:
+                    self._reported = reported_usage(event) or self._reported
+                if event.get("choices"):
+                    self._texts += answer_texts(event)
+                if self._identity is None:
+                    self._identity = (event.get("id"), event.get("model"), event.get("object"))
         return events
 
     async def aclose(self) -> None:
