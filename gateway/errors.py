@@ -12,7 +12,8 @@ They join the tree drawn in ``providers.errors``::
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
         ├── MethodNotAllowed       405
         ├── NoDeploymentAvailable  503, every deployment is cooling down
-        └── DeadlineExceeded       504, the request's deadline passed
+        ├── DeadlineExceeded       504, the request's deadline passed
+        └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, RateLimitReached 429
 """
 
 from __future__ import annotations
