@@ -122,3 +122,24 @@ def test_encodings_follow_the_model_family_offline(tmp_path: object, monkeypatch
     finally:
         tokens.encoding_for.cache_clear()
         tokens._encoding.cache_clear()
+
+
+# Prompt tokens the OpenAI API reported for single-message requests, as recorded by
+# openai-messages-token-helper 0.1.4 (tests/messages.py, checked against the API by its
+# tests/verify_openai.py): (message, gpt-4 count, gpt-4o count).
+API_COUNTS = [
+    ({"role": "system", "content": "You are a bot."}, 12, 12),
+    ({"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."}, 25, 24),
+    ({"role": "system", "content": "á"}, 8, 8),
+    ({"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."}, 20, 20),
+    ({"role": "user", "content": "Hello, how are you?"}, 13, 13),
+    ({"role": "assistant", "content": "Yes, there is a dress code at Contoso Electronics. Look sharp! [employee_handbook-1.pdf]"}, 30, 30),
+]
+
+
+@pytest.mark.parametrize(("message", "gpt4", "gpt4o"), API_COUNTS)
+def test_chat_prompts_count_as_the_api_counted_them(message: dict[str, str], gpt4: int, gpt4o: int) -> None:
+    from providers.tokens import count_messages
+
+    assert count_messages([message], "gpt-4") == gpt4
+    assert count_messages([message], "gpt-4o") == gpt4o
