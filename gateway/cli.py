@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .logs import configure_logging
 
-    configure_logging(server.log_level, config.secrets)
+    configure_logging(server.log_level, config.secrets, server.log_format)
     print(describe(config), file=sys.stderr)
     print(f"switchyard: listening on http://{server.host}:{server.port}/v1", file=sys.stderr)
     uvicorn.run(

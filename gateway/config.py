@@ -63,6 +63,7 @@ class ServerConfig(_Frozen):
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object each.")
     api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 import subprocess
 import sys
@@ -47,11 +49,14 @@ def test_serve_without_a_config_says_what_to_do() -> None:
     assert "--config" in result.stderr
 
 
-@pytest.fixture()
-def served_process(tmp_path: Path, fake_upstream: tuple[FakeOpenAI, ServedApp]) -> Iterator[tuple[str, list[str]]]:
+@pytest.fixture(params=["text", "json"])
+def served_process(
+    request: pytest.FixtureRequest, tmp_path: Path, fake_upstream: tuple[FakeOpenAI, ServedApp]
+) -> Iterator[tuple[str, list[str]]]:
     config = tmp_path / "providers.yaml"
     config.write_text(
         f"""
+server: {{log_format: {request.param}}}
 providers:
   fake: {{type: custom, base_url: "{fake_upstream[1].url}/v1", api_key: "${{FAKE_KEY}}"}}
   wrong: {{type: custom, base_url: "{fake_upstream[1].url}/v1", api_key: "{PLANTED_KEY[::-1]}"}}
@@ -101,3 +106,18 @@ def test_no_provider_key_in_any_response_or_log_line(served_process: tuple[str, 
         assert secret not in log
         assert all(secret not in body for body in bodies)
     assert "dead" in log  # the unreachable provider was logged, without its key
+
+
+def test_log_lines_carry_the_request_id(served_process: tuple[str, list[str]]) -> None:
+    url, output = served_process
+    response = httpx.post(f"{url}/v1/chat/completions", json={"model": "dead/x", "messages": [{"role": "user", "content": "hi"}]})
+    request_id = response.headers["x-request-id"]
+    time.sleep(0.2)
+    about_dead = [line for line in "".join(output).splitlines() if "provider dead" in line]
+    assert about_dead
+    for line in about_dead:
+        if line.startswith("{"):  # log_format: json: one object per line
+            record = json.loads(line)
+            assert record["request_id"] == request_id and record["level"] == "WARNING"
+        else:
+            assert f"[{request_id}]" in line
