@@ -23,7 +23,7 @@ from .auth import ApiKey, ModelNotAllowed, RateLimitReached
 from .deadline import request_timeout
 from .metrics import GatewayMetrics
 from .rate_limit import RequestLimiter
-from .router import Routed, Router
+from .router import Routed, Router, Trace
 from .responses import send_error, send_json
 from .streaming import relay_event_stream
 from .validation import parse_body
@@ -77,7 +77,9 @@ class GatewayApp:
                 limit_headers = self._admit(key, payload["model"])
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
-                routed_stream = await self._router.open_stream(endpoint, payload, deadline, state["request_id"])
+                routed_stream = await self._router.open_stream(
+                    endpoint, payload, deadline, state["request_id"], outcome.trace
+                )
                 outcome.routed(routed_stream, 200)
                 first_event = time.perf_counter() - started
                 self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(first_event)
@@ -87,10 +89,9 @@ class GatewayApp:
                 await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
                 outcome.usage = routed_stream.answer.usage
                 return
-            routed = await self._router.send(endpoint, payload, deadline, state["request_id"])
+            routed = await self._router.send(endpoint, payload, deadline, state["request_id"], outcome.trace)
         except OpenAIError as error:
             outcome.status = error.status_code
-            outcome.attempts_from(error.headers)
             await send_error(send, error)
             return
         except Exception:
@@ -110,9 +111,9 @@ class GatewayApp:
         model = metrics.model_label(outcome.model)
         metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
         metrics.duration.labels(endpoint.value, model).observe(time.perf_counter() - started)
-        if outcome.attempts:
-            metrics.attempts.labels(model).inc(outcome.attempts)
-        if outcome.models_tried > 1:
+        if outcome.trace.attempts:
+            metrics.attempts.labels(model).inc(outcome.trace.attempts)
+        if len(outcome.trace.models) > 1:
             metrics.fallbacks.labels(model).inc()
         usage = outcome.usage
         if usage is not None:
@@ -135,26 +136,18 @@ class GatewayApp:
 class _Outcome:
     """What one request came to, for the metrics."""
 
-    __slots__ = ("model", "provider", "status", "attempts", "models_tried", "usage")
+    __slots__ = ("model", "provider", "status", "trace", "usage")
 
     def __init__(self) -> None:
-        self.usage: Usage | None = None
         self.model: object = None
         self.provider = ""
         self.status = 500
-        self.attempts = 0
-        self.models_tried = 0
+        self.trace = Trace()  # filled in by the router, answered or not
+        self.usage: Usage | None = None
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.provider = routed.deployment.provider_name
         self.status = status
-        self.attempts = routed.trace.attempts
-        self.models_tried = len(routed.trace.models)
-
-    def attempts_from(self, headers: dict[str, str]) -> None:
-        self.attempts = int(headers.get("x-switchyard-attempts", 0))
-        chain = headers.get("x-switchyard-fallback-chain")
-        self.models_tried = len(chain.split(",")) if chain else 0
 
 
 def _process_time(seconds: float) -> tuple[bytes, bytes]:

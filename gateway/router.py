@@ -142,15 +142,26 @@ class Router:
     # each of the request's I/O waits, so each layer costs on every request.
 
     def send(
-        self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        deadline: Deadline,
+        request_id: str | None = None,
+        trace: Trace | None = None,
     ) -> Awaitable[Routed[UpstreamResponse]]:
+        """The first answer; ``trace``, if given, records the attempts and models tried, failure or not."""
         def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
             return state.deployment.provider.send(request)
 
-        return self._route(endpoint, payload, request_id, deadline, call)
+        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
 
     def open_stream(
-        self, endpoint: Endpoint, payload: dict[str, Any], deadline: Deadline, request_id: str | None = None
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        deadline: Deadline,
+        request_id: str | None = None,
+        trace: Trace | None = None,
     ) -> Awaitable[Routed[GuardedStream]]:
         """An event stream whose first events have arrived (so failing over is still invisible until then)."""
         config = self._config
@@ -167,7 +178,7 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return self._route(endpoint, payload, request_id, deadline, call)
+        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
 
     async def _route(
         self,
@@ -176,11 +187,11 @@ class Router:
         request_id: str | None,
         deadline: Deadline,
         call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        trace: Trace,
     ) -> Routed[T]:
         requested = payload["model"]
         self._states_for(requested)  # an unknown model is a 404 before anything else
         plan = self._fallbacks.plan(requested, payload)
-        trace = Trace()
         queue = [requested, *plan.general]
         needed = _Memo(lambda: tokens_needed(endpoint, payload))
         try:

@@ -95,10 +95,8 @@ def tokens_needed(endpoint: Endpoint, payload: dict[str, Any]) -> int:
     """Prompt tokens plus the most the request may generate (``max_completion_tokens`` / ``max_tokens``)."""
     if endpoint is Endpoint.CHAT:
         prompt = count_messages(payload.get("messages", ()))
-    elif endpoint is Endpoint.COMPLETIONS:
-        prompt = _prompt_tokens(payload.get("prompt", ""))
-    else:
-        prompt = _prompt_tokens(payload.get("input", ""))
+    else:  # several prompts are several sequences: the longest must fit
+        prompt = max(prompt_sizes(payload.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")), default=0)
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
     return prompt + (limit if isinstance(limit, int) else 0)
 
@@ -116,12 +114,12 @@ def _message_tokens(message: dict[str, Any], model: str | None) -> int:
     return tokens
 
 
-def _prompt_tokens(prompt: Any) -> int:
-    """A completions prompt or embeddings input: a string, a list of strings, or token ids."""
+def prompt_sizes(prompt: Any, model: str | None = None) -> list[int]:
+    """Tokens of each prompt in a completions ``prompt`` or embeddings ``input``: a string, token ids, or a list of either."""
     if isinstance(prompt, str):
-        return count_text(prompt)
+        return [count_text(prompt, model)]
     if isinstance(prompt, list):
-        if all(isinstance(item, int) for item in prompt):
-            return len(prompt)
-        return max((_prompt_tokens(item) for item in prompt), default=0)  # each string is its own prompt
-    return 0
+        if prompt and all(isinstance(item, int) for item in prompt):
+            return [len(prompt)]
+        return [size for item in prompt for size in prompt_sizes(item, model)]
+    return []

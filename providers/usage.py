@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Endpoint
-from .tokens import count_messages, count_text
+from .tokens import count_messages, count_text, prompt_sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +64,9 @@ def estimated_usage(endpoint: Endpoint, payload: dict[str, Any], completion: lis
         prompt = count_messages(payload.get("messages", ()), model)
     else:
         source = payload.get("prompt") if endpoint is Endpoint.COMPLETIONS else payload.get("input")
-        prompt = _prompt_tokens(source, model)
+        prompt = sum(prompt_sizes(source, model))
     choices: dict[int, list[str]] = {}
     for index, piece in completion:
         choices.setdefault(index, []).append(piece)
     generated = sum(count_text("".join(pieces), model) for pieces in choices.values())
     return Usage(prompt, generated, estimated=True)
-
-
-def _prompt_tokens(value: Any, model: str | None) -> int:
-    """All the prompts of a request: a string, token ids, or a list of either."""
-    if isinstance(value, str):
-        return count_text(value, model)
-    if isinstance(value, list):
-        if all(isinstance(item, int) for item in value):
-            return len(value)
-        return sum(_prompt_tokens(item, model) for item in value)
-    return 0

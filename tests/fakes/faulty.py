@@ -31,7 +31,7 @@ HANG_SECONDS = 20.0
 @dataclass(frozen=True)
 class Fault:
     kind: str = "ok"  # ok | status | hang | reset | cut | stall | malformed | not_json
-    status: int = 200
+    http_status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     delay: float = 0.0  # before the status line: a slow first byte
@@ -52,7 +52,7 @@ class Fault:
             headers["retry-after-ms"] = str(retry_after_ms)
         error_type = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
         body = {"error": {"message": f"scripted {status}", "type": error_type, "param": None, "code": code}}
-        return cls("status", status=status, headers=headers, body=body)
+        return cls("status", http_status=status, headers=headers, body=body)
 
     @classmethod
     def hang(cls) -> Fault:
@@ -179,7 +179,7 @@ class FaultyUpstream:
             _reset(writer)
             return False
         if fault.kind == "status":
-            await _send_json(writer, fault.status, fault.body or {}, fault.headers)
+            await _send_json(writer, fault.http_status, fault.body or {}, fault.headers)
             return True
         if fault.kind == "not_json":
             data = json.dumps(completion(payload.get("model", "?"), self.name)).encode()[:40]

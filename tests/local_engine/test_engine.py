@@ -177,7 +177,6 @@ def test_smollm2_matches_transformers_and_knows_paris() -> None:
 
     loaded = load_model(None, dtype="float32")
     llm = LLM(loaded=loaded, max_num_seqs=4)
-    tokenizer = llm.get_tokenizer()
     questions = ["What is the capital of France?", "Name a primary colour."]
     params = SamplingParams(temperature=0, max_tokens=24)
     replies = llm.chat([[{"role": "user", "content": q}] for q in questions], params)
