@@ -6,7 +6,8 @@
     └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
         └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
-            └── FastAPI                 models, health, /docs, errors for unknown URLs
+            │                           (Accounting: key limits before, metrics/ledger/charge after)
+            └── FastAPI                 models, usage, health, /docs, errors for unknown URLs
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ from starlette.types import ASGIApp
 
 from providers import OpenAIError, Provider, build_providers
 
+from .accounting import Accounting
 from .auth import ApiKeyMiddleware, KeyRing
-from .config import GatewayConfig
+from .config import GatewayConfig, ServerConfig
 from .disconnect import CancelOnDisconnectMiddleware
 from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
 from .health import health_routes
 from .metrics import GatewayMetrics
+from .ledger import LedgerWriter, open_store
 from .model_list import model_routes
+from .rate_limit import KeyLimits, LocalKeyLimits
 from .relay import RELAY_PATHS, GatewayApp
 from .request_id import RequestIdMiddleware
 from .router import Router
+from .usage_api import usage_routes
 from .validation import REQUEST_MODELS
 
 logger = logging.getLogger(__name__)
@@ -44,26 +49,47 @@ VERSION = "0.1.0"
 
 def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> ASGIApp:
     """The gateway for ``config``; ``providers`` replaces the adapters built from it."""
+    server = config.server
     adapters = dict(providers) if providers is not None else build_providers(config.providers)
     router = Router(config, adapters)
+    keys = KeyRing(server)
+    limits = _key_limits(server)
+    ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        for adapter in adapters.values():
-            await adapter.aclose()
+        if ledger is not None:
+            await ledger.start()
+            if any(key.budget_tokens is not None for key in keys.limited):
+                await limits.seed_spent(await ledger.spent_by_key())
+        try:
+            yield
+        finally:
+            if ledger is not None:
+                await ledger.aclose()
+            await limits.aclose()
+            for adapter in adapters.values():
+                await adapter.aclose()
 
-    metrics = GatewayMetrics(router)
+    metrics = GatewayMetrics(router, ledger)
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router))
+    api.include_router(usage_routes(ledger, keys.has_admin_keys))
     api.include_router(health_routes(router, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
-    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api, metrics))
-    keys = KeyRing(config.server.api_keys)
-    if not keys.is_open:
+    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api, Accounting(metrics, limits, ledger)))
+    if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
     return RequestIdMiddleware(app)
+
+
+def _key_limits(server: ServerConfig) -> KeyLimits:
+    if server.redis_url is None:
+        return LocalKeyLimits()
+    from .redis_limits import RedisKeyLimits  # redis is an optional dependency
+
+    return RedisKeyLimits(server.redis_url.get_secret_value())
 
 
 def _install_error_handlers(app: FastAPI) -> None:

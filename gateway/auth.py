@@ -4,21 +4,23 @@ Keys come from ``server.api_keys``: the key itself (usually ``${VAR}``) or
 its sha256. Either way only the sha256 is kept in memory, and a presented
 key is hashed and looked up, so no key is compared character by character.
 A key is accepted from ``Authorization: Bearer <key>`` (the OpenAI SDKs) or
-``api-key: <key>`` (Azure-style clients). With no keys configured the
-gateway is open, and says so at start.
+``api-key: <key>`` (Azure-style clients). With no ``api_keys`` configured
+the gateway is open, and says so at start. ``admin_keys`` may call every
+model without limits and are the only keys that read ``/v1/usage``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import ApiKeyConfig
+from .config import ADMIN_KEY_NAME, ServerConfig
 from .errors import GatewayError
-from .rate_limit import Decision
+from .rate_limit import Admission, KeyLimitsConfig, format_duration
 from .responses import send_error
 
 
@@ -50,11 +52,39 @@ class RateLimitReached(GatewayError):
     error_type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, key: str, decision: Decision) -> None:
+    def __init__(self, key: KeyLimitsConfig, admission: Admission) -> None:
+        limit = f"{key.rpm} requests" if admission.refused_by == "requests" else f"{key.tpm} tokens"
+        self.error_type = admission.refused_by or "requests"  # OpenAI's type names the limit: requests or tokens
         super().__init__(
-            f"Rate limit reached for API key '{key}': {decision.limit} requests per minute. "
-            f"Try again in {decision.retry_after:.1f}s.",
-            headers={**decision.headers(), "retry-after": str(max(1, round(decision.retry_after + 0.5)))},
+            f"Rate limit reached for API key '{key.name}': {limit} per minute. "
+            f"Try again in {format_duration(admission.retry_after)}.",
+            headers={**admission.headers(), "retry-after": str(max(1, math.ceil(admission.retry_after)))},
+        )
+
+
+class BudgetExhausted(GatewayError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, key: KeyLimitsConfig) -> None:
+        super().__init__(
+            f"The API key '{key.name}' has used its budget of {key.budget_tokens} tokens.",
+            # Retrying cannot help: the official SDKs read this and stop.
+            headers={"x-should-retry": "false", "x-switchyard-budget-remaining-tokens": "0"},
+        )
+
+
+class AdminKeyRequired(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_key_required"
+
+    def __init__(self, configured: bool) -> None:
+        super().__init__(
+            "This endpoint needs one of the gateway's admin keys."
+            if configured
+            else "This endpoint needs an admin key, and none is configured: set `server.admin_keys`."
         )
 
 
@@ -62,7 +92,8 @@ class RateLimitReached(GatewayError):
 class ApiKey:
     name: str
     models: frozenset[str]
-    rpm: int | None
+    limits: KeyLimitsConfig
+    admin: bool = False
 
     def may_use(self, model: str) -> bool:
         """``*`` allows every model, ``provider/*`` every model of that provider."""
@@ -73,26 +104,33 @@ class ApiKey:
 
 
 class KeyRing:
-    def __init__(self, configs: Sequence[ApiKeyConfig]) -> None:
-        self._by_hash = {
-            (config.key_sha256 or sha256(config.key.get_secret_value())): ApiKey(  # type: ignore[union-attr]
-                config.name, frozenset(config.models), config.rpm
-            )
-            for config in configs
-        }
+    def __init__(self, server: ServerConfig) -> None:
+        admin = ApiKey(ADMIN_KEY_NAME, frozenset({"*"}), KeyLimitsConfig(ADMIN_KEY_NAME), admin=True)
+        self._by_hash = {sha256(key.get_secret_value()): admin for key in server.admin_keys}
+        for config in server.api_keys:
+            limits = KeyLimitsConfig(config.name, config.rpm, config.tpm, config.budget_tokens)
+            key_hash = config.key_sha256 or sha256(config.key.get_secret_value())  # type: ignore[union-attr]
+            self._by_hash[key_hash] = ApiKey(config.name, frozenset(config.models), limits)
+        self.is_open = not server.api_keys
+        self.has_admin_keys = bool(server.admin_keys)
 
     @property
-    def is_open(self) -> bool:
+    def is_empty(self) -> bool:
         return not self._by_hash
 
     @property
     def names(self) -> list[str]:
-        return [key.name for key in self._by_hash.values()]
+        return [key.name for key in self._by_hash.values() if not key.admin]
 
-    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> ApiKey:
+    @property
+    def limited(self) -> list[KeyLimitsConfig]:
+        return [key.limits for key in self._by_hash.values() if key.limits.limited]
+
+    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> ApiKey | None:
+        """The key presented; None on an open gateway without a known key; InvalidApiKey otherwise."""
         presented = presented_key(headers)
         key = self._by_hash.get(sha256(presented)) if presented else None
-        if key is None:
+        if key is None and not self.is_open:
             raise InvalidApiKey(presented is not None)
         return key
 
@@ -113,10 +151,11 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Requires a known key on every ``/v1/`` request and records it as ``scope["state"]["api_key"]``.
+    """Records the key of every ``/v1/`` request as ``scope["state"]["api_key"]``.
 
-    Health checks and the API description stay open: probes and people
-    reading /docs hold no key.
+    Unless the gateway is open, a request without a known key ends here with
+    a 401. Health checks and the API description stay open: probes and
+    people reading /docs hold no key.
     """
 
     def __init__(self, app: ASGIApp, keys: KeyRing) -> None:

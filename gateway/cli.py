@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from providers import PRESETS
 
@@ -65,6 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     config = config.model_copy(update={"server": server})
 
+    missing = missing_extras(config)
+    if missing:
+        print(f"switchyard: {missing}", file=sys.stderr)
+        return 1
+
     import uvicorn
 
     from .app import create_app
@@ -83,6 +89,23 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def missing_extras(config: GatewayConfig) -> str | None:
+    """What to install for the config's optional stores, if it is not installed."""
+    import importlib.util
+
+    needs = {"database_url": ("psycopg", "postgres"), "redis_url": ("redis", "redis")}
+    for field, (module, extra) in needs.items():
+        if getattr(config.server, field) is not None and importlib.util.find_spec(module) is None:
+            return f"server.{field} needs the {module} package: pip install 'switchyard[{extra}]'"
+    return None
+
+
+def _where(url: str) -> str:
+    """host:port/path of a URL, without its credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}{parts.path}" if parts.port else f"{parts.hostname}{parts.path}"
 
 
 def describe(config: GatewayConfig) -> str:
@@ -105,6 +128,17 @@ def describe(config: GatewayConfig) -> str:
         lines.append(f"api keys ({len(keys)}): " + ", ".join(key.name for key in keys))
     else:
         lines.append("api keys: none; the gateway is open to anyone who can reach its address")
+    server = config.server
+    if server.admin_keys:
+        lines.append(f"admin keys: {len(server.admin_keys)} (GET /v1/usage)")
+    if not server.usage_ledger:
+        lines.append("usage ledger: off")
+    elif server.database_url is not None:
+        lines.append(f"usage ledger: PostgreSQL {_where(server.database_url.get_secret_value())}")
+    else:
+        lines.append(f"usage ledger: SQLite {server.data_dir / 'usage.sqlite3'}")
+    if server.redis_url is not None:
+        lines.append(f"limits and budgets: Redis {_where(server.redis_url.get_secret_value())}, shared by replicas")
     policies = {
         "fallbacks": config.fallbacks,
         "context_window_fallbacks": config.context_window_fallbacks,

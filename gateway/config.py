@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import urlsplit
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,10 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# The name admin keys go by in the ledger and in limits.
+ADMIN_KEY_NAME = "admin"
+
+
 class ApiKeyConfig(_Frozen):
     """A client key: the key itself (from the environment) or its sha256, what it may call, how often."""
 
@@ -46,15 +51,15 @@ class ApiKeyConfig(_Frozen):
     name: str = Field(min_length=1, description="Shown in logs and limits instead of the key.")
     models: list[str] = Field(default_factory=lambda: ["*"], description="Models it may call; '*' is all.")
     rpm: int | None = Field(None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(None, description="Tokens per minute: not built yet.")
-    budget_tokens: int | None = Field(None, description="A token budget: not built yet.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute.")
+    budget_tokens: int | None = Field(
+        None, ge=1, description="Tokens this key may spend in all, counted in the usage ledger."
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:
         if (self.key is None or not self.key.get_secret_value()) == (self.key_sha256 is None):
             raise ValueError("give exactly one of `key` and `key_sha256`")
-        if self.tpm is not None or self.budget_tokens is not None:
-            raise ValueError("`tpm` and `budget_tokens` are not built yet (they need usage accounting); remove them")
         return self
 
 
@@ -65,6 +70,35 @@ class ServerConfig(_Frozen):
     access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object each.")
     api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
+    admin_keys: list[SecretStr] = Field(
+        default_factory=list, description="Keys that may read /v1/usage and call every model without limits."
+    )
+    data_dir: Path = Field(Path("switchyard-data"), description="Where the SQLite usage ledger is kept.")
+    usage_ledger: bool = Field(True, description="Keep one record per request (off: nothing is written).")
+    ledger_flush_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between ledger writes; a kill -9 loses at most this much."
+    )
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://... : keep the ledger in PostgreSQL instead of SQLite (several replicas)."
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://... : keep rate limits and budgets in Redis, shared by every replica."
+    )
+
+    @model_validator(mode="after")
+    def _usable_urls(self) -> ServerConfig:
+        for index, key in enumerate(self.admin_keys):
+            if not key.get_secret_value():
+                raise ValueError(f"admin_keys[{index}] is empty")
+        if self.database_url is not None and not self.database_url.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("database_url must start with postgresql://")
+        if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return self
 
 
 class DeploymentConfig(_Frozen):
@@ -124,7 +158,13 @@ class GatewayConfig(_Frozen):
         """Every provider and client key, for redaction in logs."""
         provider_keys = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None]
         client_keys = [k.key.get_secret_value() for k in self.server.api_keys if k.key is not None]
-        return tuple(provider_keys + client_keys)
+        admin_keys = [key.get_secret_value() for key in self.server.admin_keys]
+        urls = [url.get_secret_value() for url in (self.server.database_url, self.server.redis_url) if url is not None]
+        return tuple(provider_keys + client_keys + admin_keys + urls + [_password(url) for url in urls if _password(url)])
+
+
+def _password(url: str) -> str:
+    return urlsplit(url).password or ""
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -218,6 +258,8 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
     for index, key in enumerate(config.server.api_keys):
         if names.count(key.name) > 1:
             problems.append(f"server.api_keys[{index}].name: {key.name!r} is used twice")
+        if key.name == ADMIN_KEY_NAME:
+            problems.append(f"server.api_keys[{index}].name: {ADMIN_KEY_NAME!r} names the admin keys; pick another")
         for position, model in enumerate(key.models):
             provider, slash, _ = model.partition("/")
             if model != "*" and model not in config.models and not (slash and provider in config.providers):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .ledger import LedgerWriter
 from .router import Router
 
 # Seconds: from a cache hit on a local model to a long generation.
@@ -24,7 +25,7 @@ BREAKER_VALUE = {"closed": 1.0, "half_open": 0.5, "open": 0.0}
 class GatewayMetrics:
     """The gateway's metrics, in a registry of their own (two apps in one process do not collide)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, ledger: LedgerWriter | None = None) -> None:
         self._router = router
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -52,6 +53,8 @@ class GatewayMetrics:
             ["model", "kind", "estimated"], registry=self.registry,
         )  # fmt: skip
         self.registry.register(_DeploymentCollector(router))
+        if ledger is not None:
+            self.registry.register(_LedgerCollector(ledger))
 
     def model_label(self, model: object) -> str:
         if not isinstance(model, str) or not model:
@@ -65,7 +68,7 @@ class GatewayMetrics:
 class _DeploymentCollector(Collector):
     """Each deployment's breaker state and requests in flight, read when scraped."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, ledger: LedgerWriter | None = None) -> None:
         self._router = router
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -81,3 +84,18 @@ class _DeploymentCollector(Collector):
                 in_flight.add_metric(values, state.in_flight)
         yield up
         yield in_flight
+
+
+class _LedgerCollector(Collector):
+    """The usage ledger's records: written, waiting for the next batch, dropped."""
+
+    def __init__(self, ledger: LedgerWriter) -> None:
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        ledger = self._ledger
+        yield CounterMetricFamily("switchyard_ledger_records_written", "Usage records written.", value=ledger.written)
+        yield GaugeMetricFamily("switchyard_ledger_records_pending", "Usage records not written yet.", value=ledger.pending)
+        yield CounterMetricFamily(
+            "switchyard_ledger_records_dropped", "Usage records dropped: the store was down too long.", value=ledger.dropped
+        )

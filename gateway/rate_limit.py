@@ -1,62 +1,191 @@
-"""Requests-per-minute limits, with the generic cell rate algorithm (GCRA).
+"""Per-key limits: requests and tokens per minute (GCRA), and a token budget.
 
-A limit of ``rpm`` lets one request through every ``60 / rpm`` seconds on
-average, with bursts of up to ``rpm`` requests. The state per key is one
-number, the theoretical arrival time (TAT) of the next request::
+A limit of ``L`` per minute lets one unit through every ``60 / L`` seconds on
+average, with bursts of up to ``L``. The generic cell rate algorithm keeps
+one number per limit and key, the theoretical arrival time (TAT)::
 
-    allow   if  max(TAT, now) + interval - now <= 60 s     then TAT += interval
-    remaining = (60 s - (TAT - now)) / interval, rounded down
-    reset     = TAT - now: when the full burst is available again
+    used      = max(TAT, now) - now          seconds of the window taken
+    remaining = (60 s - used) / interval     rounded down
+    reset     = used                         when the whole burst is back
 
-One number per key is what makes the same algorithm a single atomic update
-when the state moves to a shared store for several replicas.
+Requests are taken one at a time before the call. Tokens are only known
+after it, so admission asks for one token's room and the answer's usage is
+charged afterwards (the TAT may then run past the window: the key is in
+debt until it drains). A budget is a plain running total of tokens.
+
+The same arithmetic runs here, in-process, and as one Lua script in Redis
+(``redis_limits.py``): one number per limit is what makes it a single
+atomic update there.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 WINDOW = 60.0  # seconds: limits are per minute
+EPSILON = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset: float  # seconds until the whole burst is available again
-    retry_after: float  # seconds until one more request would be allowed (0 when allowed)
+class KeyLimitsConfig:
+    """What a key may use; None means no limit of that kind."""
+
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_tokens: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.budget_tokens is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to "may this key send a request now?", with what is left of each limit."""
+
+    refused_by: str | None  # None, "requests", "tokens" or "budget"
+    retry_after: float  # seconds until it would be allowed (0 when allowed; inf for a spent budget)
+    rpm: int | None = None
+    requests_remaining: int = 0
+    requests_reset: float = 0.0
+    tpm: int | None = None
+    tokens_remaining: int = 0
+    tokens_reset: float = 0.0
+    budget_remaining: int | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.refused_by is None
 
     def headers(self) -> dict[str, str]:
-        """OpenAI's rate-limit headers for this decision."""
-        return {
-            "x-ratelimit-limit-requests": str(self.limit),
-            "x-ratelimit-remaining-requests": str(self.remaining),
-            "x-ratelimit-reset-requests": format_duration(self.reset),
-        }
+        """OpenAI's rate-limit headers for the limits this key has."""
+        headers = {}
+        if self.rpm is not None:
+            headers["x-ratelimit-limit-requests"] = str(self.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(self.requests_remaining)
+            headers["x-ratelimit-reset-requests"] = format_duration(self.requests_reset)
+        if self.tpm is not None:
+            headers["x-ratelimit-limit-tokens"] = str(self.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(self.tokens_remaining)
+            headers["x-ratelimit-reset-tokens"] = format_duration(self.tokens_reset)
+        if self.budget_remaining is not None:
+            headers["x-switchyard-budget-remaining-tokens"] = str(self.budget_remaining)
+        return headers
 
 
-class RequestLimiter:
-    """In-process GCRA per key name."""
+ALLOWED = Admission(None, 0.0)
+
+
+class KeyLimits(Protocol):
+    """Where the limits' state lives: this process, or Redis for several replicas."""
+
+    async def admit(self, key: KeyLimitsConfig) -> Admission:
+        """Take one request from ``key``'s limits, or say which one refuses and for how long."""
+        ...
+
+    def charge(self, key: KeyLimitsConfig, tokens: int) -> None:
+        """Count a finished request's tokens against ``key``'s tpm and budget (never blocks)."""
+        ...
+
+    async def seed_spent(self, spent: Mapping[str, int]) -> None:
+        """Start budgets from the ledger's totals per key name (kept where a total already exists)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def decide(
+    key: KeyLimitsConfig, now: float, request_tat: float, token_tat: float, spent: int
+) -> tuple[Admission, float]:
+    """The admission for ``key`` and the request TAT to store (unchanged when refused).
+
+    ``redis_limits.ADMIT`` is this function in Lua; keep the two the same.
+    """
+    budget_remaining = None
+    if key.budget_tokens is not None:
+        budget_remaining = max(0, key.budget_tokens - spent)
+        if budget_remaining == 0:
+            return Admission("budget", math.inf, budget_remaining=0), request_tat
+    tokens_remaining, tokens_reset = 0, 0.0
+    if key.tpm is not None:
+        interval = WINDOW / key.tpm
+        used = max(token_tat, now) - now
+        tokens_remaining = max(0, math.floor((WINDOW - used) / interval + EPSILON))
+        tokens_reset = used
+        if tokens_remaining < 1:
+            retry = used - WINDOW + interval
+            return Admission("tokens", retry, tpm=key.tpm, tokens_reset=used), request_tat
+    requests_remaining, requests_reset = 0, 0.0
+    if key.rpm is not None:
+        interval = WINDOW / key.rpm
+        tat = max(request_tat, now) + interval
+        if tat - now > WINDOW + EPSILON:
+            retry = tat - now - WINDOW
+            refusal = Admission("requests", retry, rpm=key.rpm, requests_reset=tat - interval - now)
+            return refusal, request_tat
+        request_tat = tat
+        requests_remaining = math.floor((WINDOW - (tat - now)) / interval + EPSILON)
+        requests_reset = tat - now
+    admission = Admission(
+        None,
+        0.0,
+        key.rpm,
+        requests_remaining,
+        requests_reset,
+        key.tpm,
+        tokens_remaining,
+        tokens_reset,
+        budget_remaining,
+    )
+    return admission, request_tat
+
+
+def charged_token_tat(tpm: int, now: float, token_tat: float, tokens: int) -> float:
+    """The token TAT after spending ``tokens``; it may run past the window (debt)."""
+    return max(token_tat, now) + tokens * WINDOW / tpm
+
+
+class LocalKeyLimits:
+    """Limits kept in this process: exact, and lost on restart (budgets are re-read from the ledger)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tat: dict[str, float] = {}
+        self._request_tat: dict[str, float] = {}
+        self._token_tat: dict[str, float] = {}
+        self._spent: dict[str, int] = {}
 
-    def acquire(self, key: str, rpm: int) -> Decision:
+    async def admit(self, key: KeyLimitsConfig) -> Admission:
+        return self.admit_now(key)
+
+    def admit_now(self, key: KeyLimitsConfig) -> Admission:
         now = self._clock()
-        interval = WINDOW / rpm
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + interval
-        if new_tat - now > WINDOW + 1e-9:
-            wait = new_tat - now - WINDOW
-            return Decision(False, rpm, 0, tat - now, wait)
-        self._tat[key] = new_tat
-        remaining = math.floor((WINDOW - (new_tat - now)) / interval + 1e-9)
-        return Decision(True, rpm, remaining, new_tat - now, 0.0)
+        name = key.name
+        admission, tat = decide(
+            key, now, self._request_tat.get(name, now), self._token_tat.get(name, now), self._spent.get(name, 0)
+        )
+        if admission.allowed and key.rpm is not None:
+            self._request_tat[name] = tat
+        return admission
+
+    def charge(self, key: KeyLimitsConfig, tokens: int) -> None:
+        name = key.name
+        if key.tpm is not None:
+            now = self._clock()
+            self._token_tat[name] = charged_token_tat(key.tpm, now, self._token_tat.get(name, now), tokens)
+        if key.budget_tokens is not None:
+            self._spent[name] = self._spent.get(name, 0) + tokens
+
+    async def seed_spent(self, spent: Mapping[str, int]) -> None:
+        for name, tokens in spent.items():
+            self._spent.setdefault(name, tokens)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def format_duration(seconds: float) -> str:

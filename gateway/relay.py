@@ -9,6 +9,7 @@ unknown URLs) is served by FastAPI behind this dispatcher.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -16,14 +17,11 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Endpoint, OpenAIError
-from providers.usage import Usage
 
+from .accounting import Accounting, Outcome
 from .errors import InternalError, MethodNotAllowed
-from .auth import ApiKey, ModelNotAllowed, RateLimitReached
 from .deadline import request_timeout
-from .metrics import GatewayMetrics
-from .rate_limit import RequestLimiter
-from .router import Routed, Router, Trace
+from .router import Routed, Router
 from .responses import send_error, send_json
 from .streaming import relay_event_stream
 from .validation import parse_body
@@ -34,18 +32,17 @@ RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 # On an answer whose token usage the gateway counted because the upstream reported none.
 ESTIMATED_HEADER = (b"x-switchyard-usage-estimated", b"true")
+# Recorded for a stream whose client went away before its end (nginx's code; never sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class GatewayApp:
     """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
 
-    def __init__(
-        self, router: Router, fallback: ASGIApp, metrics: GatewayMetrics, limiter: RequestLimiter | None = None
-    ) -> None:
+    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting) -> None:
         self._router = router
         self._fallback = fallback
-        self._metrics = metrics
-        self._limiter = limiter or RequestLimiter()
+        self._accounting = accounting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
@@ -58,38 +55,43 @@ class GatewayApp:
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
         started = time.perf_counter()
-        outcome = _Outcome()
+        state = scope["state"]
+        outcome = Outcome(state["request_id"], state.get("api_key"))
         try:
             await self._answer(scope, receive, send, endpoint, started, outcome)
         finally:
-            self._count(endpoint, outcome, started)
+            self._accounting.finish(endpoint, outcome, started)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, started: float, outcome: _Outcome
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, started: float, outcome: Outcome
     ) -> None:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
             payload = parse_body(await read_body(receive), endpoint)
             outcome.model = payload["model"]
-            state = scope["state"]
-            key: ApiKey | None = state.get("api_key")
-            if key is not None:
-                limit_headers = self._admit(key, payload["model"])
+            if outcome.key is not None:
+                limit_headers = await self._accounting.admit(outcome.key, payload["model"])
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and endpoint in STREAMABLE:
+                outcome.stream = True
                 routed_stream = await self._router.open_stream(
-                    endpoint, payload, deadline, state["request_id"], outcome.trace
+                    endpoint, payload, deadline, outcome.request_id, outcome.trace
                 )
                 outcome.routed(routed_stream, 200)
                 first_event = time.perf_counter() - started
-                self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(first_event)
+                self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
                 options = payload.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
-                await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
-                outcome.usage = routed_stream.answer.usage
+                try:
+                    await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
+                except asyncio.CancelledError:
+                    outcome.status = CLIENT_CLOSED_REQUEST
+                    raise
+                finally:
+                    outcome.usage = routed_stream.answer.usage
                 return
-            routed = await self._router.send(endpoint, payload, deadline, state["request_id"], outcome.trace)
+            routed = await self._router.send(endpoint, payload, deadline, outcome.request_id, outcome.trace)
         except OpenAIError as error:
             outcome.status = error.status_code
             await send_error(send, error)
@@ -105,49 +107,6 @@ class GatewayApp:
         if outcome.usage is not None and outcome.usage.estimated:
             headers.append(ESTIMATED_HEADER)
         await send_json(send, routed.answer.status, routed.answer.body, headers)
-
-    def _count(self, endpoint: Endpoint, outcome: _Outcome, started: float) -> None:
-        metrics = self._metrics
-        model = metrics.model_label(outcome.model)
-        metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
-        metrics.duration.labels(endpoint.value, model).observe(time.perf_counter() - started)
-        if outcome.trace.attempts:
-            metrics.attempts.labels(model).inc(outcome.trace.attempts)
-        if len(outcome.trace.models) > 1:
-            metrics.fallbacks.labels(model).inc()
-        usage = outcome.usage
-        if usage is not None:
-            estimated = "true" if usage.estimated else "false"
-            metrics.tokens.labels(model, "prompt", estimated).inc(usage.prompt_tokens)
-            metrics.tokens.labels(model, "completion", estimated).inc(usage.completion_tokens)
-
-    def _admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
-        """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
-        if not key.may_use(model):
-            raise ModelNotAllowed(key.name, model)
-        if key.rpm is None:
-            return []
-        decision = self._limiter.acquire(key.name, key.rpm)
-        if not decision.allowed:
-            raise RateLimitReached(key.name, decision)
-        return [(name.encode(), value.encode()) for name, value in decision.headers().items()]
-
-
-class _Outcome:
-    """What one request came to, for the metrics."""
-
-    __slots__ = ("model", "provider", "status", "trace", "usage")
-
-    def __init__(self) -> None:
-        self.model: object = None
-        self.provider = ""
-        self.status = 500
-        self.trace = Trace()  # filled in by the router, answered or not
-        self.usage: Usage | None = None
-
-    def routed(self, routed: Routed[Any], status: int) -> None:
-        self.provider = routed.deployment.provider_name
-        self.status = status
 
 
 def _process_time(seconds: float) -> tuple[bytes, bytes]:

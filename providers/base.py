@@ -66,7 +66,11 @@ class UpstreamStream(Protocol):
 
     @property
     def usage(self) -> Usage | None:
-        """Once the stream finished: the usage the upstream reported, else an estimate."""
+        """The usage the upstream reported, else an estimate of what was streamed so far.
+
+        A stream cut short (the client left, the upstream broke) is still
+        counted for what it used.
+        """
         ...
 
     @property

@@ -215,8 +215,6 @@ class EventStream:
 
     @property
     def usage(self) -> Usage | None:
-        if not self._finished:
-            return None
         return self._reported or estimated_usage(self._endpoint, self._payload, self._texts)
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:

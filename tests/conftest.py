@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import openai
@@ -9,6 +10,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import ServedApp
+from tests.services import postgres_server, redis_server
 
 PLANTED_KEY = "sk-planted-0123456789abcdef"
 
@@ -51,6 +53,27 @@ models:
     deployments:
       - {provider: fake, model: omni-moderation-latest}
 """
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_in_a_scratch_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Whatever the gateway writes relative to its directory (the ledger's data_dir) lands in a temporary one."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

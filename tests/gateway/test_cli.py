@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-
-import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 
 from tests.conftest import PLANTED_KEY
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.processes import GatewayProcess
 from tests.servers import ServedApp
 
 
@@ -65,27 +63,8 @@ models:
   chat: {{deployments: [{{provider: fake, model: fake-model}}]}}
 """
     )
-    env = {"PATH": "/usr/bin:/bin", "FAKE_KEY": PLANTED_KEY}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", "--log-level", "debug"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    deadline = time.monotonic() + 30
-    url = None
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(output))
-        url = found.group(1) if found else None
-        time.sleep(0.05)
-    assert url, "".join(output)
-    try:
-        yield url, output
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        reader.join(timeout=5)
+    with GatewayProcess(config, {"FAKE_KEY": PLANTED_KEY}, "--log-level", "debug") as gateway:
+        yield gateway.url, gateway.output
 
 
 def test_no_provider_key_in_any_response_or_log_line(served_process: tuple[str, list[str]]) -> None:

@@ -1,0 +1,87 @@
+"""What the ledger holds, and the one SQL shape both stores answer queries with."""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+# Columns a summary may be grouped by, in the order they are reported.
+GROUPABLE = ("api_key", "model", "provider", "deployment", "endpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One finished request on a model endpoint, answered or not."""
+
+    time: float  # unix seconds when the answer finished
+    request_id: str
+    api_key: str | None  # the key's name (never the key); None on an open gateway
+    endpoint: str  # chat/completions, completions, embeddings, moderations
+    model: str  # as the client asked for it
+    provider: str | None  # the deployment that answered, if one did
+    deployment: str | None  # the model's name at that provider
+    status: int
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool  # counted by the gateway: the upstream reported no usage
+    latency_ms: float
+
+
+COLUMNS = tuple(field.name for field in fields(UsageRecord))
+
+
+def as_row(record: UsageRecord) -> tuple[Any, ...]:
+    return astuple(record)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """``GET /v1/usage``'s filters: each one optional; time as unix seconds, start inclusive, end exclusive."""
+
+    api_key: str | None = None
+    model: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    group_by: tuple[str, ...] = ("api_key", "model")
+
+
+SUMS = (
+    "COUNT(*) AS requests",
+    "COALESCE(SUM(CASE WHEN status < 400 THEN 0 ELSE 1 END), 0) AS failed_requests",
+    "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens",
+    "COALESCE(SUM(completion_tokens), 0) AS completion_tokens",
+    "COALESCE(SUM(total_tokens), 0) AS total_tokens",
+    "COALESCE(SUM(CASE WHEN estimated THEN 1 ELSE 0 END), 0) AS estimated_requests",
+)
+SUM_NAMES = tuple(expression.rsplit(" AS ", 1)[1] for expression in SUMS)
+
+
+def summary_sql(query: UsageQuery, placeholder: str) -> tuple[str, list[Any], list[str]]:
+    """``SELECT group columns, sums FROM usage_records WHERE filters GROUP BY ...``, its values and column names.
+
+    Column names come from ``GROUPABLE`` only; every value is a bound parameter.
+    """
+    conditions, values = [], []
+    for column, value in (("api_key", query.api_key), ("model", query.model)):
+        if value is not None:
+            conditions.append(f"{column} = {placeholder}")
+            values.append(value)
+    if query.start_time is not None:
+        conditions.append(f"time >= {placeholder}")
+        values.append(query.start_time)
+    if query.end_time is not None:
+        conditions.append(f"time < {placeholder}")
+        values.append(query.end_time)
+    groups = [column for column in GROUPABLE if column in query.group_by]
+    sql = f"SELECT {', '.join(groups + list(SUMS))} FROM usage_records"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if groups:
+        order = ", ".join(f"{column} NULLS LAST" for column in groups)  # the same order in both databases
+        sql += f" GROUP BY {', '.join(groups)} ORDER BY {order}"
+    return sql, values, groups + list(SUM_NAMES)
+
+
+SPENT_SQL = "SELECT api_key, COALESCE(SUM(total_tokens), 0) FROM usage_records WHERE api_key IS NOT NULL GROUP BY api_key"

@@ -1,0 +1,66 @@
+"""The default ledger: SQLite in WAL mode, one file in the data directory.
+
+WAL lets ``GET /v1/usage`` read while a batch is written, and with
+``synchronous=NORMAL`` a committed batch survives the process being killed
+(only a power loss can take the last commits back).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, as_row, summary_sql
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_records (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    api_key TEXT,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT,
+    deployment TEXT,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    latency_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
+CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
+"""
+
+INSERT = f"INSERT INTO usage_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.description = f"SQLite {path}"
+        # One writer thread uses it, but not the thread that opened it.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        with self._db:  # one transaction per batch
+            self._db.execute("BEGIN")
+            self._db.executemany(INSERT, [as_row(record) for record in records])
+
+    def summarize(self, query: UsageQuery) -> list[dict[str, Any]]:
+        sql, values, names = summary_sql(query, "?")
+        return [dict(zip(names, row)) for row in self._db.execute(sql, values)]
+
+    def spent_by_key(self) -> dict[str, int]:
+        return {name: int(total) for name, total in self._db.execute(SPENT_SQL)}
+
+    def close(self) -> None:
+        self._db.close()

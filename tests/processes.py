@@ -1,0 +1,56 @@
+"""Run ``switchyard serve`` as a user does: a real process on a free port, its output collected."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class GatewayProcess:
+    """``with GatewayProcess(config_path, env) as gateway: gateway.url`` -- stopped (SIGTERM) on exit."""
+
+    def __init__(self, config: Path, env: dict[str, str], *args: str) -> None:
+        self._command = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", *args]
+        self._env = {"PATH": "/usr/bin:/bin", **env}
+        self._cwd = config.parent  # a relative data_dir lands beside the config
+        self.output: list[str] = []
+        self.url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GatewayProcess:
+        self._process = process = subprocess.Popen(
+            self._command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self._env, cwd=self._cwd
+        )
+        self._reader = threading.Thread(target=lambda: self.output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        while not self.url and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
+            self.url = found.group(1) if found else ""
+            time.sleep(0.05)
+        if not self.url:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError(f"switchyard serve did not start:\n{self.log}")
+        return self
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the process to end; its exit code."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.send_signal(sig)
+        code = self._process.wait(timeout=20)
+        self._reader.join(timeout=5)
+        return code
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is not None:
+            self.stop()
