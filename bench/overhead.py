@@ -28,7 +28,15 @@ missed is reported, not failed).
 
 Experiments: ``--gateway-src DIR`` runs the gateway from another source tree
 (a scratch copy), ``--compare-src DIR`` adds a second gateway B from DIR to
-the same interleaved run and prints B against A. See bench/README.md.
+the same interleaved run and prints B against A. ``--server YAML`` and
+``--compare-server YAML`` give either gateway more ``server:`` fields, so one
+source can be measured against itself with a feature on and off::
+
+    bench/overhead.py --server 'usage_ledger: false' --compare-server 'usage_ledger: true'
+
+The load generator sends ``Authorization: Bearer sk-bench``, so B can have
+a key with limits: ``api_keys: [{key: sk-bench, name: bench, rpm: 100000000}]``.
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -95,21 +103,26 @@ async def bench(args: argparse.Namespace, servers: Servers) -> int:
     print(f"Switchyard overhead bench -- {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores "
           f"({cpu_model()}), Python {platform.python_version()}, {args.rounds} rounds x {args.duration:g} s "
           f"per phase, fake upstream {CHUNKS}-chunk streams with {args.chunk_delay_ms:g} ms between events")
-    print(f"gateway: {describe_source(args.gateway_src, HERE.parent)}")
-    if args.compare_src:
-        print(f"B:       {describe_source(args.compare_src, HERE.parent)}")
+    print(f"gateway: {describe_source(args.gateway_src, HERE.parent)}{_server_note(args.server)}")
+    if args.compare:
+        print(f"B:       {describe_source(args.compare_src or args.gateway_src, HERE.parent)}"
+              f"{_server_note(args.compare_server)}")
     print()
     print(table)
     print()
     print(cpu_checks(totals))
     print("targets missed: " + (", ".join(misses) if misses else "none"))
-    if args.compare_src:
+    if args.compare:
         print()
         print(comparison_table(totals))
     if args.profile:
         reference = {(s.name, s.concurrency): totals[(s.name, "gateway")].cpu_ms("gateway") for s in measured}
         await profile(args, pids_for["gateway"], ports["gateway"], reference)
     return 0
+
+
+def _server_note(server_extra: str) -> str:
+    return f" with server {{{server_extra}}}" if server_extra else ""
 
 
 async def profile(args: argparse.Namespace, pids: dict[str, int], port: int,
@@ -180,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-src", type=Path,
                         help="also run a second gateway (B) from this source tree, interleaved with the first, "
                              "and print B against A")
+    parser.add_argument("--server", default="", metavar="YAML",
+                        help="more server: fields for the gateway, e.g. 'usage_ledger: false'")
+    parser.add_argument("--compare-server", default="", metavar="YAML",
+                        help="run gateway B with these server: fields (from --compare-src, or the same source)")
     args = parser.parse_args(argv)
     args.profile = args.profile or args.profile_only
     if args.quick:
@@ -193,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.concurrency <= 1024:
         parser.error("--concurrency must be in [1, 1024]")
 
-    planned = (12 if args.compare_src else 8) * (args.warmup + args.rounds * args.duration) + (
+    args.compare = bool(args.compare_src or args.compare_server)
+    planned = (12 if args.compare else 8) * (args.warmup + args.rounds * args.duration) + (
         4 * args.profile_duration + 12 if args.profile else 0)
     lifetime = 3 * planned + 300  # the fake upstream exits by itself after this, even if orphaned
     print(f"planned: ~{planned + 8:.0f} s", file=sys.stderr)
@@ -202,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         servers = Servers(Path(tmp), args.chunk_delay_ms, lifetime)
         try:
             servers.start_upstream()
-            servers.start_gateway("gateway", args.log_level, args.gateway_src)
-            if args.compare_src:
-                servers.start_gateway("B", args.log_level, args.compare_src)
+            servers.start_gateway("gateway", args.log_level, args.gateway_src, args.server)
+            if args.compare:
+                servers.start_gateway("B", args.log_level, args.compare_src or args.gateway_src, args.compare_server)
             if not args.no_smoke:
                 check_with_clients(servers)
                 print("smoke: httpx and the openai SDK read both targets' JSON and event streams", file=sys.stderr)

@@ -57,12 +57,22 @@ class Servers:
             raise RuntimeError(f"fake upstream did not start: {line!r}; see {self.workdir / 'upstream.log'}")
         self.upstream_port = int(line.split()[-1])
 
-    def start_gateway(self, name: str, log_level: str, src: Path | None = None) -> None:
-        """``switchyard serve`` in front of the fake upstream; ``src``: run another source tree instead."""
+    def _own_directory(self, name: str) -> Path:
+        """The gateway's working directory: what it writes there (its usage ledger) goes with the bench."""
+        directory = self.workdir / name
+        directory.mkdir(exist_ok=True)
+        return directory
+
+    def start_gateway(self, name: str, log_level: str, src: Path | None = None, server_extra: str = "") -> None:
+        """``switchyard serve`` in front of the fake upstream; ``src``: run another source tree instead.
+
+        ``server_extra``: more ``server:`` fields, as YAML flow-mapping items (``usage_ledger: false``).
+        """
         port = _free_port()
         config = self.workdir / f"{name}-config.yaml"
+        extra = f", {server_extra}" if server_extra else ""
         config.write_text(
-            f"server: {{host: {HOST}, port: {port}, log_level: {log_level}}}\n"
+            f"server: {{host: {HOST}, port: {port}, log_level: {log_level}{extra}}}\n"
             "providers:\n"
             f"  fake: {{type: custom, base_url: 'http://{HOST}:{self.upstream_port}/v1'}}\n"
             "models:\n"
@@ -82,7 +92,7 @@ class Servers:
         process = subprocess.Popen(
             [*command, "serve", "--config", str(config), "--host", HOST, "--port", str(port),
              "--log-level", log_level],
-            stdout=self._log(log_path.name), stderr=subprocess.STDOUT, env=env, cwd=src or None,
+            stdout=self._log(log_path.name), stderr=subprocess.STDOUT, env=env, cwd=self._own_directory(name),
         )
         self._children.append(process)
         deadline = time.monotonic() + 60
@@ -120,13 +130,12 @@ def check_with_clients(servers: Servers) -> None:
 
     for name, port in servers.ports.items():
         base = f"http://{HOST}:{port}/v1"
+        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}  # as the load generator
         with httpx.Client(timeout=10, trust_env=False) as client:
-            answer = client.post(f"{base}/chat/completions", content=BODY,
-                                 headers={"content-type": "application/json"})
+            answer = client.post(f"{base}/chat/completions", content=BODY, headers=headers)
             assert answer.status_code == 200, (name, answer.status_code, answer.text)
             assert answer.json()["object"] == "chat.completion", (name, answer.text)
-            with client.stream("POST", f"{base}/chat/completions", content=STREAM_BODY,
-                               headers={"content-type": "application/json"}) as streamed:
+            with client.stream("POST", f"{base}/chat/completions", content=STREAM_BODY, headers=headers) as streamed:
                 assert streamed.headers["content-type"].startswith("text/event-stream"), streamed.headers
                 events = [line for line in streamed.iter_lines() if line.startswith("data:")]
             assert len(events) == CHUNKS + 1 and events[-1] == "data: [DONE]", (name, events[-3:])

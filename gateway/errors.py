@@ -13,7 +13,8 @@ They join the tree drawn in ``providers.errors``::
         ├── MethodNotAllowed       405
         ├── NoDeploymentAvailable  503, every deployment is cooling down
         ├── DeadlineExceeded       504, the request's deadline passed
-        └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, RateLimitReached 429
+        └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
+                                   RateLimitReached 429, BudgetExhausted 429
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, as_row, summary_sql
+from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, summary_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_records (
@@ -63,7 +63,7 @@ class PostgresStore:
         db = self._connection()
         with db.transaction(), db.cursor() as cursor, cursor.copy(COPY) as copy:
             for record in records:
-                copy.write_row(as_row(record))
+                copy.write_row(record)
 
     def summarize(self, query: UsageQuery) -> list[dict[str, Any]]:
         sql, values, names = summary_sql(query, "%s")

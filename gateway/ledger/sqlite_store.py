@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, as_row, summary_sql
+from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, batch_json, summary_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_records (
@@ -36,7 +36,8 @@ CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
 CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
 """
 
-INSERT = f"INSERT INTO usage_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+_FIELDS = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(COLUMNS)))
+INSERT = f"INSERT INTO usage_records ({', '.join(COLUMNS)}) SELECT {_FIELDS} FROM json_each(?)"
 
 
 class SqliteStore:
@@ -51,9 +52,7 @@ class SqliteStore:
         self._db.executescript(SCHEMA)
 
     def append(self, records: Sequence[UsageRecord]) -> None:
-        with self._db:  # one transaction per batch
-            self._db.execute("BEGIN")
-            self._db.executemany(INSERT, [as_row(record) for record in records])
+        self._db.execute(INSERT, (batch_json(records),))  # one statement, one transaction
 
     def summarize(self, query: UsageQuery) -> list[dict[str, Any]]:
         sql, values, names = summary_sql(query, "?")
