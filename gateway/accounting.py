@@ -62,7 +62,7 @@ class Accounting:
             raise BudgetExhausted(key.limits)
         if not admission.allowed:
             raise RateLimitReached(key.limits, admission)
-        return [(name.encode(), value.encode()) for name, value in admission.headers().items()]
+        return admission.raw_headers()
 
     def first_event(self, outcome: Outcome, seconds: float) -> None:
         """A stream's first event went out ``seconds`` after the request came in."""

@@ -62,20 +62,27 @@ class Admission:
     def allowed(self) -> bool:
         return self.refused_by is None
 
-    def headers(self) -> dict[str, str]:
-        """OpenAI's rate-limit headers for the limits this key has."""
-        headers = {}
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's rate-limit headers for the limits this key has, ready for the response."""
+        headers = []
         if self.rpm is not None:
-            headers["x-ratelimit-limit-requests"] = str(self.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(self.requests_remaining)
-            headers["x-ratelimit-reset-requests"] = format_duration(self.requests_reset)
+            headers += [
+                (b"x-ratelimit-limit-requests", b"%d" % self.rpm),
+                (b"x-ratelimit-remaining-requests", b"%d" % self.requests_remaining),
+                (b"x-ratelimit-reset-requests", format_duration(self.requests_reset).encode()),
+            ]
         if self.tpm is not None:
-            headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(self.tokens_remaining)
-            headers["x-ratelimit-reset-tokens"] = format_duration(self.tokens_reset)
+            headers += [
+                (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
+                (b"x-ratelimit-remaining-tokens", b"%d" % self.tokens_remaining),
+                (b"x-ratelimit-reset-tokens", format_duration(self.tokens_reset).encode()),
+            ]
         if self.budget_remaining is not None:
-            headers["x-switchyard-budget-remaining-tokens"] = str(self.budget_remaining)
+            headers.append((b"x-switchyard-budget-remaining-tokens", b"%d" % self.budget_remaining))
         return headers
+
+    def headers(self) -> dict[str, str]:
+        return {name.decode(): value.decode() for name, value in self.raw_headers()}
 
 
 ALLOWED = Admission(None, 0.0)
