@@ -32,8 +32,8 @@ from .config import GatewayConfig, ServerConfig
 from .disconnect import CancelOnDisconnectMiddleware
 from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
 from .health import health_routes
-from .metrics import GatewayMetrics
 from .ledger import LedgerWriter, open_store
+from .metrics import GatewayMetrics
 from .model_list import model_routes
 from .rate_limit import KeyLimits, LocalKeyLimits
 from .relay import RELAY_PATHS, GatewayApp

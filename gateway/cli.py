@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from providers import PRESETS
+from providers.redact import redact
 
 from .config import ConfigError, GatewayConfig, load_config
 from .settings import ProcessSettings
@@ -66,9 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     config = config.model_copy(update={"server": server})
 
-    missing = missing_extras(config)
-    if missing:
-        print(f"switchyard: {missing}", file=sys.stderr)
+    problem = missing_extras(config) or ledger_problem(config)
+    if problem:
+        print(f"switchyard: {problem}", file=sys.stderr)
         return 1
 
     import uvicorn
@@ -99,6 +100,21 @@ def missing_extras(config: GatewayConfig) -> str | None:
     for field, (module, extra) in needs.items():
         if getattr(config.server, field) is not None and importlib.util.find_spec(module) is None:
             return f"server.{field} needs the {module} package: pip install 'switchyard[{extra}]'"
+    return None
+
+
+def ledger_problem(config: GatewayConfig) -> str | None:
+    """Why the usage ledger cannot be opened (an unreachable database, a read-only data_dir), if it cannot."""
+    server = config.server
+    if not server.usage_ledger:
+        return None
+    from .ledger import open_store
+
+    try:
+        open_store(server).close()
+    except Exception as error:  # the driver's message names the cause; the URL's password is not in it
+        where = _where(server.database_url.get_secret_value()) if server.database_url else str(server.data_dir)
+        return f"cannot open the usage ledger at {where}: {redact(str(error), config.secrets)}"
     return None
 
 

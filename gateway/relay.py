@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from providers import Endpoint, OpenAIError
 
 from .accounting import Accounting, Outcome
-from .errors import InternalError, MethodNotAllowed
 from .deadline import request_timeout
-from .router import Routed, Router
+from .errors import InternalError, MethodNotAllowed
 from .responses import send_error, send_json
+from .router import Routed, Router
 from .streaming import relay_event_stream
 from .validation import parse_body
 

@@ -14,29 +14,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, summary_sql
+from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, schema, summary_sql
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage_records (
-    id BIGSERIAL PRIMARY KEY,
-    time DOUBLE PRECISION NOT NULL,
-    request_id TEXT NOT NULL,
-    api_key TEXT,
-    endpoint TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT,
-    deployment TEXT,
-    status INTEGER NOT NULL,
-    stream BOOLEAN NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    total_tokens INTEGER NOT NULL,
-    estimated BOOLEAN NOT NULL,
-    latency_ms DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
-CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
-"""
+SCHEMA = schema("BIGSERIAL PRIMARY KEY")
 # Replicas starting together must not race to create the table.
 SCHEMA_LOCK = 0x5377_6974_6368  # "Switch"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -35,6 +35,37 @@ class UsageRecord(NamedTuple):
 
 
 COLUMNS = UsageRecord._fields
+# SQL types both databases read alike (SQLite maps them to its affinities).
+COLUMN_TYPES = {
+    "time": "DOUBLE PRECISION NOT NULL",
+    "request_id": "TEXT NOT NULL",
+    "api_key": "TEXT",
+    "endpoint": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "provider": "TEXT",
+    "deployment": "TEXT",
+    "status": "INTEGER NOT NULL",
+    "stream": "BOOLEAN NOT NULL",
+    "prompt_tokens": "INTEGER NOT NULL",
+    "completion_tokens": "INTEGER NOT NULL",
+    "total_tokens": "INTEGER NOT NULL",
+    "estimated": "BOOLEAN NOT NULL",
+    "latency_ms": "DOUBLE PRECISION NOT NULL",
+}
+assert tuple(COLUMN_TYPES) == COLUMNS
+
+
+def schema(id_column: str) -> str:
+    """The table and its indexes; ``id_column`` is the one thing the two databases spell differently."""
+    columns = ",\n".join(f"    {name} {kind}" for name, kind in COLUMN_TYPES.items())
+    return f"""
+CREATE TABLE IF NOT EXISTS usage_records (
+    id {id_column},
+{columns}
+);
+CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
+CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
+"""
 
 
 def batch_json(records: Sequence[UsageRecord]) -> bytes:

@@ -12,29 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, batch_json, summary_sql
+from .records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, batch_json, schema, summary_sql
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage_records (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    api_key TEXT,
-    endpoint TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT,
-    deployment TEXT,
-    status INTEGER NOT NULL,
-    stream INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    total_tokens INTEGER NOT NULL,
-    estimated INTEGER NOT NULL,
-    latency_ms REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
-CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
-"""
+SCHEMA = schema("INTEGER PRIMARY KEY")
 
 _FIELDS = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(COLUMNS)))
 INSERT = f"INSERT INTO usage_records ({', '.join(COLUMNS)}) SELECT {_FIELDS} FROM json_each(?)"

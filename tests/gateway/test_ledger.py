@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,8 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig, parse_config
-from gateway.ledger import UsageQuery, UsageRecord, open_store
-from gateway.config import ServerConfig
+from gateway.config import GatewayConfig, ServerConfig, parse_config
+from gateway.ledger import LedgerWriter, UsageQuery, UsageRecord, open_store
 from tests.conftest import GATEWAY_YAML, PLANTED_KEY
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway.test_usage import PROMPT_TOKENS
@@ -259,7 +260,6 @@ def test_a_kill_9_loses_at_most_one_flush_interval(tmp_path: Path, fake_upstream
 
 def test_ledger_writes_run_off_the_event_loop(tmp_path: Path) -> None:
     """A store that blocks for a while does not hold up the loop the requests run on."""
-    from gateway.ledger import LedgerWriter
 
     class SlowStore:
         description = "slow"
@@ -289,3 +289,17 @@ def test_ledger_writes_run_off_the_event_loop(tmp_path: Path) -> None:
 
     ticks, written = asyncio.run(scenario())
     assert ticks > 20 and written == 1
+
+
+def test_an_unreachable_database_stops_serve_with_one_clear_line(tmp_path: Path) -> None:
+    from tests.services import free_port
+
+    url = f"postgresql://switchyard:s3cret-pw@127.0.0.1:{free_port()}/usage"
+    config = tmp_path / "providers.yaml"
+    config.write_text(f"server: {{database_url: '{url}'}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "cannot open the usage ledger at 127.0.0.1" in result.stderr
+    assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
