@@ -39,6 +39,7 @@ from .rate_limit import KeyLimits, LocalKeyLimits
 from .relay import RELAY_PATHS, GatewayApp
 from .request_id import RequestIdMiddleware
 from .router import Router
+from .tokenize_api import tokenize_routes
 from .usage_api import usage_routes
 from .validation import REQUEST_MODELS
 
@@ -58,6 +59,8 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for adapter in adapters.values():
+            await adapter.start()  # local models load on their own threads meanwhile
         if ledger is not None:
             await ledger.start()
             if any(key.budget_tokens is not None for key in keys.limited):
@@ -75,6 +78,7 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
+    api.include_router(tokenize_routes(router))
     api.include_router(health_routes(router, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]

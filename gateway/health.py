@@ -17,10 +17,12 @@ from .router import Router
 
 def deployment_status(state: DeploymentState) -> dict[str, Any]:
     breaker = state.breaker
+    provider_state = state.deployment.provider.state
     return {
         "provider": state.deployment.provider_name,
         "model": state.deployment.model,
-        "state": breaker.state,  # closed, open (cooling down) or half_open (next request probes)
+        # loading or failed (a local model), else the breaker's: closed, open (cooling down), half_open (probing)
+        "state": breaker.state if provider_state == "ready" else provider_state,
         "cooldown_remaining_s": round(breaker.seconds_until_probe(), 3),
         "in_flight": state.in_flight,
         "latency_ms": None if state.latency is None else round(state.latency * 1000, 1),
@@ -45,6 +47,10 @@ def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
             model: [deployment_status(state) for state in states]
             for model, states in router.deployment_states().items()
         }
+        loading = any(d["state"] == "loading" for deployments in models.values() for d in deployments)
+        # 503 while a local model loads: a load balancer's readiness probe then waits for it.
+        if loading:
+            return json_response({"status": "loading", "models": models}, status_code=503)
         return json_response({"status": "ready", "models": models})
 
     @health.get("/metrics")

@@ -9,6 +9,7 @@ as ``provider/*``, an unknown model as ``unknown``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,6 +20,7 @@ from .router import Router
 
 # Seconds: from a cache hit on a local model to a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 BREAKER_VALUE = {"closed": 1.0, "half_open": 0.5, "open": 0.0}
 
 
@@ -55,6 +57,30 @@ class GatewayMetrics:
         self.registry.register(_DeploymentCollector(router))
         if ledger is not None:
             self.registry.register(_LedgerCollector(ledger))
+        engines = router.local_providers()
+        if engines:
+            self._watch_engines(engines)
+
+    def _watch_engines(self, engines: list[Any]) -> None:
+        """The local engines' state when scraped, and their per-request latencies as they finish."""
+        self.registry.register(_EngineCollector(engines))
+        first_token = Histogram(
+            "switchyard_engine_time_to_first_token_seconds", "Local engine: from a request's arrival to its first token.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        per_token = Histogram(
+            "switchyard_engine_time_per_output_token_seconds", "Local engine: mean time between a request's tokens.",
+            ["provider"], buckets=TOKEN_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        for engine in engines:
+            ttft, tpot = first_token.labels(engine.name), per_token.labels(engine.name)
+
+            def observe(first: float, between: float | None, ttft: Any = ttft, tpot: Any = tpot) -> None:
+                ttft.observe(first)
+                if between is not None:
+                    tpot.observe(between)
+
+            engine.observe_timing = observe
 
     def model_label(self, model: object) -> str:
         if not isinstance(model, str) or not model:
@@ -99,3 +125,32 @@ class _LedgerCollector(Collector):
         yield CounterMetricFamily(
             "switchyard_ledger_records_dropped", "Usage records dropped: the store was down too long.", value=ledger.dropped
         )
+
+
+class _EngineCollector(Collector):
+    """Each local engine's queue, KV cache and prefix cache, read when scraped."""
+
+    def __init__(self, engines: list[Any]) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["provider"]
+        running = GaugeMetricFamily("switchyard_engine_requests_running", "Sequences being decoded.", labels=labels)
+        waiting = GaugeMetricFamily("switchyard_engine_requests_waiting", "Sequences waiting for room.", labels=labels)
+        kv = GaugeMetricFamily("switchyard_engine_kv_cache_usage_ratio", "Share of KV blocks held.", labels=labels)
+        hit = GaugeMetricFamily(
+            "switchyard_engine_prefix_cache_hit_ratio", "Prompt blocks found in the prefix cache, since start.", labels=labels
+        )
+        preempted = CounterMetricFamily("switchyard_engine_preemptions", "Sequences preempted for room.", labels=labels)
+        for engine in self._engines:
+            stats = engine.engine_stats()
+            if stats is None:  # still loading, or an embedding model
+                continue
+            name = [engine.name]
+            running.add_metric(name, stats.running)
+            waiting.add_metric(name, stats.waiting)
+            kv.add_metric(name, stats.kv_cache_usage)
+            queries = stats.prefix_cache_queries
+            hit.add_metric(name, stats.prefix_cache_hits / queries if queries else 0.0)
+            preempted.add_metric(name, stats.preemptions)
+        yield from (running, waiting, kv, hit, preempted)

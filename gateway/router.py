@@ -112,6 +112,14 @@ class Router:
     def model_names(self) -> list[str]:
         return list(self._routes)
 
+    def local_providers(self) -> list[Any]:
+        """The providers that run the local engine (they have ``engine_stats``)."""
+        return [provider for provider in self._providers.values() if hasattr(provider, "engine_stats")]
+
+    def context_window(self, model: str) -> int | None:
+        """The ``context_window`` configured for a public model, if any."""
+        return self._context_windows.get(model)
+
     @property
     def provider_names(self) -> list[str]:
         return list(self._providers)

@@ -90,6 +90,15 @@ class UpstreamStream(Protocol):
 class Provider(Protocol):
     name: str
 
+    @property
+    def state(self) -> str:
+        """``ready``; a local model is ``loading`` first, or ``failed``."""
+        ...
+
+    async def start(self) -> None:
+        """Called once the event loop runs: a local model starts loading here (HTTP providers do nothing)."""
+        ...
+
     def offers(self, endpoint: Endpoint) -> bool:
         """Whether the provider has ``endpoint`` at all (the router skips deployments that do not)."""
         ...

@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from .presets import PRESETS, ProviderPreset
 
 
+LOCAL_FIELDS = frozenset(
+    {"model", "tokenizer", "device", "dtype", "max_num_seqs", "kv_cache_bytes", "block_size", "max_model_len",
+     "quantization"}
+)
+
+
 class ProviderConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -24,6 +30,18 @@ class ProviderConfig(BaseModel):
     max_connections: int = Field(1000, ge=1, description="Pooled connections to this upstream.")
     keepalive_timeout: float = Field(30.0, gt=0, description="Seconds an idle pooled connection is kept open.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers on every upstream request.")
+    # type: local only -- the engine in this process (docs/local.md)
+    model: str | None = Field(
+        None, description="local: a model directory, a .gguf file, `smollm2` or `all-minilm-l6-v2` (the bundled ones)."
+    )
+    tokenizer: str | None = Field(None, description="local: a tokenizer directory, if not the model's own.")
+    device: str = Field("auto", description="local: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="local: auto, float32, bfloat16, float16.")
+    max_num_seqs: int = Field(64, ge=1, description="local: sequences decoded together.")
+    kv_cache_bytes: int | None = Field(None, gt=0, description="local: the KV cache's size; default 10% of RAM (CPU).")
+    block_size: int = Field(16, ge=1, description="local: tokens per KV-cache block.")
+    max_model_len: int | None = Field(None, ge=1, description="local: context length; default the model's own.")
+    quantization: Literal["int4", "int8", "w8a8"] | None = Field(None, description="local, CPU: weight quantization.")
 
     @field_validator("type")
     @classmethod
@@ -40,6 +58,14 @@ class ProviderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _has_base_url(self) -> ProviderConfig:
+        if self.preset.local:
+            misplaced = sorted(self.model_fields_set & {"base_url", "api_key", "auth", "api_version"})
+            if misplaced:
+                raise ValueError(f"a local provider takes no {', '.join(misplaced)}")
+            return self
+        local_only = sorted(self.model_fields_set & LOCAL_FIELDS)
+        if local_only:
+            raise ValueError(f"{', '.join(local_only)}: only for `type: local`")
         if self.resolved_base_url is None:
             raise ValueError(f"provider type {self.type!r} needs base_url")
         return self

@@ -145,6 +145,11 @@ class OpenAICompatibleProvider:
         path = f"{self._base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
         return URL(path).with_query({"api-version": self._api_version or ""})
 
+    state = "ready"  # an HTTP upstream's health is the router's to learn, from its answers
+
+    async def start(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

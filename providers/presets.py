@@ -33,6 +33,8 @@ class ProviderPreset:
     endpoints: frozenset[Endpoint] = frozenset(Endpoint)
     # Rules for chat and completions parameters; a parameter not listed is forwarded.
     params: Mapping[str, Rule] = field(default_factory=dict)
+    # The bundled engine in this process instead of an HTTP upstream (providers/local.py).
+    local: bool = False
 
 
 CHAT_AND_COMPLETIONS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
@@ -123,4 +125,19 @@ PRESETS: dict[str, ProviderPreset] = {
         endpoints=OPENAI_ENDPOINTS,
     ),
     "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False),
+    # The local engine: chat and completions for a causal LM, embeddings for a sentence encoder.
+    "local": ProviderPreset(
+        base_url=None,
+        api_key_env=None,
+        requires_api_key=False,
+        endpoints=OPENAI_ENDPOINTS,
+        params={
+            **{name: Unsupported() for name in ("tools", "tool_choice", "functions", "function_call", "audio",
+                                                "prediction", "web_search_options", "reasoning_effort")},
+            "parallel_tool_calls": Unsupported(),
+            "modalities": Unsupported(allowed=(["text"],)),
+            "response_format": Unsupported(allowed=({"type": "text"},)),
+        },
+        local=True,
+    ),
 }

@@ -12,9 +12,14 @@ from .openai_compatible import OpenAICompatibleProvider
 def build_provider(name: str, config: ProviderConfig) -> Provider:
     """The adapter for one configured provider.
 
-    Every preset so far speaks OpenAI's protocol; presets that need another
-    adapter (the local engine) choose it here, by data on the preset.
+    Every hosted preset speaks OpenAI's protocol; the local engine is
+    chosen by data on its preset. The engine is imported only when a local
+    provider is configured: torch takes seconds to import.
     """
+    if config.preset.local:
+        from .local import LocalProvider
+
+        return LocalProvider(name, config)
     return OpenAICompatibleProvider(name, config)
 
 

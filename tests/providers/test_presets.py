@@ -38,7 +38,7 @@ RENAMED = {
     "perplexity": {"max_tokens": 8},
     "fireworks": {"max_tokens": 8},
 }
-HOSTED = sorted(set(PRESETS) - {"custom"})
+HOSTED = sorted(name for name, preset in PRESETS.items() if name != "custom" and not preset.local)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,253 @@
+"""The engine behind an event loop: its step loop on a thread of its own.
+
+The event loop only queues work and reads results; tokenising, the
+forward pass and sampling all happen on the engine's thread, so a server
+stays responsive while the engine is saturated (torch releases the GIL in
+its kernels). Results cross back with ``call_soon_threadsafe``, one wake-up
+per step for each request that progressed; a request that falls behind
+reads only the newest of its outputs, since each one is a full snapshot.
+
+    engine = AsyncLLMEngine(EngineConfig(model="smollm2"))
+    await engine.start()                      # loads on the thread; engine.state says "loading"
+    async for output in engine.generate("id-1", "Hello", SamplingParams(max_tokens=8)):
+        print(output.outputs[0].text)          # the text so far, at each step
+
+Leaving the loop early (a ``break``, a cancelled task: the client went away)
+aborts the request at the engine's next step and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from collections.abc import Sequence as Tokens
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from .config import EngineConfig
+from .llm_engine import LLMEngine
+from .loader import LoadedModel
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+EngineState = Literal["loading", "ready", "failed", "stopped"]
+T = TypeVar("T")
+
+
+class EngineNotReady(RuntimeError):
+    """The model is still loading, failed to load, or the engine was stopped."""
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for metrics and ``/health/ready``, read without stopping the engine."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    prefix_cache_queries: int = 0  # prompt blocks looked up in the prefix cache, since start
+    prefix_cache_hits: int = 0  # ... and found there
+    preemptions: int = 0  # since start
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+
+class _Stream:
+    """One request's outputs on their way to the event loop: the newest snapshot, or an error."""
+
+    __slots__ = ("error", "event", "finished", "latest", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+        self.latest: RequestOutput | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def put(self, output: RequestOutput | None, error: BaseException | None = None) -> None:
+        """On the event loop: keep the newest snapshot and wake the reader."""
+        if error is not None:
+            self.error = error
+        elif output is not None:
+            self.latest = output
+        self.event.set()
+
+
+class AsyncLLMEngine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self._loaded = loaded
+        self.engine: LLMEngine | None = None
+        self.state: EngineState = "loading"
+        self.error: str | None = None
+        self._commands: deque[Callable[[LLMEngine], None]] = deque()
+        self._wake = threading.Condition()
+        self._streams: dict[str, _Stream] = {}  # touched on the engine thread only
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._ready = threading.Event()
+        self.stats = EngineStats()
+
+    # --- life cycle ---
+
+    async def start(self) -> None:
+        """Start the engine's thread, which loads the model first; returns at once (see ``wait_ready``)."""
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="switchyard-engine", daemon=True)
+        self._thread.start()
+
+    async def wait_ready(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        if self.state != "ready":
+            raise EngineNotReady(self.error or f"the engine is {self.state}")
+
+    async def stop(self) -> None:
+        self._running = False
+        with self._wake:
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
+        self.state = "stopped"
+
+    # --- requests ---
+
+    async def generate(
+        self, request_id: str, prompt: str | Tokens[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """The request's output after each step it progressed in, the last one finished.
+
+        Raises the engine's refusal (``PromptTooLong``, ``ValueError``) before
+        any output, and ``EngineNotReady`` while the model is not loaded.
+        """
+        if self.state != "ready":
+            raise EngineNotReady(self.error or f"the model is {self.state}")
+        stream = _Stream(asyncio.get_running_loop())
+        self._submit(lambda engine: self._add(engine, request_id, prompt, params, stream))
+        try:
+            while True:
+                await stream.event.wait()
+                stream.event.clear()
+                if stream.error is not None:
+                    raise stream.error
+                output, stream.latest = stream.latest, None
+                if output is None:
+                    continue
+                yield output
+                if output.finished:
+                    stream.finished = True
+                    return
+        finally:
+            if not stream.finished:
+                self._submit(lambda engine: self._abort(engine, request_id))
+
+    async def call(self, function: Callable[[LLMEngine], T]) -> T:
+        """``function(engine)`` on the engine's thread, between two steps (the tokenizer is not shared across threads)."""
+        if self.state != "ready":
+            raise EngineNotReady(self.error or f"the model is {self.state}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def run(engine: LLMEngine) -> None:
+            try:
+                result = function(engine)
+            except Exception as error:
+                loop.call_soon_threadsafe(settle, future, None, error)
+            else:
+                loop.call_soon_threadsafe(settle, future, result, None)
+
+        self._submit(run)
+        return await future
+
+    def _submit(self, command: Callable[[LLMEngine], None]) -> None:
+        with self._wake:
+            self._commands.append(command)
+            self._wake.notify()
+
+    # --- the engine's thread ---
+
+    def _add(
+        self, engine: LLMEngine, request_id: str, prompt: str | Tokens[int], params: SamplingParams, stream: _Stream
+    ) -> None:
+        try:
+            engine.add_request(request_id, prompt, params)
+        except Exception as error:  # PromptTooLong, a bad parameter: the caller's to handle
+            stream.loop.call_soon_threadsafe(stream.put, None, error)
+            return
+        self._streams[request_id] = stream
+
+    def _abort(self, engine: LLMEngine, request_id: str) -> None:
+        engine.abort_request(request_id)
+        self._streams.pop(request_id, None)
+
+    def _run(self) -> None:
+        try:
+            self.engine = LLMEngine(self.config, self._loaded)
+            self._loaded = None
+            self.state = "ready"
+        except Exception as error:
+            logger.exception("the model could not be loaded")
+            self.error = f"the model could not be loaded: {error}"
+            self.state = "failed"
+            return
+        finally:
+            self._ready.set()
+        engine = self.engine
+        while self._running:
+            with self._wake:
+                while self._running and not self._commands and not engine.has_unfinished_requests():
+                    self._wake.wait()
+                commands = list(self._commands)
+                self._commands.clear()
+            for command in commands:
+                command(engine)
+            if engine.has_unfinished_requests():
+                self._step(engine)
+            self._read_stats(engine)
+
+    def _step(self, engine: LLMEngine) -> None:
+        try:
+            outputs = engine.step()
+        except Exception as error:  # a bug or an out-of-memory: fail what was running, keep serving
+            logger.exception("engine step failed")
+            for request_id, stream in list(self._streams.items()):
+                engine.abort_request(request_id)
+                stream.loop.call_soon_threadsafe(stream.put, None, RuntimeError(f"the engine failed: {error}"))
+            self._streams.clear()
+            return
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            if output.finished:
+                del self._streams[output.request_id]
+            stream.loop.call_soon_threadsafe(stream.put, output)
+
+    def _read_stats(self, engine: LLMEngine) -> None:
+        scheduler, blocks = engine.scheduler, engine.block_manager
+        self.stats = EngineStats(
+            running=len(scheduler.running),
+            waiting=len(scheduler.waiting),
+            kv_blocks_total=blocks.num_blocks,
+            kv_blocks_used=blocks.num_blocks - blocks.num_free_blocks,
+            prefix_cache_queries=blocks.prefix_queries,
+            prefix_cache_hits=blocks.prefix_hits,
+            preemptions=scheduler.num_preemptions,
+        )
+
+
+def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Complete a future from another thread's result (via call_soon_threadsafe); a cancelled one stays so."""
+    if future.done():  # the caller went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
