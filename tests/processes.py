@@ -12,12 +12,16 @@ from pathlib import Path
 
 
 class GatewayProcess:
-    """``with GatewayProcess(config_path, env) as gateway: gateway.url`` -- stopped (SIGTERM) on exit."""
+    """``with GatewayProcess(config_path, env) as gateway: gateway.url`` -- stopped (SIGTERM) on exit.
 
-    def __init__(self, config: Path, env: dict[str, str], *args: str) -> None:
-        self._command = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", *args]
+    ``config`` None: no --config (the bundled models, or --model-path in ``args``); ``cwd`` then says where it runs.
+    """
+
+    def __init__(self, config: Path | None, env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
+        config_args = ["--config", str(config)] if config is not None else []
+        self._command = [sys.executable, "-m", "gateway", "serve", *config_args, "--port", "0", *args]
         self._env = {"PATH": "/usr/bin:/bin", **env}
-        self._cwd = config.parent  # a relative data_dir lands beside the config
+        self._cwd = cwd or (config.parent if config is not None else None)  # a relative data_dir lands there
         self.output: list[str] = []
         self.url = ""
         self._process: subprocess.Popen[str] | None = None
@@ -28,7 +32,7 @@ class GatewayProcess:
         )
         self._reader = threading.Thread(target=lambda: self.output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
         self._reader.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not self.url and time.monotonic() < deadline and process.poll() is None:
             found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
             self.url = found.group(1) if found else ""

@@ -15,3 +15,10 @@ def test_the_readme_config_is_valid() -> None:
     assert block is not None
     config = parse_config(block.group(1), source="README.md", environ={"GROQ_API_KEY": "x"})
     assert config.fallbacks == {"llama-70b": ["gpt-4o-mini"]}
+
+
+def test_ci_runs_the_readmes_test_command_and_the_run_command_serves_the_bundled_models() -> None:
+    run, test = re.findall(r"```bash\n(.*?)\n```", README.split("## Quick start", 1)[1], re.S)[:2]
+    ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
+    assert test in ci
+    assert run.endswith("switchyard serve")  # no config: the bundled models (tests/local/test_default_models.py)

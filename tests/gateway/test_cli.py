@@ -40,11 +40,10 @@ def test_check_config_names_the_field_without_a_traceback(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_serve_without_a_config_says_what_to_do() -> None:
-    env = {"PATH": "/usr/bin:/bin"}
-    result = run_cli("serve", env=env)
+def test_serve_takes_a_config_or_a_model_not_both() -> None:
+    result = run_cli("serve", "--config", "x.yaml", "--model-path", "m", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert "--config" in result.stderr
+    assert "--config or --model-path" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.fixture(params=["text", "json"])

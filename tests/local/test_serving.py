@@ -6,12 +6,15 @@ import asyncio
 import base64
 import importlib.util
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.gateway.test_metrics import samples, value
+from tests.local.conftest import wait_ready
+from tests.processes import GatewayProcess
 from tests.servers import ServedApp
 
 HI = [{"role": "user", "content": "Say something."}]
@@ -198,3 +201,16 @@ def test_embeddings_are_batched_normalised_and_base64_too(local_client: openai.O
     assert np.allclose(decoded, vectors[0], atol=1e-6)
     single = local_client.embeddings.create(model="minilm", input=texts[0]).data[0].embedding  # SDK decodes base64 itself
     assert np.allclose(single, vectors[0], atol=1e-5)  # alone or in a batch, the same vector
+
+
+def test_serve_one_model_from_its_path_with_no_yaml(tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = {"MODEL_PATH": str(tiny_model_dir), "MODEL_NAME": "tiny-from-env", "HOME": str(tmp_path)}
+    with GatewayProcess(None, env, "--log-level", "info", cwd=tmp_path) as gateway:
+        wait_ready(gateway.url)
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=0)
+        assert [model.id for model in client.models.list()] == ["tiny-from-env"]
+        answer = client.chat.completions.create(model="tiny-from-env", messages=HI, max_tokens=3)
+        assert answer.usage.completion_tokens <= 3  # type: ignore[union-attr]
+        log = gateway.log
+    assert "loaded tiny-llama" in log and "engine ready" in log  # log lines, not progress bars, off a terminal
+    assert "Loading weights" not in log
