@@ -281,3 +281,17 @@ def test_json_answers_are_sized_not_chunked(gateway: ServedApp) -> None:
         for response in (http.post("/v1/chat/completions", json=body), http.post("/v1/chat/completions", json={})):
             assert response.headers["content-length"] == str(len(response.content))
             assert "transfer-encoding" not in response.headers
+
+
+def test_tokenize_a_hosted_model_with_tiktoken(gateway: ServedApp) -> None:
+    import tiktoken
+
+    answer = httpx.post(f"{gateway.url}/v1/tokenize", json={"model": "gpt-test", "prompt": "hello world"}).json()
+    assert answer["tokens"] == tiktoken.get_encoding("cl100k_base").encode("hello world")  # an unknown family: cl100k
+    assert answer["count"] == 2 and answer["max_model_len"] is None
+    text = httpx.post(f"{gateway.url}/v1/detokenize", json={"model": "gpt-test", "tokens": answer["tokens"]}).json()
+    assert text == {"prompt": "hello world"}
+    chat = httpx.post(f"{gateway.url}/v1/tokenize", json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+    unknown = httpx.post(f"{gateway.url}/v1/tokenize", json={"model": "nope", "prompt": "x"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
