@@ -25,17 +25,17 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Tokens
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 from .config import EngineConfig
 from .llm_engine import LLMEngine
 from .loader import LoadedModel
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .worker import ModelThread, settle
 
 logger = logging.getLogger(__name__)
 
-EngineState = Literal["loading", "ready", "failed", "stopped"]
 T = TypeVar("T")
 
 
@@ -81,41 +81,24 @@ class _Stream:
         self.event.set()
 
 
-class AsyncLLMEngine:
+class AsyncLLMEngine(ModelThread):
+    thread_name = "switchyard-engine"
+
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        super().__init__()
         self.config = config
         self._loaded = loaded
         self.engine: LLMEngine | None = None
-        self.state: EngineState = "loading"
-        self.error: str | None = None
         self._commands: deque[Callable[[LLMEngine], None]] = deque()
-        self._wake = threading.Condition()
         self._streams: dict[str, _Stream] = {}  # touched on the engine thread only
-        self._thread: threading.Thread | None = None
-        self._running = False
         self._ready = threading.Event()
         self.stats = EngineStats()
 
-    # --- life cycle ---
-
-    async def start(self) -> None:
-        """Start the engine's thread, which loads the model first; returns at once (see ``wait_ready``)."""
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="switchyard-engine", daemon=True)
-        self._thread.start()
-
     async def wait_ready(self) -> None:
+        """Until the model is loaded; EngineNotReady if it failed."""
         await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
         if self.state != "ready":
             raise EngineNotReady(self.error or f"the engine is {self.state}")
-
-    async def stop(self) -> None:
-        self._running = False
-        with self._wake:
-            self._wake.notify()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
-        self.state = "stopped"
 
     # --- requests ---
 
@@ -242,12 +225,3 @@ class AsyncLLMEngine:
             preemptions=scheduler.num_preemptions,
         )
 
-
-def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    """Complete a future from another thread's result (via call_soon_threadsafe); a cancelled one stays so."""
-    if future.done():  # the caller went away
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)

@@ -19,14 +19,19 @@ def default_model_path() -> Path | None:
     The package is located, not imported: importing it pulls in the ``llm``
     CLI and llama.cpp bindings, which the engine does not need.
     """
-    try:
-        spec = importlib.util.find_spec(_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        ggufs = sorted(Path(location).glob("*.gguf"))
+    for location in package_directories(_PACKAGE):
+        ggufs = sorted(location.glob("*.gguf"))
         if ggufs:
             return ggufs[0]
     return None
+
+
+def package_directories(package: str) -> list[Path]:
+    """Where an installed package's files are, found without importing it; [] when it is not installed."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]

