@@ -119,10 +119,6 @@ class KeyRing:
         return not self._by_hash
 
     @property
-    def names(self) -> list[str]:
-        return [key.name for key in self._by_hash.values() if not key.admin]
-
-    @property
     def limited(self) -> list[KeyLimitsConfig]:
         return [key.limits for key in self._by_hash.values() if key.limits.limited]
 

@@ -32,7 +32,7 @@ RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 # On an answer whose token usage the gateway counted because the upstream reported none.
 ESTIMATED_HEADER = (b"x-switchyard-usage-estimated", b"true")
-# Recorded for a stream whose client went away before its end (nginx's code; never sent).
+# Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -59,6 +59,9 @@ class GatewayApp:
         outcome = Outcome(state["request_id"], state.get("api_key"))
         try:
             await self._answer(scope, receive, send, endpoint, started, outcome)
+        except asyncio.CancelledError:
+            outcome.status = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             self._accounting.finish(endpoint, outcome, started)
 
@@ -85,10 +88,7 @@ class GatewayApp:
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
                 try:
                     await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
-                except asyncio.CancelledError:
-                    outcome.status = CLIENT_CLOSED_REQUEST
-                    raise
-                finally:
+                finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
                 return
             routed = await self._router.send(endpoint, payload, deadline, outcome.request_id, outcome.trace)

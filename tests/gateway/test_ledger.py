@@ -303,3 +303,32 @@ def test_an_unreachable_database_stops_serve_with_one_clear_line(tmp_path: Path)
     assert result.returncode == 1
     assert "cannot open the usage ledger at 127.0.0.1" in result.stderr
     assert "s3cret-pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_client_that_leaves_is_recorded_as_499_with_what_its_stream_used(ledger_gateway: str) -> None:
+    headers = {"Authorization": f"Bearer {TEAM_KEY}"}
+    with httpx.Client(base_url=ledger_gateway, headers=headers) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json={"model": "fake/slow-1.5", "messages": HI}, timeout=0.3)
+        body = {"model": "fake/endless-stream", "messages": HI, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            events = 0
+            for line in response.iter_lines():
+                events += line.startswith("data: ")
+                if events == 3:
+                    break
+    time.sleep(0.5)  # the gateway notices, cancels, records
+    rows = usage(ledger_gateway, group_by="model").json()["data"]
+    by_model = {row["model"]: row for row in rows}
+    assert by_model["fake/slow-1.5"]["failed_requests"] == 1 and by_model["fake/slow-1.5"]["total_tokens"] == 0
+    assert by_model["fake/endless-stream"]["completion_tokens"] >= 3  # the events it got are charged
+
+
+def test_left_requests_have_status_499(ledger_gateway: str, tmp_path: Path) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{ledger_gateway}/v1/chat/completions", json={"model": "fake/slow-1.5", "messages": HI},
+                   headers={"api-key": TEAM_KEY}, timeout=0.3)  # fmt: skip
+    time.sleep(0.5)
+    usage(ledger_gateway)  # flushes
+    with sqlite3.connect(tmp_path / "usage.sqlite3") as db:
+        assert db.execute("SELECT status FROM usage_records").fetchall() == [(499,)]
