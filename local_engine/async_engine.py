@@ -176,9 +176,7 @@ class AsyncLLMEngine(ModelThread):
             self._loaded = None
             self.state = "ready"
         except Exception as error:
-            logger.exception("the model could not be loaded")
-            self.error = f"the model could not be loaded: {error}"
-            self.state = "failed"
+            self._failed_to_load("model", error)
             return
         finally:
             self._ready.set()
@@ -199,7 +197,8 @@ class AsyncLLMEngine(ModelThread):
         try:
             outputs = engine.step()
         except Exception as error:  # a bug or an out-of-memory: fail what was running, keep serving
-            logger.exception("engine step failed")
+            logger.error("engine step failed, its requests are failed too: %s: %s", type(error).__name__, error)
+            logger.debug("engine step failed", exc_info=error)
             for request_id, stream in list(self._streams.items()):
                 engine.abort_request(request_id)
                 stream.loop.call_soon_threadsafe(stream.put, None, RuntimeError(f"the engine failed: {error}"))

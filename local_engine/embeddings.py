@@ -144,9 +144,7 @@ class AsyncEmbedder(ModelThread):
             self.model = EmbeddingModel(self._source, device=self._device, dtype=self._dtype)
             self.state = "ready"
         except Exception as error:
-            logger.exception("the embedding model could not be loaded")
-            self.error = f"the embedding model could not be loaded: {error}"
-            self.state = "failed"
+            self._failed_to_load("embedding model", error)
             return
         while self._running:
             with self._wake:

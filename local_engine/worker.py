@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
 
 WorkerState = Literal["loading", "ready", "failed", "stopped"]
 
@@ -42,6 +45,13 @@ class ModelThread:
 
     def _run(self) -> None:
         raise NotImplementedError
+
+    def _failed_to_load(self, what: str, error: Exception) -> None:
+        """One line saying why (the traceback only at debug level: a missing file is not a bug)."""
+        self.error = f"the {what} could not be loaded: {type(error).__name__}: {error}"
+        self.state = "failed"
+        logger.error("%s", self.error)
+        logger.debug("loading failed", exc_info=error)
 
 
 def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
