@@ -137,6 +137,8 @@ PRESETS: dict[str, ProviderPreset] = {
             "parallel_tool_calls": Unsupported(),
             "modalities": Unsupported(allowed=(["text"],)),
             "response_format": Unsupported(allowed=({"type": "text"},)),
+            "suffix": Unsupported(),  # completions: no fill-in-the-middle
+            "best_of": Unsupported(allowed=(1,)),
         },
         local=True,
     ),
