@@ -82,7 +82,8 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
     api.include_router(health_routes(router, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
-    app: ASGIApp = CancelOnDisconnectMiddleware(GatewayApp(router, api, Accounting(metrics, limits, ledger)))
+    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), server.max_body_bytes)
+    app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
     return RequestIdMiddleware(app)

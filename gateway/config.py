@@ -69,6 +69,9 @@ class ServerConfig(_Frozen):
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object each.")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body on the model endpoints (413 past it)."
+    )
     api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
     admin_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys that may read /v1/usage and call every model without limits."

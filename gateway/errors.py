@@ -11,6 +11,7 @@ They join the tree drawn in ``providers.errors``::
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
         ├── MethodNotAllowed       405
+        ├── RequestTooLarge        413, past server.max_body_bytes
         ├── NoDeploymentAvailable  503, every deployment is cooling down
         ├── DeadlineExceeded       504, the request's deadline passed
         └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
@@ -41,6 +42,15 @@ class InternalError(GatewayError):
 class InvalidRequest(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
+
+
+class RequestTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body is larger than this gateway takes ({limit} bytes; server.max_body_bytes).")
 
 
 class ModelNotFound(GatewayError):

@@ -20,7 +20,7 @@ from providers import Endpoint, OpenAIError
 
 from .accounting import Accounting, Outcome
 from .deadline import request_timeout
-from .errors import InternalError, MethodNotAllowed
+from .errors import InternalError, MethodNotAllowed, RequestTooLarge
 from .responses import send_error, send_json
 from .router import Routed, Router
 from .streaming import relay_event_stream
@@ -39,7 +39,8 @@ CLIENT_CLOSED_REQUEST = 499
 class GatewayApp:
     """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
 
-    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting) -> None:
+    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, max_body_bytes: int) -> None:
+        self._max_body_bytes = max_body_bytes
         self._router = router
         self._fallback = fallback
         self._accounting = accounting
@@ -70,7 +71,7 @@ class GatewayApp:
     ) -> None:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
-            payload = parse_body(await read_body(receive), endpoint)
+            payload = parse_body(await read_body(receive, self._max_body_bytes), endpoint)
             outcome.model = payload["model"]
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
@@ -114,15 +115,22 @@ def _process_time(seconds: float) -> tuple[bytes, bytes]:
     return (b"x-process-time", f"{seconds:.4f}".encode())
 
 
-async def read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body; RequestTooLarge as soon as it passes ``limit`` bytes (the rest is never buffered)."""
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
+        if len(body) > limit:
+            raise RequestTooLarge(limit)
         return body
-    parts = [body]
+    parts, size = [body], len(body)
     while message.get("more_body", False):
         message = await receive()
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise RequestTooLarge(limit)
+        parts.append(part)
     return b"".join(parts)
 
 

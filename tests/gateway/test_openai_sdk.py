@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 
+from gateway.config import GatewayConfig
 from tests.conftest import PLANTED_KEY
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.openapi.spec import validate
@@ -295,3 +298,23 @@ def test_tokenize_a_hosted_model_with_tiktoken(gateway: ServedApp) -> None:
     assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
     unknown = httpx.post(f"{gateway.url}/v1/tokenize", json={"model": "nope", "prompt": "x"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_body_past_max_body_bytes_is_a_413_read_no_further(gateway_config: GatewayConfig) -> None:
+    from gateway.app import create_app
+
+    server = gateway_config.server.model_copy(update={"max_body_bytes": 4096, "usage_ledger": False})
+    with ServedApp(create_app(gateway_config.model_copy(update={"server": server}))) as small:
+        big = {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * 5000}]}
+        response = httpx.post(f"{small.url}/v1/chat/completions", json=big)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+        def chunks() -> Iterator[bytes]:  # a chunked body, with no content-length to check up front
+            yield b'{"model": "gpt-test", "messages": [{"role": "user", "content": "'
+            for _ in range(100):
+                yield b"x" * 1000
+            yield b'"}]}'
+
+        streamed = httpx.post(f"{small.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert httpx.post(f"{small.url}/v1/chat/completions", json={**big, "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
