@@ -3,6 +3,7 @@
 ::
 
     RequestIdMiddleware                 x-request-id on every response
+    └── CORSMiddleware                  browsers' preflights (only with server.cors_origins)
     └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
         └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
@@ -46,6 +48,14 @@ from .validation import REQUEST_MODELS
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+# Response headers a browser client may read (CORS hides all others).
+EXPOSED_HEADERS = (
+    "x-request-id", "x-process-time", "x-switchyard-provider", "x-switchyard-model", "x-switchyard-attempts",
+    "x-switchyard-fallback-chain", "x-switchyard-usage-estimated", "x-switchyard-dropped-params",
+    "x-switchyard-budget-remaining-tokens", "retry-after", "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+)  # fmt: skip
 
 
 def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> ASGIApp:
@@ -86,6 +96,12 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
+    if server.cors_origins:
+        # Outside the key check: a browser's preflight carries no key.
+        app = CORSMiddleware(
+            app, allow_origins=server.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=list(EXPOSED_HEADERS),
+        )  # fmt: skip
     return RequestIdMiddleware(app)
 
 

@@ -69,6 +69,9 @@ class ServerConfig(_Frozen):
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
     access_log: bool = Field(False, description="Log one line per request (costs CPU on the hot path).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object each.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (CORS); ['*'] for any."
+    )
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body on the model endpoints (413 past it)."
     )

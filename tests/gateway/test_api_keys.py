@@ -101,3 +101,24 @@ def test_bad_keys_fail_at_load(entry: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, environ={})
     assert any(problem in line for line in caught.value.problems), caught.value.problems
+
+
+def test_cors_preflight_needs_no_key_and_the_answer_exposes_our_headers(gateway_config: GatewayConfig) -> None:
+    environ = {"FAKE_URL": "http://unused", "FAKE_KEY": "x", "WRONG_KEY": "y", "TEAM_KEY": TEAM_KEY}
+    text = GATEWAY_YAML.replace("router:\n", "server:\n  cors_origins: [https://app.example]\n" + KEYS_YAML + "router:\n", 1)
+    config = parse_config(text, environ=environ).model_copy(update={"providers": gateway_config.providers})
+    with ServedApp(create_app(config)) as served:
+        origin = {"Origin": "https://app.example"}
+        preflight = httpx.options(
+            f"{served.url}/v1/chat/completions",
+            headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        answer = httpx.post(f"{served.url}/v1/chat/completions", headers={**origin, "Authorization": f"Bearer {CI_KEY}"},
+                            json={"model": "gpt-test", "messages": HI})  # fmt: skip
+        assert answer.status_code == 200
+        assert "x-switchyard-provider" in answer.headers["access-control-expose-headers"]
+        other = httpx.options(f"{served.url}/v1/models", headers={"Origin": "https://evil.example",
+                                                                 "Access-Control-Request-Method": "GET"})  # fmt: skip
+        assert "access-control-allow-origin" not in other.headers
