@@ -53,7 +53,9 @@ class BlockManager:
         *,
         enable_prefix_caching: bool = True,
         hash_fn: HashFn = hash_block,
+        on_first_use: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_first_use(block_id)`` runs when a block is handed out for the first time (the KV cache zeroes it)."""
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
@@ -63,6 +65,8 @@ class BlockManager:
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[int, int] = {}  # block hash -> block id
         self._num_hashed: dict[int, int] = {}  # seq_id -> leading blocks of its table already hashed
+        self._on_first_use = on_first_use
+        self._never_used = bytearray(b"\x01") * num_blocks
         self.prefix_queries = 0  # prompt blocks looked up
         self.prefix_hits = 0  # of those, found
 
@@ -164,6 +168,10 @@ class BlockManager:
 
     def _take_free_block(self) -> int:
         block_id, _ = self._free.popitem(last=False)
+        if self._never_used[block_id]:
+            self._never_used[block_id] = 0
+            if self._on_first_use is not None:
+                self._on_first_use(block_id)
         block = self.blocks[block_id]
         if block.block_hash is not None:
             if self._cached.get(block.block_hash) == block_id:

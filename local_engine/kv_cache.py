@@ -53,11 +53,15 @@ class KVCache:
         self.head_dim = head_dim
         self.dtype = dtype
         self.device = device
-        # Zeroed, not empty: padded attention reads slots no sequence wrote, and
-        # a NaN there would survive the mask (NaN * 0 is NaN).
-        self.storage = torch.zeros(
+        # Padded attention reads slots no sequence wrote, and a NaN there would
+        # survive the mask (NaN * 0 is NaN), so every block must hold numbers
+        # before it is read. Zeroing gigabytes up front took seconds at start
+        # (page faults on first touch): a block is zeroed when the block manager
+        # first hands it out instead, and block 0, the padding block, now.
+        self.storage = torch.empty(
             2, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
         )
+        self.zero_block(0)
         num_slots = num_blocks * block_size
         self.layers: list[LayerKV] = [
             LayerKV(
@@ -68,6 +72,10 @@ class KVCache:
             )
             for layer in range(num_layers)
         ]
+
+    def zero_block(self, block_id: int) -> None:
+        """Fill one block with zeros in every layer, K and V (before its first use)."""
+        self.storage[:, :, block_id].zero_()
 
     def __getitem__(self, layer: int) -> LayerKV:
         return self.layers[layer]

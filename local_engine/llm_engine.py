@@ -66,14 +66,17 @@ class LLMEngine:
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = min(config.max_model_len or self.loaded.max_model_len, self.loaded.max_model_len)
         num_blocks = self._num_kv_blocks(model)
+        kv_cache = KVCache(
+            model.num_layers, num_blocks, config.block_size, model.num_kv_heads, model.head_dim, model.dtype, model.device
+        )
         self.block_manager = BlockManager(
-            num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
+            num_blocks,
+            config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            on_first_use=kv_cache.zero_block,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.block_manager
-        )
-        kv_cache = KVCache(
-            model.num_layers, num_blocks, config.block_size, model.num_kv_heads, model.head_dim, model.dtype, model.device
         )
         # Requests without a seed draw from one generator, seeded by the config.
         sampler = Sampler(self.loaded.eos_token_ids, generator=torch.Generator(model.device).manual_seed(config.seed))

@@ -243,3 +243,16 @@ def test_w8a8_reads_the_calibration_text_then_serves(hf_model: HFLlama, smollm2_
         assert linear.input_absmax is not None and linear.input_absmax.shape == (linear._quantized._weight_t.shape[0],)
     finished = run_to_end(engine, {0: [("a", prompts(1)[0], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))]})
     assert len(finished["a"].outputs[0].token_ids) == 6
+
+
+def test_blocks_hold_numbers_before_they_are_read_though_the_cache_starts_unzeroed(
+    hf_model: HFLlama, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """The KV cache is allocated empty (zeroing gigabytes took seconds at start); a block is zeroed when first
+    handed out. Here the never-used blocks hold NaN, as fresh memory may: outputs must not notice."""
+    engine = make_engine(hf_model, smollm2_tokenizer)
+    storage = engine.runner.kv_cache.storage
+    storage[:, :, 1:].fill_(float("nan"))  # block 0, the padding block, is zeroed at allocation
+    batch = prompts(6)  # lengths 5..40: last blocks part-filled, padded decode batches
+    finished = run_to_end(engine, {0: [(f"r{i}", prompt, GREEDY) for i, prompt in enumerate(batch)]})
+    assert_matches_reference(hf_model, finished, batch)
