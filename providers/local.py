@@ -238,11 +238,10 @@ class LocalProvider:
         inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
         if not inputs:
             raise InvalidLocalRequest("`input` must not be empty.", param="input")
-        embedded = await self.embedder.embed(inputs)
-        dimensions = payload.get("dimensions")
-        vectors = embedded.vectors
-        if dimensions is not None:
+        if payload.get("dimensions") is not None:
             raise InvalidLocalRequest("This local embedding model has a fixed size; drop `dimensions`.", param="dimensions")
+        embedded = await self.embedder.embed(inputs)
+        vectors = embedded.vectors
         base64_format = payload.get("encoding_format") == "base64"
         data = [
             {
