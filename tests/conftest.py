@@ -13,7 +13,12 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import ServedApp
+from providers.tokens import BUNDLED_ENCODINGS, encoding_for
 from tests.services import postgres_server, redis_server
+
+# Tests compare counts with tiktoken itself; its files come from the bundled copies, never a download.
+for _name in BUNDLED_ENCODINGS:
+    encoding_for({"cl100k_base": "gpt-4", "o200k_base": "gpt-4o"}[_name])
 
 PLANTED_KEY = "sk-planted-0123456789abcdef"
 
