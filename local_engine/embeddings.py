@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .default_model import package_directories
 from .device import resolve_device, resolve_dtype
-from .loader import quiet_progress_unless_terminal
+from .loader import check_materialised, quiet_progress_unless_terminal, transformers_building
 from .worker import ModelThread, settle
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class EmbeddingModel:
             self.dtype = torch.float32  # small encoders run fastest, and exactly, in float32 on a CPU
         self.name = source if source == EMBEDDING_ALIAS else path.name
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+        with transformers_building():
+            model = AutoModel.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+        check_materialised(model, path)
         self.model = model.to(self.device).eval()
         self.max_length = _max_length(path, self.tokenizer.model_max_length, model.config.max_position_embeddings)
         self.dimensions = int(model.config.hidden_size)

@@ -25,7 +25,10 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,43 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "switchyard" / "models"
 # A GGUF file name usually ends in its quantisation ("-Q4_K_M", ".Q4_1", ".f16"); the model's name is what precedes it.
 _QUANT_SUFFIX = re.compile(r"[.\-_](?:i?q\d\w*|f16|f32|bf16)$", re.IGNORECASE)
+
+
+# transformers' loading changes process-wide state while it builds a model:
+# ``torch.set_default_dtype`` (local_torch_dtype), ``PreTrainedModel.tie_weights``
+# swapped for a no-op class attribute (initialization.no_tie_weights), the
+# ``torch.nn.init`` functions (guard_torch_init_functions), ``torch.linspace``.
+# Each is saved, patched and restored by a context manager, so two loads on two
+# threads interleave into saving each other's patch as "the original": one
+# load then ties nothing (``lm_head.weight | MISSING``, a meta tensor), and the
+# no-op stays installed for every later load in the process. Every call into
+# transformers that builds a model, in the loader and the embedder alike, holds
+# this lock; tokenizers and the engine's own model touch none of that state.
+_TRANSFORMERS_BUILD_LOCK = threading.Lock()
+
+
+@contextmanager
+def transformers_building() -> Iterator[None]:
+    """Hold while transformers builds or loads a model object (see _TRANSFORMERS_BUILD_LOCK)."""
+    with _TRANSFORMERS_BUILD_LOCK:
+        yield
+
+
+def check_materialised(model: torch.nn.Module, where: Path) -> None:
+    """A load error, not a silent random head, when transformers left a weight unloaded or an untied head.
+
+    ``tie_word_embeddings`` means the head *is* the input embedding; a head
+    with its own storage would be freshly initialised noise.
+    """
+    on_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if on_meta:
+        raise ValueError(f"{where}: weights were left unloaded: {', '.join(on_meta[:3])}")
+    config = getattr(model, "config", None)
+    get_output = getattr(model, "get_output_embeddings", None)
+    head = get_output() if get_output is not None else None
+    if head is not None and getattr(config, "tie_word_embeddings", False):
+        if head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+            raise ValueError(f"{where}: the config ties the LM head to the embeddings, but the loaded head is not tied")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +148,9 @@ def _load_directory(
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     _check_supported(config, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+    with transformers_building():
+        hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+    check_materialised(hf_model, model_dir)
     model = LlamaForCausalLM.from_transformers(hf_model, dtype, device)
     eos_token_ids = _eos_token_ids(hf_model.generation_config, config, tokenizer)
     del hf_model
@@ -188,9 +230,11 @@ def _convert_gguf(path: Path, dtype: torch.dtype, out_dir: Path) -> None:
 
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     _check_supported(config, path)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton, torch_dtype=dtype)["tensors"]
+    with transformers_building():
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton, torch_dtype=dtype)
+    tensors = tensors["tensors"]
     expected = set(skeleton.state_dict())
     if config.tie_word_embeddings:
         expected.discard("lm_head.weight")
