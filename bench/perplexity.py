@@ -43,10 +43,21 @@ class Score:
     tokens: int = 0
     seconds: float = 0.0
 
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.tokens
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / self.tokens
+
     def row(self, name: str) -> str:
         return (
-            f"  {name:>10} {math.exp(self.nll / self.tokens):10.3f} {self.agree / self.tokens:11.2%}"
-            f" {self.kl / self.tokens:10.4f} {self.seconds:9.1f}"
+            f"  {name:>10} {self.perplexity:10.3f} {self.agreement:11.2%} {self.mean_kl:10.4f} {self.seconds:9.1f}"
         )
 
 
@@ -87,6 +98,27 @@ class TeacherForced:
         return F.log_softmax(self.model.compute_logits(hidden), -1).cpu()
 
 
+def score_variants(readers: dict[str, TeacherForced], ids: torch.Tensor) -> dict[str, Score]:
+    """Each reader's score on the windows ``ids``; the first reader is the reference for agreement and KL."""
+    scores = {variant: Score() for variant in readers}
+    with torch.inference_mode():
+        for position in range(ids.shape[1] - 1):
+            targets = ids[:, position + 1]
+            reference: torch.Tensor | None = None
+            for variant, reader in readers.items():
+                started = time.perf_counter()
+                log_probs = reader.log_probs(ids[:, position], position)
+                score = scores[variant]
+                score.seconds += time.perf_counter() - started
+                if reference is None:
+                    reference = log_probs
+                score.nll -= float(log_probs.gather(1, targets[:, None]).sum())
+                score.agree += int((log_probs.argmax(-1) == reference.argmax(-1)).sum())
+                score.kl += float((reference.exp() * (reference - log_probs)).sum())
+                score.tokens += len(targets)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=None, help="model directory or .gguf (default: the bundled SmolLM2)")
@@ -110,23 +142,7 @@ def main() -> None:
     ids = windows(loaded, text, args.batch, args.tokens)
     print(f"{loaded.name} {loaded.model.dtype}: {args.batch} windows x {args.tokens} tokens, one decode step per token")
 
-    scores = {variant: Score() for variant in variants}
-    with torch.inference_mode():
-        for position in range(args.tokens):
-            targets = ids[:, position + 1]
-            reference: torch.Tensor | None = None
-            for variant, reader in readers.items():
-                started = time.perf_counter()
-                log_probs = reader.log_probs(ids[:, position], position)
-                score = scores[variant]
-                score.seconds += time.perf_counter() - started
-                if reference is None:
-                    reference = log_probs
-                score.nll -= float(log_probs.gather(1, targets[:, None]).sum())
-                score.agree += int((log_probs.argmax(-1) == reference.argmax(-1)).sum())
-                score.kl += float((reference.exp() * (reference - log_probs)).sum())
-                score.tokens += len(targets)
-
+    scores = score_variants(readers, ids)
     print(f"  {'variant':>10} {'perplexity':>10} {'top-1 agree':>11} {'KL':>10} {'seconds':>9}")
     for variant, score in scores.items():
         print(score.row("exact" if variant == "none" else variant))

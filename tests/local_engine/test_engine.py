@@ -213,23 +213,28 @@ def test_offline_api_accepts_text_token_ids_and_conversations(hf_model: HFLlama,
 
 
 @pytest.mark.slow
-def test_smollm2_with_int4_decode_weights_keeps_its_answers() -> None:
-    from local_engine import LLM
+def test_smollm2_with_int4_decode_weights_stays_close_to_the_exact_model() -> None:
+    """Quality as bench/perplexity.py measures it, not one greedy answer: a 135M model's answers flip
+    on tiny numeric changes, while perplexity and top-1 agreement move only when int4 really hurts."""
+    from bench.perplexity import TeacherForced, default_text, score_variants, windows
     from local_engine.loader import load_model
     from local_engine.model.linear import can_pack_for_cpu
+    from local_engine.quantization import quantize
 
     if not can_pack_for_cpu(torch.zeros(1, dtype=torch.bfloat16)):
         pytest.skip("needs torch's CPU bfloat16 kernels")
-    questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 plus 2?"]
-    conversations = [[{"role": "user", "content": q}] for q in questions]
-    params = SamplingParams(temperature=0, max_tokens=24)
-    exact = LLM(loaded=load_model(None, dtype="bfloat16"), max_num_seqs=4).chat(conversations, params)
-    quantized = LLM(loaded=load_model(None, dtype="bfloat16"), max_num_seqs=4, quantization="int4").chat(conversations, params)
-    assert "Paris" in quantized[0].outputs[0].text
-    # Weight-only int4 changes the numbers a little: the answers should still mostly agree token for token.
-    agree = sum(a == b for x, y in zip(exact, quantized) for a, b in zip(x.outputs[0].token_ids, y.outputs[0].token_ids))
-    total = sum(len(x.outputs[0].token_ids) for x in exact)
-    assert agree / total > 0.5, (agree, total)
+    batch, tokens = 8, 64
+    exact = load_model(None, dtype="bfloat16")
+    int4 = load_model(None, dtype="bfloat16")
+    quantize(int4, "int4")
+    ids = windows(exact, default_text(), batch, tokens)
+    readers = {"exact": TeacherForced(exact, batch, tokens), "int4": TeacherForced(int4, batch, tokens)}
+    scores = score_variants(readers, ids)
+    # Measured with transformers 5.24 (constraints.txt): perplexity x1.003, 95.7% agreement, KL 0.005.
+    assert scores["int4"].perplexity / scores["exact"].perplexity < 1.10
+    assert scores["int4"].agreement > 0.85
+    assert scores["int4"].mean_kl < 0.05
+    assert scores["exact"].perplexity < 200  # the exact model reads the text as text, not noise
 
 
 def test_w8a8_reads_the_calibration_text_then_serves(hf_model: HFLlama, smollm2_tokenizer: PreTrainedTokenizerBase) -> None:
