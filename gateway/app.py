@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +27,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from providers import OpenAIError, Provider, build_providers
+from providers import LoadsModel, OpenAIError, Provider, build_providers
 
 from .accounting import Accounting
 from .auth import ApiKeyMiddleware, KeyRing
@@ -58,8 +59,17 @@ EXPOSED_HEADERS = (
 )  # fmt: skip
 
 
-def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | None = None) -> ASGIApp:
-    """The gateway for ``config``; ``providers`` replaces the adapters built from it."""
+def create_app(
+    config: GatewayConfig,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    on_load_failure: Callable[[str], None] | None = None,
+) -> ASGIApp:
+    """The gateway for ``config``; ``providers`` replaces the adapters built from it.
+
+    ``on_load_failure(reason)`` is called once if a local model fails to load
+    for good (``switchyard serve`` for one model then exits, as ``vllm serve`` does).
+    """
     server = config.server
     adapters = dict(providers) if providers is not None else build_providers(config.providers)
     router = Router(config, adapters)
@@ -71,6 +81,7 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for adapter in adapters.values():
             await adapter.start()  # local models load on their own threads meanwhile
+        watch = asyncio.create_task(_report_load_failure(router, on_load_failure)) if on_load_failure else None
         if ledger is not None:
             await ledger.start()
             if any(key.budget_tokens is not None for key in keys.limited):
@@ -78,6 +89,8 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
             if ledger is not None:
                 await ledger.aclose()
             await limits.aclose()
@@ -103,6 +116,20 @@ def create_app(config: GatewayConfig, *, providers: Mapping[str, Provider] | Non
             expose_headers=list(EXPOSED_HEADERS),
         )  # fmt: skip
     return RequestIdMiddleware(app)
+
+
+async def _report_load_failure(router: Router, report: Callable[[str], None]) -> None:
+    """``report`` the first local model that fails to load for good, if any does."""
+
+    async def settled(provider: LoadsModel) -> LoadsModel:
+        await provider.wait_loaded()
+        return provider
+
+    for finished in asyncio.as_completed([settled(provider) for provider in router.models_loading_here()]):
+        provider = await finished
+        if provider.state == "failed":
+            report(provider.error or f"the model of provider '{provider.name}' could not be loaded")
+            return
 
 
 def _key_limits(server: ServerConfig) -> KeyLimits:

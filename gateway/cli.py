@@ -80,15 +80,31 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(server.log_level, config.secrets, server.log_format)
     print(describe(config), file=sys.stderr)
     print(f"switchyard: listening on http://{server.host}:{server.port}/v1", file=sys.stderr)
-    uvicorn.run(
-        create_app(config),
-        host=server.host,
-        port=server.port,
-        log_config=None,
-        log_level=server.log_level,
-        access_log=server.access_log,
-        server_header=False,
+    # Serving one model (no --config): if it cannot load there is nothing to serve, so end the process,
+    # as `vllm serve` does. With a config, the other providers keep being served.
+    load_failure: list[str] = []
+
+    def stop_serving(reason: str) -> None:
+        load_failure.append(reason)
+        http.should_exit = True
+
+    serves_only_local = args.config is None and settings.config is None
+    app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
+    http = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=server.host,
+            port=server.port,
+            log_config=None,
+            log_level=server.log_level,
+            access_log=server.access_log,
+            server_header=False,
+        )
     )
+    http.run()
+    if load_failure:
+        print(f"switchyard: {load_failure[0]}; nothing else to serve, exiting", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,8 @@ from starlette.responses import PlainTextResponse, Response
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from providers import LoadsModel
+
 from .balancer import DeploymentState
 from .metrics import GatewayMetrics
 from .model_list import json_response
@@ -17,8 +19,9 @@ from .router import Router
 
 def deployment_status(state: DeploymentState) -> dict[str, Any]:
     breaker = state.breaker
-    provider_state = state.deployment.provider.state
-    return {
+    provider = state.deployment.provider
+    provider_state = provider.state
+    status = {
         "provider": state.deployment.provider_name,
         "model": state.deployment.model,
         # loading or failed (a local model), else the breaker's: closed, open (cooling down), half_open (probing)
@@ -30,6 +33,21 @@ def deployment_status(state: DeploymentState) -> dict[str, Any]:
         "failures": state.failures,
         "last_error": state.last_error,
     }
+    if provider_state == "failed" and isinstance(provider, LoadsModel):
+        status["load_error"] = provider.error
+    return status
+
+
+def readiness_status(router: Router) -> str:
+    """``ready`` only when every model this process loads is loaded; else ``failed`` or ``loading``.
+
+    A failed model keeps the process unready for good: a probe must not send
+    it traffic it would answer with 503s.
+    """
+    states = {provider.state for provider in router.models_loading_here()}
+    if states <= {"ready"}:
+        return "ready"
+    return "failed" if "failed" in states else "loading" if "loading" in states else "stopped"
 
 
 def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
@@ -42,16 +60,22 @@ def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
 
     @health.get("/health/ready")
     async def readiness() -> Response:
-        """Each deployment's state, from the outcome of recent calls (no probe is sent)."""
+        """200 once every local model is loaded; 503 while one loads or after one failed.
+
+        Also each local model's state (and why it failed), and each deployment's
+        state from the outcome of recent calls (no probe is sent).
+        """
+        local = {
+            provider.name: {"state": provider.state, **({"error": provider.error} if provider.state == "failed" else {})}
+            for provider in router.models_loading_here()
+        }
         models = {
             model: [deployment_status(state) for state in states]
             for model, states in router.deployment_states().items()
         }
-        loading = any(d["state"] == "loading" for deployments in models.values() for d in deployments)
-        # 503 while a local model loads: a load balancer's readiness probe then waits for it.
-        if loading:
-            return json_response({"status": "loading", "models": models}, status_code=503)
-        return json_response({"status": "ready", "models": models})
+        status = readiness_status(router)
+        body = {"status": status, "local_models": local, "models": models}
+        return json_response(body, status_code=200 if status == "ready" else 503)
 
     @health.get("/metrics")
     async def prometheus_metrics() -> Response:

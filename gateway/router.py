@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from tenacity import RetryCallState, wait_random_exponential
 
-from providers import Endpoint, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from providers import Endpoint, LoadsModel, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
 from providers.errors import (
     ContextWindowExceeded,
     EndpointNotOffered,
@@ -115,6 +115,10 @@ class Router:
     def local_providers(self) -> list[Any]:
         """The providers that run the local engine (they have ``engine_stats``)."""
         return [provider for provider in self._providers.values() if hasattr(provider, "engine_stats")]
+
+    def models_loading_here(self) -> list[LoadsModel]:
+        """The providers whose model loads in this process, in config order (readiness waits for them)."""
+        return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
 
     def context_window(self, model: str) -> int | None:
         """The ``context_window`` configured for a public model, if any."""
@@ -298,6 +302,9 @@ class Router:
                     raise DeadlineExceeded(deadline.seconds) from None
                 if not error.fallback_allowed:
                     self._record_success(state)  # the deployment is fine; the request is at fault
+                    raise
+                if not error.trips_breaker:
+                    state.breaker.release()  # no call was made (a local model not loaded): no verdict
                     raise
                 self._record_failure(state, error)
                 if not error.retryable or attempt == attempts or state.breaker.state != "closed":

@@ -3,7 +3,7 @@
 ``providers`` never imports ``gateway``; the gateway composes these pieces.
 """
 
-from .base import Endpoint, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
+from .base import Endpoint, LoadsModel, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
 from .client import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
 from .config import ProviderConfig
 from .errors import OpenAIError, ProviderError
@@ -17,6 +17,7 @@ __all__ = [
     "NotOffered",
     "OpenAICompatibleAPI",
     "Endpoint",
+    "LoadsModel",
     "OpenAIError",
     "Provider",
     "ProviderConfig",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .usage import Usage
@@ -108,3 +108,24 @@ class Provider(Protocol):
     async def open_stream(self, request: UpstreamRequest) -> UpstreamStream: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class LoadsModel(Protocol):
+    """A provider whose model loads in this process (``type: local``): readiness waits for it."""
+
+    name: str
+
+    @property
+    def state(self) -> str:
+        """``loading``, ``ready``, ``failed`` or ``stopped``."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the load failed (one line), once ``state`` is ``failed``."""
+        ...
+
+    async def wait_loaded(self) -> None:
+        """Return once the model is loaded or has failed for good."""
+        ...

@@ -63,6 +63,10 @@ class OpenAIError(Exception):
     code: str | None = None
     retryable: bool = False
     fallback_allowed: bool = False
+    # Whether this failure counts against the deployment's circuit breaker: an
+    # answer that says the deployment is unwell. A local model still loading
+    # (or failed to load) says so without a call, and is reported as itself.
+    trips_breaker: bool = True
 
     def __init__(
         self,

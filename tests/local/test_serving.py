@@ -217,51 +217,18 @@ def test_serve_one_model_from_its_path_with_no_yaml(tiny_model_dir: Path, tmp_pa
     assert "Loading weights" not in log
 
 
-def test_a_local_model_that_is_not_ready_falls_back_to_the_next_deployment(
-    tmp_path: Path, fake_upstream: tuple[object, ServedApp]
-) -> None:
-    from gateway.app import create_app
-    from gateway.config import parse_config
-    from tests.conftest import PLANTED_KEY
-
-    broken = tmp_path / "not-a-model"
-    broken.mkdir()  # no config.json, no weights: the load fails
-    config = parse_config(
-        f"""
-server: {{usage_ledger: false}}
-providers:
-  engine: {{type: local, model: "{broken}"}}
-  hosted: {{type: custom, base_url: "{fake_upstream[1].url}/v1", api_key: "{PLANTED_KEY}"}}
-models:
-  local-first:
-    routing: ordered
-    deployments: [{{provider: engine, model: m}}, {{provider: hosted, model: fake-model}}]
-  local-only: {{deployments: [{{provider: engine, model: m}}]}}
-""",
-        environ={},
-    )
-    with ServedApp(create_app(config)) as served:
-        wait_ready(served.url)
-        ready = httpx.get(f"{served.url}/health/ready").json()
-        assert ready["models"]["local-only"][0]["state"] == "failed"
-        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(model="local-first", messages=HI)
-        assert raw.headers["x-switchyard-provider"] == "hosted"
-        with pytest.raises(openai.APIStatusError) as caught:
-            client.chat.completions.create(model="local-only", messages=HI)
-    assert caught.value.status_code == 503 and caught.value.code == "model_loading"
-    assert "could not be loaded" in caught.value.message
-
-
 def test_local_answers_match_openais_schemas(local_gateway: ServedApp, local_client: openai.OpenAI) -> None:
     """Every shape the local provider writes, against OpenAI's OpenAPI spec."""
+    from tests.local.test_prompt_logprobs import first_prompt_logprob_as_a_number
     from tests.openapi.spec import validate
 
     url = local_gateway.url
     chat = {"model": "tiny", "messages": HI, "max_tokens": 4, "logprobs": True, "top_logprobs": 2, "n": 2}
     validate("CreateChatCompletionResponse", httpx.post(f"{url}/v1/chat/completions", json=chat).json())
     legacy = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "logprobs": 2, "echo": True}
-    validate("CreateCompletionResponse", httpx.post(f"{url}/v1/completions", json=legacy).json())
+    echoed = httpx.post(f"{url}/v1/completions", json=legacy).json()
+    # Known spec gap (tests/local/test_prompt_logprobs.py): the echoed prompt's first logprob is null, as OpenAI sends it.
+    validate("CreateCompletionResponse", first_prompt_logprob_as_a_number(echoed))
     for path, body, schema in (
         ("/v1/chat/completions", chat, "CreateChatCompletionStreamResponse"),
         ("/v1/completions", {**legacy, "echo": False}, "CreateCompletionResponse"),
