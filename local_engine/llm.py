@@ -17,12 +17,12 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from .config import EngineConfig
+from .inputs import PromptType, is_token_ids
 from .llm_engine import LLMEngine
 from .loader import LoadedModel
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
-Prompt = str | Sequence[int]
 Message = dict[str, Any]
 
 
@@ -37,17 +37,27 @@ class LLM:
 
     def generate(
         self,
-        prompts: Prompt | Sequence[Prompt],
+        prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to the end, batched together; outputs in the prompts' order."""
+        """Run every prompt to the end, batched together; outputs in the prompts' order.
+
+        A prompt is in one of vLLM's forms: a string, a list of token ids, ``{"prompt": str}`` or
+        ``{"prompt_token_ids": [...]}``; anything else is a TypeError before anything runs. If one
+        prompt is refused, none of the batch runs.
+        """
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
-        request_ids = []
-        for prompt, prompt_params in zip(batch, params):
-            request_id = f"offline-{next(self._request_ids)}"
-            self.engine.add_request(request_id, prompt, prompt_params)
-            request_ids.append(request_id)
+        request_ids: list[str] = []
+        try:
+            for prompt, prompt_params in zip(batch, params):
+                request_id = f"offline-{next(self._request_ids)}"
+                self.engine.add_request(request_id, prompt, prompt_params)
+                request_ids.append(request_id)
+        except Exception:
+            for request_id in request_ids:  # the batch is all or nothing, as each request is
+                self.engine.abort_request(request_id)
+            raise
         finished: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():
@@ -77,12 +87,13 @@ class LLM:
         return self.generate(prompts, sampling_params)
 
 
-def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
-    if prompts and all(isinstance(token, int) for token in prompts):
-        return [prompts]  # type: ignore[list-item]  # one prompt given as token ids
-    return list(prompts)  # type: ignore[arg-type]
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+    """One prompt or a list of them, as a list; what is neither goes on, for add_request to name."""
+    if isinstance(prompts, (str, dict)) or (is_token_ids(prompts) and len(prompts) > 0):  # type: ignore[arg-type]
+        return [prompts]  # type: ignore[list-item]
+    if isinstance(prompts, (list, tuple)):
+        return list(prompts)
+    return [prompts]  # type: ignore[list-item]
 
 
 def _params_per_prompt(

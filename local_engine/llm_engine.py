@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence as Tokens
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +16,8 @@ import torch
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
+from .errors import CompletionTooLong, InvalidInput, PromptTooLong
+from .inputs import PromptType, check_token_ids, first_out_of_range, out_of_vocabulary, parse_prompt
 from .kv_cache import KVCache
 from .loader import LoadedModel, load_model
 from .model import LlamaForCausalLM
@@ -32,8 +33,12 @@ from .stop import check_stop
 logger = logging.getLogger(__name__)
 
 
-class PromptTooLong(ValueError):
-    """The prompt does not fit the model's context (OpenAI: context_length_exceeded)."""
+class StepFailed(RuntimeError):
+    """The forward pass or the sampler raised; the requests of that step were aborted, their blocks freed."""
+
+    def __init__(self, request_ids: list[str], cause: Exception) -> None:
+        super().__init__(f"the engine step failed: {type(cause).__name__}: {cause}")
+        self.request_ids = request_ids
 
 
 @dataclass(slots=True)
@@ -52,6 +57,13 @@ class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
     tracks: list[_Track]
+    # Filled by the first sequence while params.prompt_logprobs asks (Sequence.wants_prompt_logprobs).
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
+
+
+# The KV pool's default size on a CPU, in tokens: 32 sequences of 1,024 tokens (755 MiB for SmolLM2-135M in
+# bfloat16). The step time on a CPU grows with the batch, so more room rarely serves more; see docs/local.md.
+DEFAULT_CPU_KV_TOKENS = 32768
 
 
 class LLMEngine:
@@ -83,40 +95,87 @@ class LLMEngine:
         self.runner = ModelRunner(model, kv_cache, sampler, config.block_size)
         self._requests: dict[str, _Request] = {}
         logger.info(
-            "engine ready: %s on %s (%s), %d KV blocks of %d tokens, context %d",
-            self.loaded.name, model.device, model.dtype, num_blocks, config.block_size, self.max_model_len,
-        )
+            "engine ready: %s on %s (%s), context %d; KV cache of %d blocks x %d tokens (%d tokens) reserves %d MiB,"
+            " touched as it is used",
+            self.loaded.name, model.device, model.dtype, self.max_model_len, num_blocks, config.block_size,
+            num_blocks * config.block_size, kv_cache.num_bytes >> 20,
+        )  # fmt: skip
 
-    def add_request(self, request_id: str, prompt: str | Tokens[int], params: SamplingParams) -> None:
-        """Queue a request; raise PromptTooLong if it cannot fit the context."""
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
+        """Queue a request, all or nothing: every check runs and every sequence is built before one is queued.
+
+        ``prompt`` is in one of vLLM's forms (see ``inputs``). Raises InvalidInput naming the input
+        (PromptTooLong, CompletionTooLong among them), or TypeError for a prompt or params of no known
+        form; the engine is then exactly as it was, so a bad request cannot touch the others.
+        """
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if isinstance(prompt, str):
-            text: str | None = prompt
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        text, token_ids = self._prompt_token_ids(prompt)
+        self._check_fits(len(token_ids), params)
+        self._check_against_model(params)
+        tracks = [self._track(request_id, index, token_ids, params) for index in range(params.n)]
+        # Nothing below can raise: the request is queued whole or not at all.
+        for track in tracks:
+            self.scheduler.add(track.seq)
+        self._requests[request_id] = _Request(request_id, text, list(token_ids), tracks)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding matrix, which token ids index (the tokenizer may know more or fewer ids)."""
+        return int(self.loaded.model.embed_tokens.shape[0])
+
+    def _prompt_token_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        parsed = parse_prompt(prompt)
+        text, token_ids = parsed.text, parsed.token_ids
+        if token_ids is None:  # the offline API; the server encodes on its tokenizer thread (AsyncLLMEngine)
+            token_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if text is not None:  # ids from the model's own tokenizer, which may know more ids than the model has rows
+            outside = first_out_of_range(token_ids, self.vocab_size)
+            if outside is not None:
+                message = out_of_vocabulary(token_ids[outside], "the encoded prompt", self.vocab_size)
+                raise InvalidInput(message, param="prompt")
         else:
-            text, token_ids = None, list(prompt)
+            check_token_ids(token_ids, self.vocab_size, param="prompt", where="the prompt")
         if not token_ids:
-            raise ValueError("the prompt is empty")
-        if len(token_ids) >= self.max_model_len:
+            raise InvalidInput("The prompt is empty.", param="prompt")
+        return text, token_ids
+
+    def _check_fits(self, prompt_tokens: int, params: SamplingParams) -> None:
+        if prompt_tokens >= self.max_model_len:
             raise PromptTooLong(
                 f"This model's maximum context length is {self.max_model_len} tokens; "
-                f"the prompt has {len(token_ids)} tokens, which leaves no room for an answer."
+                f"the prompt has {prompt_tokens} tokens, which leaves no room for an answer."
             )
-        longest = min(self.max_model_len, len(token_ids) + (params.max_tokens or self.max_model_len))
+        # As vLLM: prompt + max_tokens may fill the context exactly; None runs until it is full.
+        if params.max_tokens is not None and prompt_tokens + params.max_tokens > self.max_model_len:
+            raise CompletionTooLong(self.max_model_len, prompt_tokens, params.max_tokens)
+        longest = self.max_model_len if params.max_tokens is None else prompt_tokens + params.max_tokens
         if self.block_manager.blocks_needed(longest) > self.block_manager.num_blocks:
             raise PromptTooLong(
                 f"The KV cache holds {self.block_manager.num_blocks * self.config.block_size} tokens; "
                 f"this request may need {longest}."
             )
-        tracks = []
-        for index in range(params.n):
-            seq = Sequence(request_id, index, list(token_ids), len(token_ids), params)
-            if params.seed is not None:
-                seq.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed + index)
-            tracks.append(_Track(seq, IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens)))
-            self.scheduler.add(seq)
-        self._requests[request_id] = _Request(request_id, text, list(token_ids), tracks)
+
+    def _check_against_model(self, params: SamplingParams) -> None:
+        """What SamplingParams cannot check alone: the engine's batch size and the model's vocabulary."""
+        if params.n > self.config.max_num_seqs:
+            raise InvalidInput(
+                f"n must be at most {self.config.max_num_seqs} (this engine's max_num_seqs), got {params.n}.", param="n"
+            )
+        check_token_ids(params.stop_token_ids, self.vocab_size, param="stop_token_ids", where="stop_token_ids")
+        biased = list(params.logit_bias or ())
+        outside = first_out_of_range(biased, self.vocab_size)
+        if outside is not None:
+            raise InvalidInput(out_of_vocabulary(biased[outside], "logit_bias", self.vocab_size), param="logit_bias")
+
+    def _track(self, request_id: str, index: int, token_ids: list[int], params: SamplingParams) -> _Track:
+        seq = Sequence(request_id, index, list(token_ids), len(token_ids), params)
+        seed = params.seed_for(index)
+        if seed is not None:
+            seq.generator = torch.Generator(device=self.runner.device).manual_seed(seed)
+        return _Track(seq, IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens))
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request now and free its blocks; unknown or finished ids are ignored."""
@@ -137,20 +196,41 @@ class LLMEngine:
             return []
         for seq in scheduled.preempted:
             logger.debug("preempted request %s (sequence %d)", seq.request_id, seq.index)
-        result = self.runner.run(scheduled)
+        try:
+            result = self.runner.run(scheduled)
+        except Exception as error:  # a bug, an out-of-memory: this step's requests end, the engine serves on
+            failed = sorted({item.seq.request_id for item in scheduled.scheduled})
+            for request_id in failed:
+                self.abort_request(request_id)
+            raise StepFailed(failed, error) from error
         for item in scheduled.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.cache_full_blocks(item.seq)
         progressed: dict[str, _Request] = {}
+        for seq, scored in result.prompt_logprobs:
+            self._append_prompt_logprobs(self._requests[seq.request_id], seq, scored)
         for seq, sampled in result.sampled:
             request = self._requests[seq.request_id]
             self._append_token(request.tracks[seq.index], sampled)
             progressed[request.request_id] = request
-        outputs = [self._output(request) for request in progressed.values()]
+        for item in scheduled.scheduled:
+            if item.seq.params.max_tokens == 0 and not item.seq.in_prefill:
+                # Its prompt is computed (and scored); it may generate nothing, so it is done.
+                self.scheduler.finish(item.seq, "length")
+                progressed[item.seq.request_id] = self._requests[item.seq.request_id]
+        # An output carries complete prompt logprobs: none goes out while the first sequence still scores.
+        ready = [request for request in progressed.values() if not request.tracks[0].seq.wants_prompt_logprobs]
+        outputs = [self._output(request) for request in ready]
         for output in outputs:
             if output.finished:
                 del self._requests[output.request_id]
         return outputs
+
+    def _append_prompt_logprobs(self, request: _Request, seq: Sequence, scored: list[TokenLogprob]) -> None:
+        # The runner scored tokens num_scored_prompt_tokens onwards; a recomputed prompt scores none twice.
+        assert len(request.prompt_logprobs) == seq.num_scored_prompt_tokens
+        request.prompt_logprobs.extend(scored)
+        seq.num_scored_prompt_tokens += len(scored)
 
     def _append_token(self, track: _Track, sampled: SampledToken) -> None:
         seq = track.seq
@@ -184,6 +264,8 @@ class LLMEngine:
                 for track in request.tracks
             ],
             num_cached_tokens=request.tracks[0].seq.num_cached_tokens,
+            # Not copied: outputs go out only once it is complete, and it never changes after.
+            prompt_logprobs=None if request.tracks[0].seq.params.prompt_logprobs is None else request.prompt_logprobs,
         )
 
     def _num_kv_blocks(self, model: LlamaForCausalLM) -> int:
@@ -194,6 +276,11 @@ class LLMEngine:
         budget = config.kv_cache_bytes or int(_memory_bytes(model.device) * config.kv_cache_fraction)
         # More blocks than every sequence at full context could use is memory thrown away.
         useful = config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        if config.kv_cache_bytes is None and model.device.type == "cpu":
+            # A CPU shares its memory with everything else on the machine: by default the pool holds
+            # DEFAULT_CPU_KV_TOKENS (at least one full context), not a tenth of RAM (2.4 GB for a 135M model).
+            wanted = max(DEFAULT_CPU_KV_TOKENS, self.max_model_len)
+            useful = min(useful, -(-wanted // config.block_size))
         num_blocks = min(budget // per_block, useful)
         if num_blocks < -(-self.max_model_len // config.block_size):
             logger.warning("the KV cache holds %d blocks: less than one full-length sequence", num_blocks)

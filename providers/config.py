@@ -11,7 +11,7 @@ from .presets import PRESETS, ProviderPreset
 
 LOCAL_FIELDS = frozenset(
     {"model", "tokenizer", "device", "dtype", "max_num_seqs", "kv_cache_bytes", "block_size", "max_model_len",
-     "quantization"}
+     "quantization", "load_retries", "input_token_ids"}
 )
 
 
@@ -38,10 +38,26 @@ class ProviderConfig(BaseModel):
     device: str = Field("auto", description="local: auto (CUDA when present), cpu, cuda, cuda:1, ...")
     dtype: str = Field("auto", description="local: auto, float32, bfloat16, float16.")
     max_num_seqs: int = Field(64, ge=1, description="local: sequences decoded together.")
-    kv_cache_bytes: int | None = Field(None, gt=0, description="local: the KV cache's size; default 10% of RAM (CPU).")
+    kv_cache_bytes: int | None = Field(
+        None, gt=0, description="local: the KV cache's size; default on CPU 32768 tokens' worth (at least one "
+        "context, at most 10% of RAM), on CUDA 10% of free memory.",
+    )
     block_size: int = Field(16, ge=1, description="local: tokens per KV-cache block.")
     max_model_len: int | None = Field(None, ge=1, description="local: context length; default the model's own.")
     quantization: Literal["int4", "int8", "w8a8"] | None = Field(None, description="local, CPU: weight quantization.")
+    load_retries: int = Field(
+        2, ge=0, description="local: loads retried (after 1 s, 2 s, ...) before the model is declared failed."
+    )
+    # OpenAI defines token-id `input` in its own tokenizer's ids, and the clients that send ids mean those:
+    # LangChain's OpenAIEmbeddings tokenizes every text with tiktoken (cl100k_base) and sends the ids. Read
+    # as the local model's ids they index the wrong rows, or none. So by default they are decoded to text
+    # with cl100k_base and tokenized again by the model; `model` is vLLM's reading, for clients that
+    # tokenize with the served model's own tokenizer.
+    input_token_ids: Literal["cl100k_base", "model"] = Field(
+        "cl100k_base",
+        description="local embeddings: whose token ids a token-id `input` holds: `cl100k_base` (OpenAI's, "
+        "as LangChain sends them; decoded, then tokenized by the model) or `model` (the model's own, as vLLM).",
+    )
 
     @field_validator("type")
     @classmethod

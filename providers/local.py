@@ -3,8 +3,9 @@
 A causal LM (SmolLM2, any Llama-family directory or GGUF) serves chat and
 completions; a sentence encoder (all-MiniLM-L6-v2) serves embeddings. The
 model loads on the engine's thread when the gateway starts; until it is
-ready, calls fail with a 503 ``model_loading`` that lets the router fall
-back to another deployment.
+ready, calls fail with a 503 ``model_loading``, and after every load
+attempt failed with a 503 ``model_load_failed`` saying why; both let the
+router fall back to another deployment, and neither trips its breaker.
 
 The router treats this provider like any other: the same retries, fallback
 chains, deadlines and usage accounting. Usage is exact: the engine counts
@@ -23,14 +24,18 @@ from typing import Any, TypeVar
 
 import orjson
 
-from local_engine import EngineConfig, PromptTooLong, RequestOutput
+from local_engine import EngineConfig, InvalidInput, RequestOutput, StepFailed
 from local_engine.async_engine import AsyncLLMEngine, EngineNotReady, EngineStats
 from local_engine.embeddings import AsyncEmbedder, is_embedding_model
+from local_engine.inputs import PromptType
 
 from .base import Endpoint, UpstreamRequest, UpstreamResponse
 from .config import ProviderConfig
-from .errors import ContextWindowExceeded, EndpointNotOffered, ProviderError, UpstreamRejected
-from .local_openai import Formatter, InvalidLocalRequest, chat_prompt, completion_prompts, sampling_params
+from .errors import EndpointNotOffered, ProviderError, UpstreamRejected
+from .local_openai import (
+    Formatter, InvalidLocalRequest, RequestOrigin, chat_prompt, completion_prompts, decode_openai_token_ids,
+    embedding_inputs, sampling_params,
+)  # fmt: skip
 from .params import DROPPED_HEADER, adapt
 from .usage import Usage
 
@@ -39,12 +44,34 @@ T = TypeVar("T")
 
 
 class ModelNotReady(ProviderError):
-    """The local model is still loading (or failed to load): another deployment may answer."""
+    """The local model cannot answer now: another deployment may.
+
+    Not a verdict on a call (no call was made), so it never trips the
+    deployment's breaker: the client sees why, not "cooling down".
+    """
 
     status_code = 503
     error_type = "api_error"
-    code = "model_loading"
     fallback_allowed = True
+    trips_breaker = False
+
+
+class EngineFailed(ProviderError):
+    """The engine's step failed while running this request (a bug, an out-of-memory); the engine serves on."""
+
+    status_code = 500
+    error_type = "api_error"
+    fallback_allowed = True
+
+
+class ModelLoading(ModelNotReady):
+    code = "model_loading"
+
+
+class ModelLoadFailed(ModelNotReady):
+    """Every load attempt failed; the message says why."""
+
+    code = "model_load_failed"
 
 
 class LocalProvider:
@@ -56,7 +83,9 @@ class LocalProvider:
         self.engine: AsyncLLMEngine | None = None
         self.embedder: AsyncEmbedder | None = None
         if self.embeds:
-            self.embedder = AsyncEmbedder(config.model or "", device=config.device, dtype=config.dtype)
+            self.embedder = AsyncEmbedder(
+                config.model or "", device=config.device, dtype=config.dtype, load_retries=config.load_retries
+            )
         else:
             self.engine = AsyncLLMEngine(
                 EngineConfig(
@@ -69,7 +98,8 @@ class LocalProvider:
                     max_model_len=config.max_model_len,
                     quantization=config.quantization,
                     tokenizer=config.tokenizer,
-                )
+                ),
+                load_retries=config.load_retries,
             )
 
     # Set by the gateway's metrics: called with (time to first token, mean time per later token) per request.
@@ -95,8 +125,15 @@ class LocalProvider:
 
     @property
     def error(self) -> str | None:
+        """Why the model failed to load (one line), once ``state`` is ``failed``."""
         runner = self.engine or self.embedder
         return runner.error if runner is not None else None
+
+    async def wait_loaded(self) -> None:
+        """Until the model is loaded or has failed for good."""
+        runner = self.engine or self.embedder
+        if runner is not None:
+            await runner.wait_loaded()
 
     async def aclose(self) -> None:
         if self.engine is not None:
@@ -117,52 +154,42 @@ class LocalProvider:
     ) -> tuple[list[int], list[str], int]:
         """Token ids of a prompt or a chat, their strings, and the context length."""
 
-        def work() -> tuple[list[int], list[str], int]:
+        max_model_len = self.max_model_len
+
+        def work(tokenizer: Any) -> tuple[list[int], list[str], int]:
             if messages is not None:
-                text = self.apply_chat_template(messages, add_generation_prompt)
+                text = _chat_text(tokenizer, messages, add_generation_prompt)
                 special = bool(add_special_tokens)  # the template writes its own special tokens
             else:
                 text, special = prompt or "", add_special_tokens is not False
-            tokens = self.tokenizer.encode(text, add_special_tokens=special)
-            return tokens, self.tokenizer.convert_ids_to_tokens(tokens), self.max_model_len
+            tokens = tokenizer.encode(text, add_special_tokens=special)
+            return tokens, tokenizer.convert_ids_to_tokens(tokens), max_model_len
 
         return await self._with_tokenizer(work)
 
     async def detokenize(self, tokens: list[int]) -> str:
-        return await self._with_tokenizer(lambda: str(self.tokenizer.decode(tokens)))
+        return await self._with_tokenizer(lambda tokenizer: str(tokenizer.decode(tokens)))
 
-    async def _with_tokenizer(self, work: Callable[[], T]) -> T:
-        """``work`` where the tokenizer lives (the engine's thread), a refusal as a 400."""
+    async def _with_tokenizer(self, work: Callable[[Any], T]) -> T:
+        """``work(tokenizer)`` on the model's tokenizer thread (never the engine's step loop), a refusal as a 400."""
         self._require_ready()
+        runner = self.engine or self.embedder
+        assert runner is not None
         try:
-            if self.engine is not None:
-                return await self.engine.call(lambda _engine: work())
-            return work()
+            return await runner.with_tokenizer(work)
         except ProviderError:
             raise
         except Exception as error:  # a template that refuses the messages, an id out of range
             raise InvalidLocalRequest(f"The model's tokenizer refused the request: {error}") from None
 
     @property
-    def tokenizer(self) -> Any:
-        return self._loaded()[0]
-
-    @property
     def max_model_len(self) -> int:
-        return self._loaded()[1]
-
-    def _loaded(self) -> tuple[Any, int]:
-        """The loaded model's tokenizer and context length (ModelNotReady before)."""
+        """The loaded model's context length (ModelNotReady before)."""
         self._require_ready()
         if self.engine is not None and self.engine.engine is not None:
-            return self.engine.engine.tokenizer, self.engine.engine.max_model_len
+            return self.engine.engine.max_model_len
         assert self.embedder is not None and self.embedder.model is not None
-        return self.embedder.model.tokenizer, self.embedder.model.max_length
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return str(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
-        )
+        return self.embedder.model.max_length
 
     # --- requests ---
 
@@ -170,22 +197,26 @@ class LocalProvider:
         payload, headers = self._prepare(request)
         if request.endpoint is Endpoint.EMBEDDINGS:
             return await self._embed(payload, headers)
-        formatter, params, prompts = self._plan(request.endpoint, payload)
+        formatter, params, prompts = await self._plan(request.endpoint, payload)
         # One engine request per prompt, all in the engine's batch at once.
-        finished = await asyncio.gather(*(_last(self._run(prompt, params)) for prompt in prompts))
+        finished = await asyncio.gather(
+            *(_last(self._run(prompt, params, RequestOrigin(request.endpoint, payload, index)))
+              for index, prompt in enumerate(prompts))
+        )  # fmt: skip
         body = formatter.answer(finished, params.n)
         usage = body["usage"]
         return UpstreamResponse(200, orjson.dumps(body), headers, Usage(usage["prompt_tokens"], usage["completion_tokens"]))
 
     async def open_stream(self, request: UpstreamRequest) -> LocalEventStream:
         payload, headers = self._prepare(request)
-        formatter, params, prompts = self._plan(request.endpoint, payload)
+        formatter, params, prompts = await self._plan(request.endpoint, payload)
         if len(prompts) != 1:
             raise InvalidLocalRequest("A streamed completion takes one prompt.", param="prompt")
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         holdback = max((len(stop) for stop in params.stop), default=1) - 1
-        stream = LocalEventStream(self._run(prompts[0], params), formatter, headers, include_usage, holdback)
+        outputs = self._run(prompts[0], params, RequestOrigin(request.endpoint, payload))
+        stream = LocalEventStream(outputs, formatter, headers, include_usage, holdback)
         await stream.open()  # the first output, or the engine's refusal as an error before the stream starts
         return stream
 
@@ -200,19 +231,32 @@ class LocalProvider:
 
     def _require_ready(self) -> None:
         if self.state != "ready":
-            detail = self.error or f"the model of provider '{self.name}' is {self.state}"
-            raise ModelNotReady(detail[0].upper() + detail[1:] + ".", provider=self.name)
+            raise self._not_ready()
 
-    def _plan(self, endpoint: Endpoint, payload: dict[str, Any]) -> tuple[Formatter, Any, list[str | list[int]]]:
+    def _not_ready(self) -> ModelNotReady:
+        if self.state == "failed":
+            detail = self.error or "the model could not be loaded"
+            return ModelLoadFailed(f"{detail[0].upper()}{detail[1:]}.", provider=self.name)
+        return ModelLoading(f"The model of provider '{self.name}' is {self.state}.", provider=self.name)
+
+    async def _plan(self, endpoint: Endpoint, payload: dict[str, Any]) -> tuple[Formatter, Any, list[PromptType]]:
         params = sampling_params(endpoint, payload)
         if endpoint is Endpoint.CHAT:
-            prompts: list[str | list[int]] = [chat_prompt(payload, self.apply_chat_template)]
+
+            def render(tokenizer: Any) -> PromptType:
+                text = chat_prompt(payload, lambda messages: _chat_text(tokenizer, messages))
+                return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+
+            prompts = [await self._with_tokenizer(render)]  # the template and its encoding, off the event loop
         else:
-            prompts = completion_prompts(payload)
-        formatter = Formatter(endpoint, str(payload["model"]), uuid.uuid4().hex, payload, self.tokenizer.decode)
+            prompts = list(completion_prompts(payload))  # texts are encoded by the engine, off the event loop too
+        assert self.engine is not None and self.engine.engine is not None
+        decode = self.engine.engine.tokenizer.decode  # single tokens, for logprobs
+        formatter = Formatter(endpoint, str(payload["model"]), uuid.uuid4().hex, payload, decode)
         return formatter, params, prompts
 
-    async def _run(self, prompt: str | list[int], params: Any) -> AsyncIterator[RequestOutput]:
+    async def _run(self, prompt: PromptType, params: Any, origin: RequestOrigin) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs for one prompt; a refusal named in the client's terms (``origin``)."""
         assert self.engine is not None
         started = time.perf_counter()
         first = None
@@ -225,22 +269,29 @@ class LocalProvider:
                     between = (time.perf_counter() - first) / (tokens - 1) if tokens > 1 else None
                     self.observe_timing(first - started, between)
                 yield output
-        except PromptTooLong as error:
-            raise ContextWindowExceeded(str(error), param="messages", provider=self.name) from None
-        except EngineNotReady as error:
-            raise ModelNotReady(str(error), provider=self.name) from None
+        except InvalidInput as error:  # PromptTooLong and CompletionTooLong too
+            raise origin.refusal(error, self.name) from None
+        except EngineNotReady:
+            raise self._not_ready() from None
+        except StepFailed:
+            raise EngineFailed(
+                "The local engine failed while running this request; it was stopped and the engine serves on.",
+                provider=self.name,
+            ) from None
         except ValueError as error:
             raise UpstreamRejected(str(error), provider=self.name) from None
 
     async def _embed(self, payload: dict[str, Any], headers: dict[str, str]) -> UpstreamResponse:
         assert self.embedder is not None
-        raw = payload.get("input")
-        inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
-        if not inputs:
-            raise InvalidLocalRequest("`input` must not be empty.", param="input")
         if payload.get("dimensions") is not None:
             raise InvalidLocalRequest("This local embedding model has a fixed size; drop `dimensions`.", param="dimensions")
-        embedded = await self.embedder.embed(inputs)
+        inputs = embedding_inputs(payload)
+        try:
+            if self._config.input_token_ids == "cl100k_base":
+                inputs = decode_openai_token_ids(inputs)
+            embedded = await self.embedder.embed(inputs)  # checked before it joins a batch
+        except InvalidInput as error:
+            raise RequestOrigin(Endpoint.EMBEDDINGS, payload).refusal(error, self.name) from None
         vectors = embedded.vectors
         base64_format = payload.get("encoding_format") == "base64"
         data = [
@@ -255,6 +306,11 @@ class LocalProvider:
         body = {"object": "list", "data": data, "model": payload["model"],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
         return UpstreamResponse(200, orjson.dumps(body), headers, Usage(tokens, 0))
+
+
+def _chat_text(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """The conversation as the model's chat template writes it."""
+    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False))
 
 
 async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:

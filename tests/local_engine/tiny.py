@@ -1,5 +1,15 @@
 """The tiny random Llama the fast tests build: small enough to run in milliseconds."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+
+from local_engine.loader import LoadedModel
+from local_engine.model import LlamaForCausalLM
+
 TINY = dict(
     vocab_size=256,
     hidden_size=64,
@@ -9,3 +19,15 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
 )
+
+
+def tiny_loaded(hf_model: HFLlama, tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
+    """``hf_model`` as the engine's loader would hand it over, in float32 on the CPU, context 256."""
+    return LoadedModel(
+        model=LlamaForCausalLM.from_transformers(hf_model, torch.float32, torch.device("cpu")),
+        tokenizer=tokenizer,
+        name="tiny-llama",
+        eos_token_ids=frozenset({tokenizer.eos_token_id}),
+        max_model_len=256,
+        model_dir=Path("tiny-llama"),
+    )

@@ -1,0 +1,59 @@
+"""Why the engine refuses a request: raised before the request joins a batch, so no other request sees it.
+
+::
+
+    ValueError
+    └── InvalidInput            an input the engine cannot take; ``param`` and ``position`` say which
+        ├── PromptTooLong       the prompt alone fills the context (OpenAI's context_length_exceeded)
+        └── CompletionTooLong   the prompt fits, but not with max_tokens more
+
+``param`` is the input's name as the engine takes it: a field of
+``SamplingParams`` (``seed``, ``logit_bias``, ``stop_token_ids``), or
+``prompt``. ``position`` is the index path inside it (``(3,)``: the fourth
+token id). A caller that holds the input under another name (a batch of
+prompts, a chat) renames ``param`` and keeps ``position``; nobody needs to
+read the message to know what was wrong.
+
+A prompt of the wrong type is a ``TypeError`` (a programming mistake, as in
+Python itself), raised at the same point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class InvalidInput(ValueError):
+    def __init__(self, message: str, *, param: str, position: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.param = param
+        self.position = tuple(position)
+
+    @property
+    def path(self) -> str:
+        """``param`` with its position, as JSON would index it: ``prompt[3]``, ``stop_token_ids[0]``."""
+        return self.param + "".join(f"[{index}]" for index in self.position)
+
+
+class PromptTooLong(InvalidInput):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="prompt")
+
+
+class CompletionTooLong(InvalidInput):
+    """``max_tokens`` more tokens than the context has room for after the prompt."""
+
+    def __init__(self, max_model_len: int, prompt_tokens: int, max_tokens: int) -> None:
+        self.max_model_len = max_model_len
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        super().__init__(self.describe("prompt"), param="max_tokens")
+
+    def describe(self, prompt_name: str) -> str:
+        """vLLM's (and OpenAI's) wording; ``prompt_name`` is what the client sent: ``prompt`` or ``messages``."""
+        requested = self.prompt_tokens + self.max_tokens
+        return (
+            f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+            f"{requested} tokens ({self.prompt_tokens} in the {prompt_name}, {self.max_tokens} in the completion). "
+            f"Please reduce the length of the {prompt_name} or completion."
+        )
