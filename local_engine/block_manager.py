@@ -16,8 +16,13 @@ its parent block, so a hash collision can cost a cache miss, never a wrong
 answer.
 
 A block with ``ref_count == 0`` is free. Free blocks keep their hash and
-stay findable until the pool hands them out again, least recently freed
-first.
+stay findable until the pool hands them out again. The pool hands out, in
+this order: a freed block holding no cached prefix (its memory is already
+touched and its contents are worth nothing), then a block never used (its
+memory is first touched now), then the least recently freed cached block
+(evicting that prefix). So the process's memory grows only as far as the
+traffic needs, and the prefix cache still gets the whole pool before it
+evicts anything.
 """
 
 from __future__ import annotations
@@ -61,39 +66,43 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self._hash = hash_fn
         self.blocks = [Block(i) for i in range(num_blocks)]
-        # Free block ids, least recently freed first (dict order: O(1) removal when a cached block is reused).
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        # Free block ids by kind (see the module docstring); dicts in least-recently-freed order, for O(1)
+        # removal when a cached block is reused. Never-used ids pop lowest first.
+        self._free_unhashed: OrderedDict[int, None] = OrderedDict()
+        self._free_cached: OrderedDict[int, None] = OrderedDict()
+        self._never_used_ids = list(range(num_blocks - 1, -1, -1))
         self._cached: dict[int, int] = {}  # block hash -> block id
         self._num_hashed: dict[int, int] = {}  # seq_id -> leading blocks of its table already hashed
         self._on_first_use = on_first_use
-        self._never_used = bytearray(b"\x01") * num_blocks
         self.prefix_queries = 0  # prompt blocks looked up
         self.prefix_hits = 0  # of those, found
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        return len(self._free_unhashed) + len(self._free_cached) + len(self._never_used_ids)
 
     @property
     def usage(self) -> float:
         """Fraction of blocks held by sequences."""
-        return 1.0 - len(self._free) / self.num_blocks
+        return 1.0 - self.num_free_blocks / self.num_blocks
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def cached_prefix(self, token_ids: Tokens[int], num_prompt_tokens: int) -> list[int]:
-        """Ids of the longest run of the prompt's leading full blocks found in the cache.
+    def cached_prefix(self, token_ids: Tokens[int], logits_from: int) -> list[int]:
+        """Ids of the longest run of leading full blocks found in the cache, all before position ``logits_from``.
 
-        The prompt's last token is never served from the cache: its logits
-        are needed to sample the first output token.
+        A cached block has K/V but no logits, so it must end before the
+        first position whose logits the sequence needs: the prompt's last
+        (``Sequence.logits_from``), to sample the first output token, or an
+        earlier one while it still scores its prompt (prompt logprobs).
         """
         if not self.enable_prefix_caching:
             return []
         size = self.block_size
         hits: list[int] = []
         parent_hash: int | None = None
-        for index in range((num_prompt_tokens - 1) // size):
+        for index in range(logits_from // size):
             tokens = tuple(token_ids[index * size : (index + 1) * size])
             block_hash = self._hash(parent_hash, tokens)
             block_id = self._cached.get(block_hash)
@@ -117,12 +126,12 @@ class BlockManager:
         num_computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size
         num_new_blocks = self.blocks_needed(num_computed + num_new_tokens) - len(seq.block_table) - len(cached_blocks)
         num_revived = sum(1 for block_id in cached_blocks if self.blocks[block_id].ref_count == 0)
-        if num_new_blocks + num_revived > len(self._free):
+        if num_new_blocks + num_revived > self.num_free_blocks:
             return False
         for block_id in cached_blocks:
             block = self.blocks[block_id]
             if block.ref_count == 0:
-                del self._free[block_id]
+                del self._free_cached[block_id]  # a findable block has a hash, so it is in this pool
             block.ref_count += 1
             seq.block_table.append(block_id)
         if cached_blocks:
@@ -161,17 +170,20 @@ class BlockManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self._free[block_id] = None
+                (self._free_unhashed if block.block_hash is None else self._free_cached)[block_id] = None
         seq.block_table.clear()
         seq.num_computed_tokens = 0
         self._num_hashed.pop(seq.seq_id, None)
 
     def _take_free_block(self) -> int:
-        block_id, _ = self._free.popitem(last=False)
-        if self._never_used[block_id]:
-            self._never_used[block_id] = 0
+        if self._free_unhashed:
+            block_id, _ = self._free_unhashed.popitem(last=True)  # the most recently freed is the warmest
+        elif self._never_used_ids:
+            block_id = self._never_used_ids.pop()
             if self._on_first_use is not None:
                 self._on_first_use(block_id)
+        else:
+            block_id, _ = self._free_cached.popitem(last=False)
         block = self.blocks[block_id]
         if block.block_hash is not None:
             if self._cached.get(block.block_hash) == block_id:

@@ -10,6 +10,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top_logprobs: dict[int, float]  # token id -> logprob, most likely first
+    rank: int | None = None  # 1 for the most likely token; given for prompt tokens (vLLM reports it there)
 
 
 @dataclass(slots=True)
@@ -33,6 +34,9 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (nothing precedes
+    # it). Complete in every output: a request that asks has no output until its whole prompt is scored.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def finished(self) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .logprobs import token_logprobs
 from .sampling_params import SamplingParams
 
 # Top-k/top-p candidates are found with topk at these widths before falling
@@ -133,25 +134,15 @@ class Sampler:
         wanting = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
         if not wanting:
             return [SampledToken(token, None, None) for token in tokens]
-        device, vocab = logits.device, logits.shape[1]
         if len(wanting) == len(rows):
             raw, chosen_ids = logits, token_ids
         else:
-            positions = torch.tensor(wanting, device=device)
+            positions = torch.tensor(wanting, device=logits.device)
             raw, chosen_ids = logits[positions], token_ids[positions]
-        logprobs = torch.log_softmax(raw, dim=-1)
-        chosen: list[float] = logprobs.gather(1, chosen_ids.unsqueeze(1)).squeeze(1).tolist()
-        widest = min(max(rows[i].params.logprobs or 0 for i in wanting), vocab)
-        top_values: list[list[float]] = []
-        top_ids: list[list[int]] = []
-        if widest:
-            top = logprobs.topk(widest, dim=-1)
-            top_values, top_ids = top.values.tolist(), top.indices.tolist()
+        scored = token_logprobs(raw, chosen_ids, [rows[i].params.logprobs or 0 for i in wanting])
         results = [SampledToken(token, None, None) for token in tokens]
-        for j, i in enumerate(wanting):
-            k = rows[i].params.logprobs or 0
-            top_logprobs = dict(zip(top_ids[j][:k], top_values[j][:k])) if k else {}
-            results[i] = SampledToken(tokens[i], chosen[j], top_logprobs)
+        for i, entry in zip(wanting, scored):
+            results[i] = SampledToken(tokens[i], entry.logprob, entry.top_logprobs)
         return results
 
 

@@ -8,6 +8,9 @@ Invariants:
 - ``num_computed_tokens <= len(token_ids)``: the first ``num_computed_tokens``
   tokens have their K/V in the blocks of ``block_table``.
 - ``len(block_table) * block_size >= num_computed_tokens``.
+- While it owes prompt logprobs, ``num_scored_prompt_tokens >= num_computed_tokens + 1``:
+  the next position to run is the one that scores the next unscored token
+  (token ``t``'s logprob is read off the logits at position ``t - 1``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class Sequence:
     # Per output token: (sampled token's logprob, {token id: logprob} of the top k).
     logprobs: list[tuple[float, dict[int, float]]] = field(default_factory=list)
     num_preemptions: int = 0
+    # Leading prompt tokens whose logprob is known. Token 0 has none (nothing precedes it), so it counts
+    # from the start; kept across preemption, so a recomputed prompt never scores a token twice.
+    num_scored_prompt_tokens: int = 1
 
     @property
     def num_tokens(self) -> int:
@@ -69,6 +75,23 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether prompt tokens remain to be scored; the first of a request's n sequences scores for all."""
+        return (
+            self.params.prompt_logprobs is not None
+            and self.index == 0
+            and self.num_scored_prompt_tokens < self.num_prompt_tokens
+        )
+
+    @property
+    def logits_from(self) -> int:
+        """The first position whose logits are still needed: the prompt's last, to sample the first
+        output token, or an earlier one while prompt tokens remain to be scored."""
+        if self.wants_prompt_logprobs:
+            return self.num_scored_prompt_tokens - 1
+        return self.num_prompt_tokens - 1
 
     @property
     def in_prefill(self) -> bool:

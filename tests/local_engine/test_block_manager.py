@@ -11,7 +11,7 @@ def seq_of(tokens: list[int], num_prompt: int | None = None) -> Sequence:
 
 def run_prefill(manager: BlockManager, seq: Sequence) -> None:
     """Admit ``seq`` the way the scheduler does and mark its prompt computed."""
-    cached = manager.cached_prefix(seq.token_ids, seq.num_prompt_tokens)
+    cached = manager.cached_prefix(seq.token_ids, seq.logits_from)
     assert manager.allocate(seq, seq.num_tokens - len(cached) * manager.block_size, cached)
     seq.num_computed_tokens = seq.num_tokens
     manager.cache_full_blocks(seq)
@@ -44,7 +44,7 @@ def test_shared_prompt_prefix_shares_blocks() -> None:
     first = seq_of(system + [1, 2, 3])
     run_prefill(manager, first)
     second = seq_of(system + [4, 5])
-    cached = manager.cached_prefix(second.token_ids, second.num_prompt_tokens)
+    cached = manager.cached_prefix(second.token_ids, second.logits_from)
     assert cached == first.block_table[:2]
     assert manager.allocate(second, second.num_tokens - 8, cached)
     assert second.num_computed_tokens == 8
@@ -59,7 +59,7 @@ def test_whole_prompt_in_cache_still_computes_its_last_block() -> None:
     run_prefill(manager, first)
     again = seq_of(list(range(8)))
     # Only the first block: the last prompt token must run to give logits.
-    assert manager.cached_prefix(again.token_ids, again.num_prompt_tokens) == first.block_table[:1]
+    assert manager.cached_prefix(again.token_ids, again.logits_from) == first.block_table[:1]
 
 
 def test_freed_blocks_stay_findable_until_reused() -> None:
@@ -70,7 +70,7 @@ def test_freed_blocks_stay_findable_until_reused() -> None:
     manager.free(first)
     assert manager.num_free_blocks == 4
     again = seq_of(list(range(9)))
-    cached = manager.cached_prefix(again.token_ids, again.num_prompt_tokens)
+    cached = manager.cached_prefix(again.token_ids, again.logits_from)
     assert cached == kept[:2]
     assert manager.allocate(again, 1, cached)
     assert manager.num_free_blocks == 1  # two revived from the cache, one new
@@ -84,7 +84,7 @@ def test_reused_block_is_no_longer_found() -> None:
     other = seq_of([9, 9, 9, 9, 9, 9, 9, 9])  # takes both blocks, evicting the cached one
     run_prefill(manager, other)
     manager.free(other)
-    assert manager.cached_prefix([1, 2, 3, 4, 5], 5) == []
+    assert manager.cached_prefix([1, 2, 3, 4, 5], 4) == []
 
 
 def test_hash_collisions_cost_a_miss_never_a_wrong_block() -> None:
@@ -92,17 +92,47 @@ def test_hash_collisions_cost_a_miss_never_a_wrong_block() -> None:
     first = seq_of([1, 1, 2, 2, 3])
     run_prefill(manager, first)
     # Same hash, other tokens: must not match.
-    assert manager.cached_prefix([5, 5, 2, 2, 3], 5) == []
+    assert manager.cached_prefix([5, 5, 2, 2, 3], 4) == []
     # Same tokens in block 1 but a different block 0: the child must not match either.
     other = seq_of([6, 6, 2, 2, 3])
     run_prefill(manager, other)
-    assert manager.cached_prefix([6, 6, 2, 2, 9], 5) == []
+    assert manager.cached_prefix([6, 6, 2, 2, 9], 4) == []
     # The first block registered under the colliding key is still found for its own tokens.
-    assert manager.cached_prefix([1, 1, 7, 7, 3], 5) == first.block_table[:1]
+    assert manager.cached_prefix([1, 1, 7, 7, 3], 4) == first.block_table[:1]
 
 
 def test_prefix_caching_off() -> None:
     manager = BlockManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
     first = seq_of(list(range(9)))
     run_prefill(manager, first)
-    assert manager.cached_prefix(list(range(9)), 9) == []
+    assert manager.cached_prefix(list(range(9)), 8) == []
+
+
+def test_freed_blocks_are_reused_before_untouched_memory_and_cached_prefixes_last() -> None:
+    first_uses: list[int] = []
+    manager = BlockManager(num_blocks=6, block_size=4, on_first_use=first_uses.append)
+    a = seq_of(list(range(6)))  # one full block (hashed: a cached prefix) and a partial one (not)
+    run_prefill(manager, a)
+    assert first_uses == [0, 1]
+    manager.free(a)
+
+    b = seq_of([90, 91])  # needs one block: the freed partial one, no new memory
+    assert manager.allocate(b, 2) and b.block_table == [1] and first_uses == [0, 1]
+    c = seq_of(list(range(100, 116)))  # four blocks: untouched ones, while a's cached prefix stays findable
+    assert manager.allocate(c, 16) and first_uses == [0, 1, 2, 3, 4, 5]
+    assert manager.cached_prefix(list(range(6)), 5) == [0]
+    manager.free(b)
+    manager.free(c)
+    d = seq_of(list(range(200, 224)))  # all six blocks: the cached prefix is evicted last
+    assert manager.allocate(d, 24) and d.block_table[-1] == 0
+    assert manager.cached_prefix(list(range(6)), 5) == []
+
+
+def test_without_prefix_caching_the_warmest_freed_block_is_reused() -> None:
+    first_uses: list[int] = []
+    manager = BlockManager(num_blocks=64, block_size=4, enable_prefix_caching=False, on_first_use=first_uses.append)
+    for _ in range(100):  # a steady trickle of short requests touches one block, not the whole pool
+        seq = seq_of([1, 2, 3])
+        assert manager.allocate(seq, 3)
+        manager.free(seq)
+    assert first_uses == [0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM as HFLlama, PreTrainedTok
 
 from local_engine import EngineConfig, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
 from local_engine.kv_cache import KVCache
-from local_engine.loader import LoadedModel
-from local_engine.model import LlamaForCausalLM
+from tests.local_engine.tiny import tiny_loaded
 
 VOCAB = 49152  # SmolLM2's tokenizer, so outputs can be detokenized
 BLOCK = 4
@@ -28,14 +26,7 @@ def hf_model() -> HFLlama:
 
 
 def make_engine(hf_model: HFLlama, tokenizer: PreTrainedTokenizerBase, **options: object) -> LLMEngine:
-    loaded = LoadedModel(
-        model=LlamaForCausalLM.from_transformers(hf_model, torch.float32, torch.device("cpu")),
-        tokenizer=tokenizer,
-        name="tiny-llama",
-        eos_token_ids=frozenset({tokenizer.eos_token_id}),
-        max_model_len=256,
-        model_dir=Path("tiny-llama"),
-    )
+    loaded = tiny_loaded(hf_model, tokenizer)
     settings = {"block_size": BLOCK, "kv_cache_bytes": 1 << 22, "max_num_batched_tokens": 64, **options}
     return LLMEngine(EngineConfig(**settings), loaded)  # type: ignore[arg-type]
 

@@ -12,6 +12,9 @@ not relax them; tests that hit them should build instances the spec accepts):
 * CreateCompletionResponse doubles as the legacy ``/completions`` stream chunk,
   but ``choices[].finish_reason`` is not nullable there, so a real mid-stream
   chunk (``"finish_reason": null``) is rejected.
+* CreateCompletionResponse's ``logprobs.token_logprobs`` and ``top_logprobs``
+  items are not nullable, but with ``echo`` OpenAI (and vLLM) send null for
+  the prompt's first token, which nothing precedes.
 * CreateChatCompletionResponse requires ``choices[].logprobs`` and
   ``message.refusal`` to be present (null is fine). OpenAI sends both; many
   OpenAI-compatible servers omit them.
