@@ -1,4 +1,4 @@
-"""CPU time of other processes, read from /proc (Linux only).
+"""CPU time and memory of other processes, read from /proc (Linux only).
 
 Two sources, read together so one can check the other:
 
@@ -56,3 +56,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def rss_bytes(pid: int) -> int:
+    """``pid``'s resident memory now (VmRSS); zero once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0

@@ -11,6 +11,8 @@ many streamed chat requests in flight (``stream_options.include_usage``,
 
 * output tokens/s over the phase;
 * time to first token (TTFT) and time per output token (TPOT), p50 and p95;
+* the server's resident memory after each phase (the KV pool is touched as
+  it is used, so this shows what the traffic really needed);
 * ``GET /health`` latency p50 and p99 while the engine is saturated, polled
   every 20 ms: the engine's step loop runs on its own thread, so the event
   loop should keep answering.
@@ -39,6 +41,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported: procstat beside it
+from procstat import rss_bytes  # noqa: E402
+
 MODEL = "SmolLM2-135M-Instruct"
 TOPICS = ("the sea", "a city at night", "winter", "a library", "trains", "the moon", "a garden", "music")
 
@@ -52,6 +57,7 @@ class Phase:
     tpot: list[float] = field(default_factory=list)
     health: list[float] = field(default_factory=list)
     errors: int = 0
+    rss_mib: float = 0.0  # the server's resident memory at the end of the phase
 
     @property
     def tokens_per_second(self) -> float:
@@ -189,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         process, url = start_gateway(Path(tmp))
         try:
             asyncio.run(served_phase(url, 1, 2, 8))  # warm-up
-            phases = [asyncio.run(served_phase(url, level, requests_for(level), args.max_tokens)) for level in levels]
+            phases = []
+            for level in levels:
+                phases.append(asyncio.run(served_phase(url, level, requests_for(level), args.max_tokens)))
+                phases[-1].rss_mib = rss_bytes(process.pid) / 2**20
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSwitchyard serving bench -- {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"{MODEL}, streamed chat, {args.max_tokens} output tokens per request (ignore_eos)\n")  # fmt: skip
     header = ("concurrency", "requests", "tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95",
-              "/health p50", "/health p99", "errors", "in-process tok/s", "served/in-process")  # fmt: skip
+              "/health p50", "/health p99", "errors", "server RSS", "in-process tok/s", "served/in-process")  # fmt: skip
     rows = []
     for phase in phases:
         reference = baseline.get(phase.concurrency)
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{1000 * percentile(phase.ttft, 50):.0f} ms", f"{1000 * percentile(phase.ttft, 95):.0f} ms",
             f"{1000 * percentile(phase.tpot, 50):.1f} ms", f"{1000 * percentile(phase.tpot, 95):.1f} ms",
             f"{1000 * percentile(phase.health, 50):.1f} ms", f"{1000 * percentile(phase.health, 99):.1f} ms",
-            str(phase.errors), f"{reference:.1f}" if reference else "-",
+            str(phase.errors), f"{phase.rss_mib:.0f} MiB", f"{reference:.1f}" if reference else "-",
             f"{phase.tokens_per_second / reference:.2f}x" if reference else "-",
         ))  # fmt: skip
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
