@@ -61,7 +61,7 @@ class _Request:
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
 
 
-# The KV pool's default size on a CPU, in tokens: 32 sequences of 1,024 tokens (755 MiB for SmolLM2-135M in
+# The KV pool's default size on a CPU, in tokens: 32 sequences of 1,024 tokens (720 MiB for SmolLM2-135M in
 # bfloat16). The step time on a CPU grows with the batch, so more room rarely serves more; see docs/local.md.
 DEFAULT_CPU_KV_TOKENS = 32768
 

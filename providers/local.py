@@ -32,9 +32,10 @@ from local_engine.inputs import PromptType
 from .base import Endpoint, UpstreamRequest, UpstreamResponse
 from .config import ProviderConfig
 from .errors import EndpointNotOffered, ProviderError, UpstreamRejected
+from .local_answers import Formatter
 from .local_openai import (
-    Formatter, InvalidLocalRequest, RequestOrigin, chat_prompt, completion_prompts, decode_openai_token_ids,
-    embedding_inputs, sampling_params,
+    InvalidLocalRequest, RequestOrigin, chat_prompt, completion_prompts, decode_openai_token_ids, embedding_inputs,
+    sampling_params,
 )  # fmt: skip
 from .params import DROPPED_HEADER, adapt
 from .usage import Usage
