@@ -214,23 +214,33 @@ class AsyncEmbedder(ModelThread):
                 self._embed_batch(batch)
 
     def _take_batch(self) -> list[tuple[_EmbedRequest, int, int]]:
-        """Slices ``(request, start, end)`` of the queued requests, in order, MAX_BATCH_INPUTS inputs in all.
+        """Slices ``(request, start, end)`` of the queued requests, MAX_BATCH_INPUTS inputs in all.
 
-        A request not finished by its slice goes to the back of the queue.
+        Every queued request first gets an equal share of the pass (at least
+        one input, in queue order), then what is left goes in queue order: a
+        small request never waits behind a large one for more than the pass
+        in flight. A request not finished by its slice goes to the back.
         """
-        taken: list[tuple[_EmbedRequest, int, int]] = []
+        if not self._pending:  # woken to stop
+            return []
+        slices: dict[_EmbedRequest, list[int]] = {}  # request -> [start, end], in queue order
         room = MAX_BATCH_INPUTS
-        unfinished: list[_EmbedRequest] = []
-        while self._pending and room:
-            request = self._pending.popleft()
-            start = request.done
-            end = min(len(request.inputs), start + room)
-            taken.append((request, start, end))
-            room -= end - start
+        share = max(1, MAX_BATCH_INPUTS // len(self._pending))
+        for limit in (share, MAX_BATCH_INPUTS):
+            for request in self._pending:
+                if not room:
+                    break
+                span = slices.setdefault(request, [request.done, request.done])
+                grown = min(len(request.inputs), span[1] + min(room, limit - (span[1] - span[0])))
+                room -= max(0, grown - span[1])
+                span[1] = max(span[1], grown)
+        taken = [(request, start, end) for request, (start, end) in slices.items() if end > start]
+        for request, _, end in taken:
             request.done = end
-            if end < len(request.inputs):
-                unfinished.append(request)
-        self._pending.extend(unfinished)
+        finished = {request for request, _, end in taken if end == len(request.inputs)}
+        untouched = [request for request in self._pending if request not in slices]
+        unfinished = [request for request, _, _ in taken if request not in finished]
+        self._pending = deque(untouched + unfinished)
         return taken
 
     def _embed_batch(self, batch: list[tuple[_EmbedRequest, int, int]]) -> None:
