@@ -34,6 +34,14 @@ source can be measured against itself with a feature on and off::
 
     bench/overhead.py --server 'usage_ledger: false' --compare-server 'usage_ledger: true'
 
+``--provider YAML`` / ``--compare-provider YAML`` do the same for the fake's
+provider entry. A provider key turns on the masking of keys in every answer
+(gateway/redaction.py); sending the same key as a plain header in A leaves
+the masking as the only difference (docs/performance.md)::
+
+    bench/overhead.py --provider "headers: {authorization: 'Bearer sk-bench-upstream-0123456789abcdef'}" \
+        --compare-provider 'api_key: sk-bench-upstream-0123456789abcdef'
+
 The load generator sends ``Authorization: Bearer sk-bench``, so B can have
 a key with limits: ``api_keys: [{key: sk-bench, name: bench, rpm: 100000000}]``.
 See bench/README.md.
@@ -103,10 +111,10 @@ async def bench(args: argparse.Namespace, servers: Servers) -> int:
     print(f"Switchyard overhead bench -- {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores "
           f"({cpu_model()}), Python {platform.python_version()}, {args.rounds} rounds x {args.duration:g} s "
           f"per phase, fake upstream {CHUNKS}-chunk streams with {args.chunk_delay_ms:g} ms between events")
-    print(f"gateway: {describe_source(args.gateway_src, HERE.parent)}{_server_note(args.server)}")
+    print(f"gateway: {describe_source(args.gateway_src, HERE.parent)}{_server_note(args.server, args.provider)}")
     if args.compare:
         print(f"B:       {describe_source(args.compare_src or args.gateway_src, HERE.parent)}"
-              f"{_server_note(args.compare_server)}")
+              f"{_server_note(args.compare_server, args.compare_provider)}")
     print()
     print(table)
     print()
@@ -121,8 +129,10 @@ async def bench(args: argparse.Namespace, servers: Servers) -> int:
     return 0
 
 
-def _server_note(server_extra: str) -> str:
-    return f" with server {{{server_extra}}}" if server_extra else ""
+def _server_note(server_extra: str, provider_extra: str) -> str:
+    notes = [f"server {{{server_extra}}}" if server_extra else "",
+             f"provider {{{provider_extra}}}" if provider_extra else ""]  # fmt: skip
+    return "".join(f" with {note}" for note in notes if note)
 
 
 async def profile(args: argparse.Namespace, pids: dict[str, int], port: int,
@@ -197,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="more server: fields for the gateway, e.g. 'usage_ledger: false'")
     parser.add_argument("--compare-server", default="", metavar="YAML",
                         help="run gateway B with these server: fields (from --compare-src, or the same source)")
+    parser.add_argument("--provider", default="", metavar="YAML",
+                        help="more fields of the fake's provider entry for the gateway, e.g. 'api_key: sk-...'")
+    parser.add_argument("--compare-provider", default="", metavar="YAML",
+                        help="run gateway B with these provider fields (a key: key masking on, against off)")
     args = parser.parse_args(argv)
     args.profile = args.profile or args.profile_only
     if args.quick:
@@ -210,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.concurrency <= 1024:
         parser.error("--concurrency must be in [1, 1024]")
 
-    args.compare = bool(args.compare_src or args.compare_server)
+    args.compare = bool(args.compare_src or args.compare_server or args.compare_provider)
     planned = (12 if args.compare else 8) * (args.warmup + args.rounds * args.duration) + (
         4 * args.profile_duration + 12 if args.profile else 0)
     lifetime = 3 * planned + 300  # the fake upstream exits by itself after this, even if orphaned
@@ -220,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         servers = Servers(Path(tmp), args.chunk_delay_ms, lifetime)
         try:
             servers.start_upstream()
-            servers.start_gateway("gateway", args.log_level, args.gateway_src, args.server)
+            servers.start_gateway("gateway", args.log_level, args.gateway_src, args.server, args.provider)
             if args.compare:
-                servers.start_gateway("B", args.log_level, args.compare_src or args.gateway_src, args.compare_server)
+                servers.start_gateway("B", args.log_level, args.compare_src or args.gateway_src, args.compare_server,
+                                      args.compare_provider)
             if not args.no_smoke:
                 check_with_clients(servers)
                 print("smoke: httpx and the openai SDK read both targets' JSON and event streams", file=sys.stderr)

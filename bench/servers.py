@@ -63,18 +63,22 @@ class Servers:
         directory.mkdir(exist_ok=True)
         return directory
 
-    def start_gateway(self, name: str, log_level: str, src: Path | None = None, server_extra: str = "") -> None:
+    def start_gateway(
+        self, name: str, log_level: str, src: Path | None = None, server_extra: str = "", provider_extra: str = ""
+    ) -> None:
         """``switchyard serve`` in front of the fake upstream; ``src``: run another source tree instead.
 
-        ``server_extra``: more ``server:`` fields, as YAML flow-mapping items (``usage_ledger: false``).
+        ``server_extra``: more ``server:`` fields, as YAML flow-mapping items (``usage_ledger: false``);
+        ``provider_extra``: more fields of the fake's provider entry (``api_key: sk-...``).
         """
         port = _free_port()
         config = self.workdir / f"{name}-config.yaml"
         extra = f", {server_extra}" if server_extra else ""
+        provider = f", {provider_extra}" if provider_extra else ""
         config.write_text(
             f"server: {{host: {HOST}, port: {port}, log_level: {log_level}{extra}}}\n"
             "providers:\n"
-            f"  fake: {{type: custom, base_url: 'http://{HOST}:{self.upstream_port}/v1'}}\n"
+            f"  fake: {{type: custom, base_url: 'http://{HOST}:{self.upstream_port}/v1'{provider}}}\n"
             "models:\n"
             f"  {MODEL}:\n"
             "    deployments:\n"

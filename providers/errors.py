@@ -18,6 +18,11 @@ a guess from the message text::
         ├── UpstreamUnreachable      connect/DNS/reset   retryable, fallback -> 502
         ├── UpstreamTimeout          no answer in time   retryable, fallback -> 504
         └── UpstreamProtocolError    answer we cannot read           fallback -> 502
+            └── UpstreamRedirected   a 3xx: redirects are never followed  -> 502
+
+An upstream's ``Retry-After`` / ``retry-after-ms`` is read into
+``ProviderError.retry_after`` (seconds, finite, never negative, or None);
+the router decides what to wait and what to tell the client from it.
 
 The gateway adds its own subclasses for requests it rejects itself
 (see ``gateway.errors``).
@@ -25,10 +30,12 @@ The gateway adds its own subclasses for requests it rejects itself
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -105,13 +112,20 @@ class OpenAIError(Exception):
 
 
 class ProviderError(OpenAIError):
-    """An upstream call failed; ``provider`` names the configured provider."""
+    """An upstream call failed; ``provider`` names the configured provider.
+
+    ``retry_after``: the seconds the upstream asked for before another call
+    (``parse_retry_after``), or None when it sent no usable value.
+    """
 
     status_code = 502
 
-    def __init__(self, message: str, *, provider: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, provider: str | None = None, retry_after: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.provider = provider
+        self.retry_after = retry_after
 
 
 class UpstreamRejected(ProviderError):
@@ -145,10 +159,6 @@ class UpstreamRateLimited(ProviderError):
     retryable = True
     fallback_allowed = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
 
 class UpstreamServerError(ProviderError):
     status_code = 502
@@ -177,6 +187,12 @@ class UpstreamProtocolError(ProviderError):
     status_code = 502
     error_type = "api_error"
     fallback_allowed = True
+
+
+class UpstreamRedirected(UpstreamProtocolError):
+    """The upstream answered a 3xx. Redirects are never followed: the key goes to ``base_url`` and nowhere else."""
+
+    code = "upstream_redirect"
 
 
 class EndpointNotOffered(ProviderError):
@@ -211,23 +227,22 @@ def error_from_response(
     OpenAI's shape; other shapes (``{"error": "text"}``, ``{"detail": ...}``,
     ``{"message": ...}``, plain text) are normalised into it.
     """
+    headers = headers or {}
+    if 300 <= status < 400:
+        return _redirect_error(status, headers.get("location"), provider)
     fields = _error_fields(body)
     message = fields.get("message") or f"upstream answered HTTP {status}"
     code = fields.get("code")
-    kept_headers = {}
-    retry_after = parse_retry_after(headers or {})
-    if retry_after is not None:
-        kept_headers["retry-after"] = str(max(1, round(retry_after)))
     kwargs: dict[str, Any] = {
         "status_code": status,
         "error_type": fields.get("type") or error_type_for_status(status),
         "param": fields.get("param"),
         "code": code,
-        "headers": kept_headers,
         "provider": provider,
+        "retry_after": parse_retry_after(headers),
     }
     if status == 429:
-        return UpstreamRateLimited(message, retry_after=retry_after, **kwargs)
+        return UpstreamRateLimited(message, **kwargs)
     if status in (401, 403):
         return UpstreamAuthFailed(message, **kwargs)
     if status >= 500:
@@ -240,9 +255,26 @@ def error_from_response(
         return UpstreamTimeout(message, **kwargs)
     if 400 <= status < 500:
         return UpstreamRejected(message, **kwargs)
-    # A 1xx/3xx final answer: we asked for JSON and got neither data nor error.
+    # A 1xx final answer: we asked for JSON and got neither data nor error.
     kwargs["status_code"] = 502
     return UpstreamProtocolError(f"upstream answered HTTP {status}", **kwargs)
+
+
+def _redirect_error(status: int, location: str | None, provider: str | None) -> UpstreamRedirected:
+    """Name where the redirect pointed, without its query or credentials (they may carry tokens)."""
+    where = ""
+    if location:
+        parts = urlsplit(location)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port is not None and host else host
+        target = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        where = f" to {target}" if target else ""
+    who = f"provider '{provider}'" if provider else "the upstream"
+    return UpstreamRedirected(
+        f"{who} answered HTTP {status}, a redirect{where}; upstream redirects are not followed "
+        "(a provider key goes to its base_url only): set base_url to the address the API answers on.",
+        provider=provider,
+    )
 
 
 def _error_fields(body: bytes) -> dict[str, Any]:
@@ -277,27 +309,42 @@ def _error_fields(body: bytes) -> dict[str, Any]:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the upstream asked us to wait, from ``retry-after-ms`` or ``retry-after``."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    seconds = headers.get("retry-after")
-    if seconds:
-        try:
-            return max(0.0, float(seconds))
-        except ValueError:
-            return _seconds_until_http_date(seconds)
-    return None
+    """Seconds the upstream asked us to wait, from ``retry-after-ms`` or else ``retry-after``.
+
+    Always finite and never negative, or None: a value that is not a
+    number of seconds (RFC 9110 delay-seconds, or a fraction as OpenAI
+    sends) or an HTTP date is no hint at all. ``inf``, ``nan``, ``1e400``
+    (which overflows to inf), negative numbers and garbage are ignored, so
+    the caller falls back to its own backoff; a date in the past is 0.
+    Huge finite values are kept: the router caps what it waits and what it
+    tells the client (``router.retries.retry_after_max``).
+    """
+    millis = _seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    seconds = _seconds(value)
+    return seconds if seconds is not None else _seconds_until_http_date(value)
+
+
+def _seconds(value: str | None) -> float | None:
+    """``value`` as a finite, non-negative number, else None."""
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _seconds_until_http_date(value: str) -> float | None:
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # "-0000": UTC, with the zone unknown
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

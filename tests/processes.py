@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +16,16 @@ class GatewayProcess:
     """``with GatewayProcess(config_path, env) as gateway: gateway.url`` -- stopped (SIGTERM) on exit.
 
     ``config`` None: no --config (the bundled models, or --model-path in ``args``); ``cwd`` then says where it runs.
+    ``port``: serve on this one, and take ``GET /health`` answering for started (at log levels above info,
+    uvicorn does not say where it listens).
     """
 
-    def __init__(self, config: Path | None, env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self, config: Path | None, env: dict[str, str], *args: str, cwd: Path | None = None, port: int = 0
+    ) -> None:
         config_args = ["--config", str(config)] if config is not None else []
-        self._command = [sys.executable, "-m", "gateway", "serve", *config_args, "--port", "0", *args]
+        self._command = [sys.executable, "-m", "gateway", "serve", *config_args, "--port", str(port), *args]
+        self._port = port
         self._env = {"PATH": "/usr/bin:/bin", **env}
         self._cwd = cwd or (config.parent if config is not None else None)  # a relative data_dir lands there
         self.output: list[str] = []
@@ -34,8 +40,11 @@ class GatewayProcess:
         self._reader.start()
         deadline = time.monotonic() + 60
         while not self.url and time.monotonic() < deadline and process.poll() is None:
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
-            self.url = found.group(1) if found else ""
+            if self._port:
+                self.url = f"http://127.0.0.1:{self._port}" if _answers_health(self._port) else ""
+            else:
+                found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
+                self.url = found.group(1) if found else ""
             time.sleep(0.05)
         if not self.url:
             self.stop(signal.SIGKILL)
@@ -58,3 +67,18 @@ class GatewayProcess:
     def __exit__(self, *exc_info: object) -> None:
         if self._process is not None:
             self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_health(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False

@@ -10,6 +10,7 @@ from providers.errors import (
     UpstreamAuthFailed,
     UpstreamProtocolError,
     UpstreamRateLimited,
+    UpstreamRedirected,
     UpstreamRejected,
     UpstreamServerError,
     UpstreamTimeout,
@@ -27,7 +28,7 @@ from providers.errors import (
         (500, b"oops", UpstreamServerError, True, True),
         (503, b"", UpstreamServerError, True, True),
         (408, b"", UpstreamTimeout, True, True),
-        (302, b"", UpstreamProtocolError, False, True),
+        (302, b"", UpstreamRedirected, False, True),
     ],
 )
 def test_status_decides_the_class(status: int, body: bytes, cls: type, retryable: bool, fallback: bool) -> None:
@@ -74,4 +75,4 @@ def test_retry_after_headers() -> None:
     assert parse_retry_after({"retry-after": "soon"}) is None
     error = error_from_response(429, b"{}", {"retry-after": "2"})
     assert isinstance(error, UpstreamRateLimited) and error.retry_after == 2.0
-    assert error.headers == {"retry-after": "2"}
+    assert error.headers == {}  # the router writes the client's Retry-After, capped (tests/providers/test_retry_after.py)

@@ -11,6 +11,7 @@ from providers import Endpoint, ProviderConfig, UpstreamRequest
 from providers.errors import (
     StreamInterrupted,
     UpstreamProtocolError,
+    UpstreamRedirected,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -84,14 +85,27 @@ async def test_dropped_connection_is_unreachable(make_provider: MakeProvider) ->
         assert "dropped the connection" in caught.value.message
 
 
-async def test_echoed_key_is_redacted(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("auth", ["bearer", "api-key"])
+async def test_redirects_are_never_followed(
+    upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider, status: int, auth: str
+) -> None:
+    """A 3xx is an error naming the redirect; the other origin never hears from us, with a key or without."""
     scripted, served = upstream
-    body = orjson.dumps({"error": {"message": f"bad key {KEY} given"}})
-    scripted.script = lambda request: Answer(status=400, chunks=[body])
-    provider = make_provider(f"{served.url}/v1")
-    with pytest.raises(UpstreamRejected) as caught:
-        await provider.send(chat())
-    assert caught.value.message == "bad key [redacted] given"
+    elsewhere = ScriptedUpstream(script=lambda request: Answer(chunks=[b"{}"]))
+    with ServedApp(elsewhere) as other:
+        location = f"{other.url}/v1/chat/completions?token=abc"
+        scripted.script = lambda request: Answer(status=status, headers=[(b"location", location.encode())])
+        provider = make_provider(f"{served.url}/v1", auth=auth)
+        with pytest.raises(UpstreamRedirected) as sent:
+            await provider.send(chat())
+        with pytest.raises(UpstreamRedirected) as streamed:
+            await provider.open_stream(chat(stream=True))
+    assert elsewhere.seen == []
+    for caught in (sent, streamed):
+        assert caught.value.status_code == 502 and caught.value.code == "upstream_redirect"
+        assert f"HTTP {status}, a redirect to {other.url}/v1/chat/completions;" in caught.value.message
+        assert "token" not in caught.value.message  # a query may carry a token: not repeated
 
 
 async def test_stream_yields_events_until_done(upstream: tuple[ScriptedUpstream, ServedApp], make_provider: MakeProvider) -> None:
