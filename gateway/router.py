@@ -21,6 +21,7 @@ failure is retried or falls back unseen by the client.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -45,7 +46,7 @@ from .deadline import Deadline, DeadlineGuard
 from .deployment import Deployment
 from .errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
 from .fallbacks import FallbackPolicy
-from providers.tokens import tokens_needed
+from providers.tokens import PROMPT_FIELDS, tokens_needed
 from .stream_guard import GuardedStream
 
 T = TypeVar("T")
@@ -205,14 +206,15 @@ class Router:
         self._states_for(requested)  # an unknown model is a 404 before anything else
         plan = self._fallbacks.plan(requested, payload)
         queue = [requested, *plan.general]
-        needed = _Memo(lambda: tokens_needed(endpoint, payload))
+        # Counted once, and only for a model with a context_window; a long prompt off the event loop.
+        needed = _Memo(lambda: asyncio.ensure_future(tokens_needed(endpoint, payload)))
         try:
             with DeadlineGuard(deadline):
                 while True:
                     model = queue.pop(0)
                     trace.models.append(model)
                     try:
-                        self._check_context_window(model, endpoint, needed)
+                        await self._check_context_window(model, endpoint, needed)
                         return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
                     except (ProviderError, NoDeploymentAvailable) as error:
                         switched = self._fallbacks.after(error, model, plan)
@@ -224,17 +226,26 @@ class Router:
                         if not queue:
                             raise
         except (ProviderError, NoDeploymentAvailable, DeadlineExceeded) as error:
-            error.headers = {**error.headers, **trace.headers()}
+            error.headers = {**error.headers, **self._retry_after_header(error), **trace.headers()}
             raise
 
-    def _check_context_window(self, model: str, endpoint: Endpoint, needed: _Memo[int]) -> None:
+    def _retry_after_header(self, error: Exception) -> dict[str, str]:
+        """The upstream's Retry-After for the client, within ``retry_after_max`` (NoDeploymentAvailable sets its own).
+
+        Whole seconds (RFC 9110 delay-seconds), rounded up unless that would pass the cap.
+        """
+        if not isinstance(error, ProviderError) or error.retry_after is None:
+            return {}
+        cap = self._config.retries.retry_after_max
+        return {"retry-after": str(min(math.ceil(error.retry_after), math.floor(cap)))}
+
+    async def _check_context_window(self, model: str, endpoint: Endpoint, needed: _Memo[asyncio.Future[int]]) -> None:
         """Raise ContextWindowExceeded, before any call, when the request clearly does not fit ``model``."""
         window = self._context_windows.get(model)
-        if window is not None and needed() > window:
-            param = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt"}.get(endpoint, "input")
+        if window is not None and (tokens := await needed()) > window:
             raise ContextWindowExceeded(
-                f"This request needs about {needed()} tokens (prompt and max_tokens); `{model}` takes {window}.",
-                param=param,
+                f"This request needs about {tokens} tokens (prompt and max_tokens); `{model}` takes {window}.",
+                param=PROMPT_FIELDS[endpoint],
             )
 
     async def _answer_from_model(
@@ -326,9 +337,8 @@ class Router:
 
     def _retry_wait(self, error: ProviderError, attempt: int) -> float:
         """Seconds before retry number ``attempt``: the upstream's Retry-After (capped) if it sent one, else backoff."""
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return min(float(retry_after), self._config.retries.retry_after_max)
+        if error.retry_after is not None:
+            return min(error.retry_after, self._config.retries.retry_after_max)
         state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return float(self._backoff(state))

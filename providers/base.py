@@ -66,10 +66,12 @@ class UpstreamStream(Protocol):
 
     @property
     def usage(self) -> Usage | None:
-        """The usage the upstream reported, else an estimate of what was streamed so far.
+        """The usage the upstream reported, else an estimate of what was streamed.
 
         A stream cut short (the client left, the upstream broke) is still
-        counted for what it used.
+        counted for what it used. An estimate may be counted off the event
+        loop, so it is final once ``aclose()`` returned (and, for a client
+        that asked for usage, once iteration ended).
         """
         ...
 

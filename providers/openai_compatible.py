@@ -10,6 +10,15 @@ about 0.9 ms of CPU per request and aiohttp about 0.15 ms (aiohttp parses
 HTTP in C, httpx's h11 in Python); the whole gateway's budget is 1 ms. The
 gateway measured 1.31 ms per request on httpx and 0.52 ms on aiohttp
 (docs/performance.md).
+
+Redirects are never followed (``allow_redirects=False`` on every call):
+aiohttp drops ``Authorization`` on a cross-origin redirect but not other
+auth headers (Azure's ``api-key``), and a POST turned into a GET by a 302
+would come back as someone else's 200. A 3xx is ``UpstreamRedirected``.
+
+Nothing here masks keys: what an upstream echoes (in an error's fields, a
+stream event, a 200 body) is masked on its way out of the gateway, in one
+place (``gateway/redaction.py``), and in log lines by the log formatter.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -38,9 +47,8 @@ from .errors import (
     error_from_response,
 )
 from .params import DROPPED_HEADER, adapt
-from .redact import redact
 from .sse import DONE, SSEDecoder
-from .usage import Usage, answer_texts, estimated_usage, reported_usage
+from .usage import Usage, answer_texts, count_usage, reported_usage, usage_requested
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +71,6 @@ class OpenAICompatibleProvider:
         self._api_version = config.api_version or preset.api_version
         self._urls = {endpoint: URL(f"{base_url}/{endpoint.value}") for endpoint in Endpoint}
         api_key = config.api_key.get_secret_value() if config.api_key else None
-        self._secrets = (api_key,) if api_key else ()
         self._headers = {"content-type": "application/json", **config.headers}
         if api_key:
             if (config.auth or preset.auth) == "api-key":
@@ -80,12 +87,12 @@ class OpenAICompatibleProvider:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         url, payload, headers = self._prepare(request)
         try:
-            async with self._client().post(url, data=orjson.dumps(payload)) as response:
+            async with self._client().post(url, data=orjson.dumps(payload), allow_redirects=False) as response:
                 body = await response.read()
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
         if response.status >= 300:
-            raise self._upstream_error(response.status, body, response.headers)
+            raise error_from_response(response.status, body, response.headers, provider=self.name)
         try:
             answer = orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
         except orjson.JSONDecodeError:
@@ -95,21 +102,22 @@ class OpenAICompatibleProvider:
             ) from None
         usage = reported_usage(answer)
         if usage is None and request.endpoint is not Endpoint.MODERATIONS:
-            usage = estimated_usage(request.endpoint, payload, answer_texts(answer))
+            usage = await count_usage(request.endpoint, payload, answer_texts(answer))
         return UpstreamResponse(status=response.status, body=body, headers=headers, usage=usage)
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url, payload, headers = self._prepare(request)
         try:
             response = await self._client().post(
-                url, data=orjson.dumps(payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout
-            )
+                url, data=orjson.dumps(payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout,
+                allow_redirects=False,
+            )  # fmt: skip
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from None
         try:
             if response.status >= 300:
                 body = await response.read()
-                raise self._upstream_error(response.status, body, response.headers)
+                raise error_from_response(response.status, body, response.headers, provider=self.name)
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 raise UpstreamProtocolError(
                     f"provider '{self.name}' answered a stream request without an event stream", provider=self.name
@@ -120,7 +128,7 @@ class OpenAICompatibleProvider:
         except BaseException:
             response.close()
             raise
-        return EventStream(response, self.name, headers, request.endpoint, payload)
+        return EventStream(response, self.name, headers, request.endpoint, payload, usage_requested(request.payload))
 
     def offers(self, endpoint: Endpoint) -> bool:
         return endpoint in self._preset.endpoints
@@ -168,13 +176,8 @@ class OpenAICompatibleProvider:
             )
         return self._session
 
-    def _upstream_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
-        error = error_from_response(status, body, headers, provider=self.name)
-        error.message = redact(error.message, self._secrets)
-        return error
-
     def _transport_error(self, exc: BaseException) -> ProviderError:
-        logger.warning("provider %s: %s: %s", self.name, type(exc).__name__, redact(str(exc), self._secrets))
+        logger.warning("provider %s: %s: %s", self.name, type(exc).__name__, exc)
         if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
             return UpstreamUnreachable(f"provider '{self.name}' is unreachable", provider=self.name)
         if isinstance(exc, TimeoutError):
@@ -192,6 +195,7 @@ class EventStream:
         headers: dict[str, str],
         endpoint: Endpoint,
         payload: dict[str, Any],
+        usage_chunk_wanted: bool,
     ) -> None:
         self.headers = headers
         self._response = response
@@ -200,6 +204,8 @@ class EventStream:
         self._endpoint = endpoint
         self._payload = payload
         self._reported: Usage | None = None
+        self._estimated: Usage | None = None  # counted when the stream ends, if the upstream reported none
+        self._usage_chunk_wanted = usage_chunk_wanted  # the client's include_usage (a preset may not forward it)
         self._texts: list[tuple[int, str]] = []  # generated text per choice, for an estimate
         self._identity: tuple[Any, Any, Any] | None = None  # the first event's id, model and object
 
@@ -220,7 +226,12 @@ class EventStream:
 
     @property
     def usage(self) -> Usage | None:
-        return self._reported or estimated_usage(self._endpoint, self._payload, self._texts)
+        return self._reported or self._estimated
+
+    async def _count_usage(self) -> None:
+        """Estimate the usage the upstream did not report; a long prompt is counted off the event loop."""
+        if self._reported is None and self._estimated is None:
+            self._estimated = await count_usage(self._endpoint, self._payload, self._texts)
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
@@ -231,6 +242,8 @@ class EventStream:
                     self._finished = True
                     if events[0] != DONE:
                         yield self._checked(events[: events.index(DONE)])
+                    if self._usage_chunk_wanted:
+                        await self._count_usage()  # for usage_chunk(), which goes before [DONE]
                     return
                 if events:
                     yield self._checked(events)
@@ -266,12 +279,18 @@ class EventStream:
         return events
 
     async def aclose(self) -> None:
-        if not self._finished:
-            self._response.close()  # an unfinished body cannot be reused: drop the connection
-            return
-        # Read the body's end (the chunked terminator follows [DONE]) so the
-        # connection goes back to the pool: a TLS connection is costly to reopen.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_DRAIN_SECONDS):
-                await self._response.content.read()
-        self._response.release()
+        try:
+            if not self._finished:
+                self._response.close()  # an unfinished body cannot be reused: drop the connection
+                return
+            # Read the body's end (the chunked terminator follows [DONE]) so the
+            # connection goes back to the pool: a TLS connection is costly to reopen.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_DRAIN_SECONDS):
+                    await self._response.content.read()
+            self._response.release()
+        finally:
+            # After the client has its last byte. A stream that sent events is counted
+            # for what it used, cut short or not; one that failed before any was retried.
+            if self._identity is not None:
+                await self._count_usage()

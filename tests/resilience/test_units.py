@@ -127,17 +127,19 @@ def test_bad_policies_fail_at_load_naming_the_field(extra: str, problem: str) ->
     assert any(problem in line for line in caught.value.problems), caught.value.problems
 
 
-def test_tokens_needed_follows_openais_chat_accounting() -> None:
+async def test_tokens_needed_follows_openais_chat_accounting() -> None:
     from providers.tokens import count_text, tokens_needed
     from providers import Endpoint
 
     assert count_text("hello world") == 2  # cl100k_base
     chat = {"messages": [{"role": "user", "content": "hello world"}, {"role": "user", "name": "bob", "content": [{"type": "text", "text": "hi"}]}]}
     # 3 priming + (3 + "user" + 2) + (3 + "user" + "hi" + 1 + "bob")
-    assert tokens_needed(Endpoint.CHAT, chat) == 3 + (3 + 1 + 2) + (3 + 1 + 1 + 1 + 1)
-    assert tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 16 + 10
-    assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hi"], "max_tokens": 5}) == 2 + 5
-    assert tokens_needed(Endpoint.COMPLETIONS, {"prompt": [1, 2, 3]}) == 3
+    assert await tokens_needed(Endpoint.CHAT, chat) == 3 + (3 + 1 + 2) + (3 + 1 + 1 + 1 + 1)
+    assert await tokens_needed(Endpoint.CHAT, {**chat, "max_tokens": 10}) == 16 + 10
+    assert await tokens_needed(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hi"], "max_tokens": 5}) == 2 + 5
+    assert await tokens_needed(Endpoint.COMPLETIONS, {"prompt": [1, 2, 3]}) == 3
+    long_chat = {"messages": [{"role": "user", "content": "hello world " * 1000}]}  # counted beside the loop
+    assert await tokens_needed(Endpoint.CHAT, long_chat) == 3 + 3 + 1 + count_text("hello world " * 1000)
 
 
 def test_direct_provider_model_names_are_kept_in_a_bounded_table() -> None:
