@@ -2,8 +2,11 @@
 
 ::
 
-    RequestIdMiddleware                 x-request-id on every response
+    RedactSecretsMiddleware             configured keys masked in every byte sent (only when some are configured)
+    └── RequestIdMiddleware             x-request-id on every response
+    └── HeaderLimitsMiddleware          too many header fields, or too many bytes of them -> 431 (a URL: 414)
     └── CORSMiddleware                  browsers' preflights (only with server.cors_origins)
+    └── BrowserGuardMiddleware          Host check (DNS rebinding) -> 421; POST bodies must be JSON -> 415
     └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
         └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
@@ -17,34 +20,37 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from providers import LoadsModel, OpenAIError, Provider, build_providers
+from providers.redact import MIN_MASKED_LENGTH, SecretMask
 
 from .accounting import Accounting
 from .auth import ApiKeyMiddleware, KeyRing
+from .browser_guard import BrowserGuardMiddleware, host_check_for
 from .config import GatewayConfig, ServerConfig
 from .disconnect import CancelOnDisconnectMiddleware
 from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
+from .header_limits import HeaderLimitsMiddleware
 from .health import health_routes
 from .ledger import LedgerWriter, open_store
 from .metrics import GatewayMetrics
 from .model_list import model_routes
+from .openapi import openapi_schema
 from .rate_limit import KeyLimits, LocalKeyLimits
-from .relay import RELAY_PATHS, GatewayApp
+from .redaction import RedactSecretsMiddleware
+from .relay import GatewayApp
 from .request_id import RequestIdMiddleware
 from .router import Router
 from .tokenize_api import tokenize_routes
 from .usage_api import usage_routes
-from .validation import REQUEST_MODELS
+from .validation import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +107,34 @@ def create_app(
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
-    api.include_router(tokenize_routes(router))
+    body_limits = BodyLimits.of(server)
+    api.include_router(tokenize_routes(router, body_limits))
     api.include_router(health_routes(router, metrics))
     _install_error_handlers(api)
-    api.openapi = lambda: _openapi_schema(api)  # type: ignore[method-assign]
-    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), server.max_body_bytes)
+    api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
+    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), body_limits)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
+    # Inside CORS, so that the origins it allows can read these refusals.
+    app = BrowserGuardMiddleware(app, host_check_for(server.host, server.allowed_hosts), _json_body_paths(api))
     if server.cors_origins:
         # Outside the key check: a browser's preflight carries no key.
         app = CORSMiddleware(
             app, allow_origins=server.cors_origins, allow_methods=["*"], allow_headers=["*"],
             expose_headers=list(EXPOSED_HEADERS),
         )  # fmt: skip
-    return RequestIdMiddleware(app)
+    app = HeaderLimitsMiddleware(app, server.max_header_count, server.max_header_bytes)
+    app = RequestIdMiddleware(app)
+    mask = SecretMask(config.secrets)
+    if mask.too_short:
+        logger.warning(
+            "%d configured key(s) are shorter than %d characters: masked in log lines, not in answers "
+            "(that would mask the same word in every answer); use longer keys",
+            mask.too_short, MIN_MASKED_LENGTH,
+        )  # fmt: skip
+    # Outermost, so it sees every byte any layer writes (docs/security.md).
+    return RedactSecretsMiddleware(app, mask) if mask else app
 
 
 async def _report_load_failure(router: Router, report: Callable[[str], None]) -> None:
@@ -150,7 +169,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 404:
             return error_response(not_found_error(request.method, request.url.path))
         if error.status_code == 405:
-            return error_response(MethodNotAllowed(request.method, request.url.path))
+            allowed = (error.headers or {}).get("Allow", "")  # Starlette's route lists its methods there
+            return error_response(MethodNotAllowed(request.method, request.url.path, allowed))
         return error_response(OpenAIError(str(error.detail), status_code=error.status_code))
 
     async def validation_error(request: Request, error: Exception) -> Response:
@@ -169,31 +189,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected_error)
 
 
-def _openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, plus the relay endpoints that bypass it."""
-    if app.openapi_schema is not None:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path, endpoint in RELAY_PATHS.items():
-        model = REQUEST_MODELS[endpoint]
-        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(model_schema.pop("$defs", {}))
-        components[model.__name__] = model_schema
-        schema["paths"][path] = {
-            "post": {
-                "tags": ["openai"],
-                "summary": f"Create {endpoint.value.replace('/', ' ').rstrip('s')}",
-                "description": "OpenAI-compatible; fields not listed here are forwarded to the upstream unchanged.",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-                },
-                "responses": {
-                    "200": {"description": "The upstream's answer: JSON, or an event stream when `stream` is true."},
-                    "default": {"description": "An error in OpenAI's shape: {\"error\": {message, type, param, code}}."},
-                },
-            }
-        }
-    app.openapi_schema = schema
-    return schema
+def _json_body_paths(api: FastAPI) -> set[str]:
+    """The paths whose POST the API description says takes a JSON body: the relay's and FastAPI's alike.
+
+    Matched exactly against the request's path: no such path has a parameter.
+    """
+    paths = api.openapi()["paths"]
+    return {path for path, operations in paths.items()
+            if "application/json" in operations.get("post", {}).get("requestBody", {}).get("content", {})}  # fmt: skip

@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .http_server import open_file_shortfall, uvicorn_config
     from .logs import configure_logging
 
     configure_logging(server.log_level, config.secrets, server.log_format)
@@ -90,16 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     serves_only_local = args.config is None and settings.config is None
     app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
+    shortfall = open_file_shortfall(server.max_connections)
+    if shortfall:
+        print(f"switchyard: warning: {shortfall}", file=sys.stderr)
     http = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=server.host,
-            port=server.port,
-            log_config=None,
-            log_level=server.log_level,
-            access_log=server.access_log,
-            server_header=False,
-        )
+        uvicorn_config(app, server, log_config=None, log_level=server.log_level, access_log=server.access_log)
     )
     http.run()
     if load_failure:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from providers import PRESETS, ProviderConfig
 
@@ -41,6 +41,8 @@ class _Frozen(BaseModel):
 
 # The name admin keys go by in the ledger and in limits.
 ADMIN_KEY_NAME = "admin"
+# An entry of server.allowed_hosts: a DNS name or an IP address (IPv6 in brackets), no port.
+_HOST_NAME = re.compile(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
 
 
 class ApiKeyConfig(_Frozen):
@@ -72,8 +74,36 @@ class ServerConfig(_Frozen):
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed to call the API (CORS); ['*'] for any."
     )
+    # The connection limits of gateway/http_server.py and the Host check of gateway/browser_guard.py.
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names answered besides loopback ones (others get a 421, on any bind address "
+        "once this is set); ['*'] turns the check off.",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds from a connection's opening, or a request's first byte, to its last header."
+    )
+    body_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request body may take, plus one second per body_min_rate bytes received."
+    )
+    body_min_rate: int = Field(16384, ge=1, description="Bytes per second that buy a slow body one more second.")
+    keepalive_timeout: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection is kept open.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open client connections at most; a request on one more is answered 503, then closed."
+    )
     max_body_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Largest request body on the model endpoints (413 past it)."
+        32 * 1024 * 1024, ge=1024, description="Largest request body on any endpoint (413 past it, read no further)."
+    )
+    # What the gateway takes from a client at most (docs/security.md); each past its limit is a 4xx.
+    max_json_depth: int = Field(
+        64, ge=2, le=128, description="Deepest nesting of objects and arrays in a JSON body, the body as one (400)."
+    )
+    max_model_chars: int = Field(
+        256, ge=1, le=65536, description="Longest `model` a request may name (400): it goes to the ledger and errors."
+    )
+    max_header_count: int = Field(100, ge=1, description="Most header fields in a request (431 past it).")
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="Most bytes in a request's target and header fields together (414 or 431 past it)."
     )
     api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
     admin_keys: list[SecretStr] = Field(
@@ -90,6 +120,14 @@ class ServerConfig(_Frozen):
     redis_url: SecretStr | None = Field(
         None, description="redis://... : keep rate limits and budgets in Redis, shared by every replica."
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a host name: give it without scheme, port or path (api.example.com)")
+        return names
 
     @model_validator(mode="after")
     def _usable_urls(self) -> ServerConfig:
@@ -131,7 +169,9 @@ class RetryConfig(_Frozen):
     attempts: int = Field(3, ge=1, le=20, description="Calls per deployment for retryable errors (1 = no retry).")
     backoff_initial: float = Field(0.25, ge=0, description="Seconds before the first retry; doubles each time.")
     backoff_max: float = Field(8.0, ge=0, description="Longest wait between two retries.")
-    retry_after_max: float = Field(30.0, ge=0, description="Cap on an upstream's Retry-After.")
+    retry_after_max: float = Field(
+        30.0, ge=0, description="Cap on an upstream's Retry-After: the wait before a retry, and what a client is told."
+    )
 
 
 class CooldownConfig(_Frozen):
@@ -161,7 +201,7 @@ class GatewayConfig(_Frozen):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Every provider and client key, for redaction in logs."""
+        """Every provider and client key, masked in every answer (gateway/redaction.py) and log line."""
         provider_keys = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None]
         client_keys = [k.key.get_secret_value() for k in self.server.api_keys if k.key is not None]
         admin_keys = [key.get_secret_value() for key in self.server.admin_keys]

@@ -10,15 +10,23 @@ They join the tree drawn in ``providers.errors``::
         ├── ModelNotFound          404 model_not_found
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
-        ├── MethodNotAllowed       405
+        ├── MethodNotAllowed       405, with Allow
+        ├── RequestTimeout         408, headers or body too slow (gateway.http_server)
         ├── RequestTooLarge        413, past server.max_body_bytes
+        ├── TargetTooLong          414, a URL past server.max_header_bytes
+        ├── UnsupportedMediaType   415, a model endpoint's body is not application/json
+        ├── MisdirectedRequest     421, a Host this gateway does not answer to (DNS rebinding)
+        ├── HeadersTooLarge        431, past server.max_header_count or max_header_bytes
         ├── NoDeploymentAvailable  503, every deployment is cooling down
+        ├── TooManyConnections     503, past server.max_connections
         ├── DeadlineExceeded       504, the request's deadline passed
         └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
                                    RateLimitReached 429, BudgetExhausted 429
 """
 
 from __future__ import annotations
+
+import math
 
 from starlette.responses import Response
 
@@ -51,6 +59,24 @@ class RequestTooLarge(GatewayError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"The request body is larger than this gateway takes ({limit} bytes; server.max_body_bytes).")
+
+
+class TargetTooLong(GatewayError):
+    status_code = 414
+    error_type = "invalid_request_error"
+    code = "uri_too_long"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The URL is longer than this gateway takes ({limit} bytes; server.max_header_bytes).")
+
+
+class HeadersTooLarge(GatewayError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"The request has {what} than this gateway takes.")
 
 
 class ModelNotFound(GatewayError):
@@ -90,12 +116,62 @@ class MethodNotAllowed(GatewayError):
     error_type = "invalid_request_error"
     code = "method_not_allowed"
 
-    def __init__(self, method: str, path: str) -> None:
-        super().__init__(f"Method {method} is not allowed for {path}")
+    def __init__(self, method: str, path: str, allowed: str) -> None:
+        # RFC 9110 requires Allow on a 405: ``allowed`` is its value ("POST", "GET, HEAD").
+        super().__init__(f"Method {method} is not allowed for {path}", headers={"allow": allowed})
+
+
+class RequestTimeout(GatewayError):
+    """The client sent its request's headers, or its body, too slowly; the connection is closed after this."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"The request's {what} did not arrive in time.", headers={"connection": "close"})
+
+
+class UnsupportedMediaType(GatewayError):
+    """A model endpoint's body is not declared JSON: what a cross-site form or "simple" request sends."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"POST {path} takes a JSON body: send `Content-Type: application/json`.",
+            headers={"accept": "application/json"},
+        )
+
+
+class MisdirectedRequest(GatewayError):
+    """The Host header names a host this gateway does not answer to, as a DNS-rebinding page's requests do.
+
+    421 (RFC 9110, 15.5.20): the server is not authoritative for that host.
+    """
+
+    status_code = 421
+    error_type = "invalid_request_error"
+    code = "host_not_allowed"
+
+    def __init__(self, host: str | None) -> None:
+        named = f"`{host}` " if host else ""
+        super().__init__(
+            f"This gateway does not answer to the host {named}in the request's Host header; "
+            "it answers to 127.0.0.1, localhost, [::1] and the names in server.allowed_hosts."
+        )
 
 
 class NoDeploymentAvailable(GatewayError):
-    """Every deployment that could serve the request is cooling down after failures."""
+    """Every deployment that could serve the request is cooling down after failures.
+
+    ``retry_after``: seconds until the first of them takes a probe request.
+    The header says it rounded up and at least 1, so a client that honours it
+    (the openai SDKs do, up to 120 s) comes back when a probe may go, not
+    before; docs/resilience.md has how that meets the SDKs' own retries.
+    """
 
     status_code = 503
     error_type = "api_error"
@@ -105,7 +181,21 @@ class NoDeploymentAvailable(GatewayError):
     def __init__(self, model: str, retry_after: float) -> None:
         super().__init__(
             f"Every deployment of `{model}` is cooling down after repeated failures.",
-            headers={"retry-after": str(max(1, round(retry_after)))},
+            headers={"retry-after": str(max(1, math.ceil(retry_after)))},
+        )
+
+
+class TooManyConnections(GatewayError):
+    """The gateway has ``server.max_connections`` open; this connection is answered, then closed."""
+
+    status_code = 503
+    error_type = "api_error"
+    code = "too_many_connections"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The gateway has its maximum of {limit} connections open (server.max_connections); try again shortly.",
+            headers={"retry-after": "1", "connection": "close"},
         )
 
 

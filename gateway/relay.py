@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Endpoint, OpenAIError
+from providers.usage import usage_requested
 
 from .accounting import Accounting, Outcome
 from .deadline import request_timeout
@@ -24,7 +25,7 @@ from .errors import InternalError, MethodNotAllowed, RequestTooLarge
 from .responses import send_error, send_json
 from .router import Routed, Router
 from .streaming import relay_event_stream
-from .validation import parse_body
+from .validation import BodyLimits, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ CLIENT_CLOSED_REQUEST = 499
 class GatewayApp:
     """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
 
-    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, max_body_bytes: int) -> None:
-        self._max_body_bytes = max_body_bytes
+    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits) -> None:
+        self._limits = limits
         self._router = router
         self._fallback = fallback
         self._accounting = accounting
@@ -50,7 +51,7 @@ class GatewayApp:
         if endpoint is None:
             await self._fallback(scope, receive, send)
         elif scope["method"] != "POST":
-            await send_error(send, MethodNotAllowed(scope["method"], scope["path"]))
+            await send_error(send, MethodNotAllowed(scope["method"], scope["path"], "POST"))
         else:
             await self._relay(scope, receive, send, endpoint)
 
@@ -71,7 +72,7 @@ class GatewayApp:
     ) -> None:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
-            payload = parse_body(await read_body(receive, self._max_body_bytes), endpoint)
+            payload = parse_body(await read_body(scope, receive, self._limits.max_bytes), endpoint, self._limits)
             outcome.model = payload["model"]
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
@@ -85,8 +86,7 @@ class GatewayApp:
                 first_event = time.perf_counter() - started
                 self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
-                options = payload.get("stream_options")
-                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                include_usage = usage_requested(payload)
                 try:
                     await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
                 finally:  # a stream cut short is counted for what it used
@@ -115,14 +115,20 @@ def _process_time(seconds: float) -> tuple[bytes, bytes]:
     return (b"x-process-time", f"{seconds:.4f}".encode())
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The request body; RequestTooLarge as soon as it passes ``limit`` bytes (the rest is never buffered)."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body; RequestTooLarge as soon as it passes ``limit`` bytes (the rest is never buffered).
+
+    Every endpoint that takes a body reads it here (the relay, /v1/tokenize, /v1/detokenize).
+    """
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
             raise RequestTooLarge(limit)
         return body
+    # Only a body that came in several parts is large enough for its declared length to matter.
+    if _declared_length(scope) > limit:
+        raise RequestTooLarge(limit)
     parts, size = [body], len(body)
     while message.get("more_body", False):
         message = await receive()
@@ -132,6 +138,12 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             raise RequestTooLarge(limit)
         parts.append(part)
     return b"".join(parts)
+
+
+def _declared_length(scope: Scope) -> int:
+    """The body's Content-Length, or 0 without a usable one (chunked)."""
+    value = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+    return int(value) if value.isdigit() and len(value) <= 18 else 0  # 18 digits: more than any body anyone sends
 
 
 def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:

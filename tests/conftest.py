@@ -107,7 +107,7 @@ def gateway_config(fake_upstream: tuple[FakeOpenAI, ServedApp]) -> GatewayConfig
 
 @pytest.fixture(scope="session")
 def gateway(gateway_config: GatewayConfig) -> Iterator[ServedApp]:
-    with ServedApp(create_app(gateway_config)) as served:
+    with ServedApp(create_app(gateway_config), server=gateway_config.server) as served:  # as `switchyard serve` serves
         yield served
 
 

@@ -9,13 +9,27 @@ from typing import Any
 
 import uvicorn
 
+from gateway.config import ServerConfig
+from gateway.http_server import uvicorn_config
+
 
 class ServedApp:
-    """``with ServedApp(app) as served: served.url`` -- stops the server on exit."""
+    """``with ServedApp(app) as served: served.url`` -- stops the server on exit.
 
-    def __init__(self, app: Any, **config: Any) -> None:
+    ``server``: serve as ``switchyard serve`` does, under that config's
+    connection limits and timeouts (its host and port are replaced by
+    127.0.0.1 and a free port). Without it, plain uvicorn (the fake upstreams).
+    ``config``: more of uvicorn's options.
+    """
+
+    def __init__(self, app: Any, server: ServerConfig | None = None, **config: Any) -> None:
         config.setdefault("log_level", "warning")
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", **config))
+        config.setdefault("lifespan", "on")
+        if server is None:
+            uvicorn_settings = uvicorn.Config(app, host="127.0.0.1", port=0, **config)
+        else:
+            uvicorn_settings = uvicorn_config(app, server.model_copy(update={"host": "127.0.0.1", "port": 0}), **config)
+        self._server = uvicorn.Server(uvicorn_settings)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
 

@@ -261,11 +261,11 @@ def test_unknown_routes_and_methods(gateway: ServedApp, client: openai.OpenAI) -
         assert unknown.json()["error"]["message"] == "Invalid URL (POST /v1/nothing-here)"
 
         wrong_method = http.delete("/v1/chat/completions")
-        assert wrong_method.status_code == 405
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
         validate("ErrorResponse", wrong_method.json())
 
         truncated_json = b'{"model": "gpt-test", "messages": ['
-        malformed = http.post("/v1/chat/completions", content=truncated_json)
+        malformed = http.post("/v1/chat/completions", content=truncated_json, headers={"content-type": "application/json"})
         assert malformed.status_code == 400
         validate("ErrorResponse", malformed.json())
         assert "could not parse the JSON body" in malformed.json()["error"]["message"]
