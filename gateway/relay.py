@@ -132,6 +132,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     parts, size = [body], len(body)
     while message.get("more_body", False):
         message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client left (or was cut as too slow) mid-body: a prefix must never be parsed as the request.
+            raise asyncio.CancelledError("the client disconnected before its body ended")
         part = message.get("body", b"")
         size += len(part)
         if size > limit:

@@ -55,3 +55,21 @@ def test_a_long_key_is_quoted_short() -> None:
         parse_body(orjson.dumps({"model": "m", "messages": HI, "logit_bias": {key: "high"}}), Endpoint.CHAT, LIMITS)
     assert refused.value.param is not None and refused.value.param.startswith("logit_bias.kkk")
     assert len(refused.value.message) < 300
+
+
+async def test_a_body_cut_short_by_a_disconnect_is_never_parsed() -> None:
+    import asyncio
+
+    from gateway.relay import read_body
+
+    messages = iter([
+        {"type": "http.request", "body": b'{"model": "m", "messages": []}', "more_body": True},
+        {"type": "http.disconnect"},
+    ])  # fmt: skip
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    scope = {"type": "http", "headers": []}
+    with pytest.raises(asyncio.CancelledError):
+        await read_body(scope, receive, 1 << 20)
