@@ -38,7 +38,7 @@ from .local_openai import (
     sampling_params,
 )  # fmt: skip
 from .params import DROPPED_HEADER, adapt
-from .usage import Usage
+from .usage import Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -213,8 +213,7 @@ class LocalProvider:
         formatter, params, prompts = await self._plan(request.endpoint, payload)
         if len(prompts) != 1:
             raise InvalidLocalRequest("A streamed completion takes one prompt.", param="prompt")
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        include_usage = usage_requested(payload)
         holdback = max((len(stop) for stop in params.stop), default=1) - 1
         outputs = self._run(prompts[0], params, RequestOrigin(request.endpoint, payload))
         stream = LocalEventStream(outputs, formatter, headers, include_usage, holdback)
