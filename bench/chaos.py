@@ -1,6 +1,6 @@
 """Chaos: one model on two deployments, one of them failing at random, under 32 concurrent SDK clients.
 
-Two loopback upstreams run in a child process (tests/fakes/faulty.py): a
+Two loopback upstreams run in a child process (tests/support/fakes/faulty.py): a
 steady one and a flaky one that, in the chaos phase, answers ``--fault-rate``
 of its calls with a fault drawn evenly from: HTTP 500, HTTP 429 with
 ``retry-after-ms: 50``, a connection reset before any byte, and (for
@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.fakes: the fault injector the tests use
+sys.path.insert(0, str(REPO))  # for tests.support.fakes: the fault injector the tests use
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from tests.fakes.faulty import Fault, FaultyUpstream  # noqa: E402
+from tests.support.fakes.faulty import Fault, FaultyUpstream  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

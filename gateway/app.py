@@ -31,26 +31,26 @@ from starlette.types import ASGIApp
 from providers import LoadsModel, OpenAIError, Provider, build_providers
 from providers.redact import MIN_MASKED_LENGTH, SecretMask
 
-from .accounting import Accounting
-from .auth import ApiKeyMiddleware, KeyRing
-from .browser_guard import BrowserGuardMiddleware, host_check_for
-from .config import GatewayConfig, ServerConfig
-from .disconnect import CancelOnDisconnectMiddleware
-from .errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
-from .header_limits import HeaderLimitsMiddleware
-from .health import health_routes
-from .ledger import LedgerWriter, open_store
-from .metrics import GatewayMetrics
-from .model_list import model_routes
-from .openapi import openapi_schema
-from .rate_limit import KeyLimits, LocalKeyLimits
-from .redaction import RedactSecretsMiddleware
-from .relay import GatewayApp
-from .request_id import RequestIdMiddleware
-from .router import Router
-from .tokenize_api import tokenize_routes
-from .usage_api import usage_routes
-from .validation import BodyLimits
+from gateway.keys.accounting import Accounting
+from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
+from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
+from gateway.config import GatewayConfig, ServerConfig
+from gateway.http.middleware.disconnect import CancelOnDisconnectMiddleware
+from gateway.errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
+from gateway.http.middleware.header_limits import HeaderLimitsMiddleware
+from gateway.routes.health import health_routes
+from gateway.ledger import LedgerWriter, open_store
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.routes.models import model_routes
+from gateway.http.openapi import openapi_schema
+from gateway.keys.limits import KeyLimits, LocalKeyLimits
+from gateway.http.middleware.redaction import RedactSecretsMiddleware
+from gateway.http.relay import GatewayApp
+from gateway.http.middleware.request_id import RequestIdMiddleware
+from gateway.routing.router import Router
+from gateway.routes.tokenize import tokenize_routes
+from gateway.routes.usage import usage_routes
+from gateway.http.validation import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ async def _report_load_failure(router: Router, report: Callable[[str], None]) ->
 def _key_limits(server: ServerConfig) -> KeyLimits:
     if server.redis_url is None:
         return LocalKeyLimits()
-    from .redis_limits import RedisKeyLimits  # redis is an optional dependency
+    from gateway.keys.redis_limits import RedisKeyLimits  # redis is an optional dependency
 
     return RedisKeyLimits(server.redis_url.get_secret_value())
 

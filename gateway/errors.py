@@ -11,7 +11,7 @@ They join the tree drawn in ``providers.errors``::
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
         ├── MethodNotAllowed       405, with Allow
-        ├── RequestTimeout         408, headers or body too slow (gateway.http_server)
+        ├── RequestTimeout         408, headers or body too slow (gateway.http.server)
         ├── RequestTooLarge        413, past server.max_body_bytes
         ├── TargetTooLong          414, a URL past server.max_header_bytes
         ├── UnsupportedMediaType   415, a model endpoint's body is not application/json
@@ -20,7 +20,7 @@ They join the tree drawn in ``providers.errors``::
         ├── NoDeploymentAvailable  503, every deployment is cooling down
         ├── TooManyConnections     503, past server.max_connections
         ├── DeadlineExceeded       504, the request's deadline passed
-        └── (gateway.auth)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
+        └── (gateway.keys.keyring)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
                                    RateLimitReached 429, BudgetExhausted 429
 """
 

@@ -3,12 +3,12 @@
 ``providers`` never imports ``gateway``; the gateway composes these pieces.
 """
 
-from .base import Endpoint, LoadsModel, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
-from .client import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
-from .config import ProviderConfig
-from .errors import OpenAIError, ProviderError
-from .presets import PRESETS, ProviderPreset
-from .registry import build_provider, build_providers
+from providers.base import Endpoint, LoadsModel, Provider, UpstreamRequest, UpstreamResponse, UpstreamStream
+from providers.client import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
+from providers.config import ProviderConfig
+from providers.errors import OpenAIError, ProviderError
+from providers.presets import PRESETS, ProviderPreset
+from providers.registry import build_provider, build_providers
 
 __all__ = [
     "PRESETS",

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .usage import Usage
+    from providers.usage import Usage
 
 UnsupportedPolicy = Literal["drop", "reject"]
 

@@ -28,10 +28,10 @@ from openai.types import CreateEmbeddingResponse, Moderation
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
 
-from .base import Endpoint, UnsupportedPolicy
-from .params import adapt
-from .presets import PRESETS, ProviderPreset
-from .tokens import count_messages, count_text
+from providers.base import Endpoint, UnsupportedPolicy
+from providers.params import adapt
+from providers.presets import PRESETS, ProviderPreset
+from providers.tokens import count_messages, count_text
 
 T = TypeVar("T")
 Messages = Sequence[Mapping[str, Any]]

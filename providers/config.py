@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .presets import PRESETS, ProviderPreset
+from providers.presets import PRESETS, ProviderPreset
 
 
 LOCAL_FIELDS = frozenset(

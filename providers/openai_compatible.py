@@ -35,9 +35,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .base import Endpoint, UpstreamRequest, UpstreamResponse
-from .config import ProviderConfig
-from .errors import (
+from providers.base import Endpoint, UpstreamRequest, UpstreamResponse
+from providers.config import ProviderConfig
+from providers.errors import (
     EndpointNotOffered,
     ProviderError,
     StreamInterrupted,
@@ -46,9 +46,9 @@ from .errors import (
     UpstreamUnreachable,
     error_from_response,
 )
-from .params import DROPPED_HEADER, adapt
-from .sse import DONE, SSEDecoder
-from .usage import Usage, answer_texts, count_usage, reported_usage, usage_requested
+from providers.params import DROPPED_HEADER, adapt
+from providers.sse import DONE, SSEDecoder
+from providers.usage import Usage, answer_texts, count_usage, reported_usage, usage_requested
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import UnsupportedPolicy
-from .errors import ProviderError
+from providers.base import UnsupportedPolicy
+from providers.errors import ProviderError
 
 DROPPED_HEADER = "x-switchyard-dropped-params"
 

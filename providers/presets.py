@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .base import Endpoint
-from .params import Rule, Translate, Unsupported
+from providers.base import Endpoint
+from providers.params import Rule, Translate, Unsupported
 
 CHAT_ONLY = frozenset({Endpoint.CHAT})
 

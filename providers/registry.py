@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .base import Provider
-from .config import ProviderConfig
-from .openai_compatible import OpenAICompatibleProvider
+from providers.base import Provider
+from providers.config import ProviderConfig
+from providers.openai_compatible import OpenAICompatibleProvider
 
 
 def build_provider(name: str, config: ProviderConfig) -> Provider:
@@ -17,7 +17,7 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
     provider is configured: torch takes seconds to import.
     """
     if config.preset.local:
-        from .local import LocalProvider
+        from providers.local.provider import LocalProvider
 
         return LocalProvider(name, config)
     return OpenAICompatibleProvider(name, config)

@@ -32,8 +32,8 @@ from typing import Any
 
 import tiktoken
 
-from .base import Endpoint
-from .counting_pool import count_off_loop, counting_work
+from providers.base import Endpoint
+from providers.counting_pool import count_off_loop, counting_work
 
 logger = logging.getLogger(__name__)
 

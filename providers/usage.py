@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Endpoint
-from .counting_pool import INLINE_COUNT_WORK, backlog_full, count_off_loop, counting_work
-from .tokens import PROMPT_FIELDS, count_messages, count_text, prompt_sizes, tokens_at_most
+from providers.base import Endpoint
+from providers.counting_pool import INLINE_COUNT_WORK, backlog_full, count_off_loop, counting_work
+from providers.tokens import PROMPT_FIELDS, count_messages, count_text, prompt_sizes, tokens_at_most
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.servers import ServedApp
+from tests.support.fakes.openai_upstream import FakeOpenAI
+from tests.support.servers import ServedApp
 from providers.tokens import BUNDLED_ENCODINGS, encoding_for
-from tests.services import postgres_server, redis_server
+from tests.support.services import postgres_server, redis_server
 
 # Tests compare counts with tiktoken itself; its files come from the bundled copies, never a download.
 for _name in BUNDLED_ENCODINGS:
@@ -24,7 +24,7 @@ PLANTED_KEY = "sk-planted-0123456789abcdef"
 
 GATEWAY_YAML = """
 router:
-  retries: {attempts: 1}   # these tests look at one call at a time; tests/resilience/ retries
+  retries: {attempts: 1}   # these tests look at one call at a time; tests/gateway/routing/ retries
   cooldown: {failures: 1000}   # ... and cools down: here a failure must not change the next test
 providers:
   fake:

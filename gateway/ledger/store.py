@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..config import ServerConfig
-from .records import UsageQuery, UsageRecord
+from gateway.config import ServerConfig
+from gateway.ledger.records import UsageQuery, UsageRecord
 
 
 class LedgerStore(Protocol):
@@ -34,9 +34,9 @@ class LedgerStore(Protocol):
 def open_store(server: ServerConfig) -> LedgerStore:
     """The store ``server`` asks for: PostgreSQL when ``database_url`` is set, else SQLite in ``data_dir``."""
     if server.database_url is not None:
-        from .postgres_store import PostgresStore  # psycopg is an optional dependency
+        from gateway.ledger.postgres_store import PostgresStore  # psycopg is an optional dependency
 
         return PostgresStore(server.database_url.get_secret_value())
-    from .sqlite_store import SqliteStore
+    from gateway.ledger.sqlite_store import SqliteStore
 
     return SqliteStore(server.data_dir / "usage.sqlite3")

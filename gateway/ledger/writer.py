@@ -18,8 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .records import UsageQuery, UsageRecord
-from .store import LedgerStore
+from gateway.ledger.records import UsageQuery, UsageRecord
+from gateway.ledger.store import LedgerStore
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import UNSUPPORTED_OPENAI_PATHS
-from gateway.validation import REQUEST_MODELS
+from gateway.http.validation import REQUEST_MODELS
 from providers import Endpoint
-from tests.openapi.spec import properties_of
+from tests.support.openai_spec.spec import properties_of
 
 DOC = (Path(__file__).parents[2] / "docs" / "compatibility.md").read_text()
 

@@ -21,4 +21,4 @@ def test_ci_runs_the_readmes_test_command_and_the_run_command_serves_the_bundled
     run, test = re.findall(r"```bash\n(.*?)\n```", README.split("## Quick start", 1)[1], re.S)[:2]
     ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
     assert test in ci
-    assert run.endswith("switchyard serve")  # no config: the bundled models (tests/local/test_default_models.py)
+    assert run.endswith("switchyard serve")  # no config: the bundled models (tests/providers/local/test_default_models.py)

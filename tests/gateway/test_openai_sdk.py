@@ -10,9 +10,9 @@ import pytest
 
 from gateway.config import GatewayConfig
 from tests.conftest import PLANTED_KEY
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.openapi.spec import validate
-from tests.servers import ServedApp
+from tests.support.fakes.openai_upstream import FakeOpenAI
+from tests.support.openai_spec.spec import validate
+from tests.support.servers import ServedApp
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from providers import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
-from tests.fakes.provider_fakes import ProviderFake, fakes
-from tests.servers import ServedApp
+from tests.support.fakes.provider_fakes import ProviderFake, fakes
+from tests.support.servers import ServedApp
 
 HI = [{"role": "user", "content": "hello there"}]
 

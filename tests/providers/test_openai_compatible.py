@@ -17,8 +17,8 @@ from providers.errors import (
     UpstreamUnreachable,
 )
 from providers.openai_compatible import OpenAICompatibleProvider
-from tests.fakes.scripted import Answer, DroppingServer, ScriptedUpstream
-from tests.servers import ServedApp
+from tests.support.fakes.scripted import Answer, DroppingServer, ScriptedUpstream
+from tests.support.servers import ServedApp
 
 KEY = "sk-secret-key-42"
 MakeProvider = Callable[..., OpenAICompatibleProvider]

@@ -11,8 +11,8 @@ import yaml
 from gateway.app import create_app
 from gateway.config import parse_config
 from providers import PRESETS
-from tests.fakes.provider_fakes import ProviderFake, fakes
-from tests.servers import ServedApp
+from tests.support.fakes.provider_fakes import ProviderFake, fakes
+from tests.support.servers import ServedApp
 
 HI = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]

@@ -1,0 +1,148 @@
+"""The API description served at /openapi.json: every endpoint, and every status each can answer.
+
+FastAPI describes the routes it serves; the relay endpoints bypass it
+(gateway/relay.py) and are added here from their request models. Then every
+operation's responses are replaced by what the gateway really answers:
+
+* its success, as FastAPI or the relay describes it (FastAPI's 422 goes: the
+  gateway answers a validation error with a 400, gateway/app.py);
+* what any request can get, whatever its path (``EVERY_REQUEST``): a
+  malformed request, another method, a slow client, a long URL or head, a
+  foreign Host, a bug, the connection cap; 401 on ``/v1/`` when keys are
+  configured;
+* 413 and 415 where the operation takes a JSON body;
+* what the endpoint itself answers (``OWN_STATUSES``), and for the relay
+  endpoints what an upstream can (``RELAY_STATUSES``): a 4xx or 5xx an
+  upstream answers is passed through with its status, hence ``4XX``/``5XX``.
+
+tests/gateway/http/test_openapi_conformance.py runs schemathesis against a served
+gateway and fails on any status an operation answers that is not listed
+here by number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gateway.http.relay import RELAY_PATHS
+from gateway.http.validation import REQUEST_MODELS
+
+# What each status means, wherever it is answered.
+MEANINGS: dict[str, str] = {
+    "400": "The request is invalid: a parameter (named in `error.param`), its JSON, or its HTTP framing.",
+    "401": "No known API key, when `server.api_keys` are configured (on a model endpoint, also an upstream "
+    "refusing its provider key).",
+    "403": "The key may not use that model, or the endpoint needs an admin key (on a model endpoint, also an "
+    "upstream's 403).",
+    "404": "No such model (`model_not_found`), or nothing to answer at this URL.",
+    "405": "The path does not take that method; `Allow` lists those it takes.",
+    "408": "The request's headers or body arrived too slowly (`server.header_timeout`, `body_timeout`, "
+    "`body_min_rate`); the connection is closed.",
+    "413": "The body is larger than `server.max_body_bytes`.",
+    "414": "The URL is longer than `server.max_header_bytes`.",
+    "415": "The body is not declared `Content-Type: application/json`.",
+    "421": "The Host header names a host this gateway does not answer to (`server.allowed_hosts`).",
+    "429": "A rate limit or the budget of the key, or the upstream's rate limit.",
+    "431": "More header fields than `server.max_header_count`, or more bytes of them than `server.max_header_bytes`.",
+    "500": "A bug in the gateway (the details are in its log only), or a local model's failed step.",
+    "502": "The upstream could not be reached, or its answer could not be read.",
+    "503": "The gateway has `server.max_connections` open; or every deployment is cooling down, or a local model "
+    "is loading; or, for `/health/ready`, not ready.",
+    "504": "The request's deadline passed, or the upstream did not answer in time.",
+    "4XX": "Another 4xx an upstream answered, passed through with its status and its error in OpenAI's shape.",
+    "5XX": "Another 5xx an upstream answered, passed through with its status.",
+}
+EVERY_REQUEST = ("400", "405", "408", "414", "421", "431", "500", "503")
+# Statuses of the endpoints' own doing, beyond EVERY_REQUEST, by path.
+OWN_STATUSES: dict[str, tuple[str, ...]] = {
+    "/v1/models/{model_id}": ("404",),
+    "/v1/usage": ("401", "403", "404"),  # 401 even on an open gateway: the usage needs an admin key
+    "/v1/tokenize": ("403", "404"),
+    "/v1/detokenize": ("403", "404"),
+}
+RELAY_STATUSES = ("401", "403", "404", "429", "502", "504", "4XX", "5XX")
+_HEADERS: dict[str, dict[str, Any]] = {
+    "405": {"Allow": {"required": True, "schema": {"type": "string"}, "description": "The methods the path takes."}},
+    "429": {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait, when known."}},
+    "503": {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait, when known."}},
+}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The gateway's OpenAPI document, built once."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    _add_relay_endpoints(schema["paths"], components)
+    components["ErrorResponse"] = ERROR_SCHEMA
+    for component in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 bodies, never sent
+        components.pop(component, None)
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            operation["responses"] = _responses(path, operation)
+    app.openapi_schema = schema
+    return schema
+
+
+def _add_relay_endpoints(paths: dict[str, Any], components: dict[str, Any]) -> None:
+    for path, endpoint in RELAY_PATHS.items():
+        model = REQUEST_MODELS[endpoint]
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+        paths[path] = {
+            "post": {
+                "tags": ["openai"],
+                "summary": f"Create {endpoint.value.replace('/', ' ').rstrip('s')}",
+                "description": "OpenAI-compatible; fields not listed here are forwarded to the upstream unchanged.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The upstream's answer: JSON, or an event stream when `stream` is true.",
+                        "content": {"application/json": {}, "text/event-stream": {}},
+                    },
+                },
+            }
+        }
+
+
+def _responses(path: str, operation: dict[str, Any]) -> dict[str, Any]:
+    """The operation's successes as described, then each error status it can answer."""
+    successes = {status: answer for status, answer in operation["responses"].items() if status.startswith("2")}
+    statuses = set(EVERY_REQUEST) | set(OWN_STATUSES.get(path, ()))
+    if path.startswith("/v1/"):
+        statuses.add("401")
+    if "requestBody" in operation:
+        statuses.update(("413", "415"))
+    if path in RELAY_PATHS:
+        statuses.update(RELAY_STATUSES)
+    errors = {}
+    for status in sorted(statuses):
+        errors[status] = {"description": MEANINGS[status], "content": _ERROR_CONTENT}
+        if status in _HEADERS:
+            errors[status]["headers"] = _HEADERS[status]
+    return successes | errors

@@ -1,0 +1,160 @@
+"""The endpoints that carry model traffic, served as plain ASGI.
+
+Chat completions, completions and embeddings are most of what a gateway
+serves, so they skip the web framework: FastAPI's routing, dependency
+solving and Request/Response objects cost about half of the gateway's CPU
+per request (docs/performance.md). Everything else (models, health, docs,
+unknown URLs) is served by FastAPI behind this dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from providers import Endpoint, OpenAIError
+from providers.usage import usage_requested
+
+from gateway.keys.accounting import Accounting, Outcome
+from gateway.routing.deadline import request_timeout
+from gateway.errors import InternalError, MethodNotAllowed, RequestTooLarge
+from gateway.http.responses import send_error, send_json
+from gateway.routing.router import Routed, Router
+from gateway.http.streaming import relay_event_stream
+from gateway.http.validation import BodyLimits, parse_body
+
+logger = logging.getLogger(__name__)
+
+RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
+STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+# On an answer whose token usage the gateway counted because the upstream reported none.
+ESTIMATED_HEADER = (b"x-switchyard-usage-estimated", b"true")
+# Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
+CLIENT_CLOSED_REQUEST = 499
+
+
+class GatewayApp:
+    """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
+
+    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits) -> None:
+        self._limits = limits
+        self._router = router
+        self._fallback = fallback
+        self._accounting = accounting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self._fallback(scope, receive, send)
+        elif scope["method"] != "POST":
+            await send_error(send, MethodNotAllowed(scope["method"], scope["path"], "POST"))
+        else:
+            await self._relay(scope, receive, send, endpoint)
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        started = time.perf_counter()
+        state = scope["state"]
+        outcome = Outcome(state["request_id"], state.get("api_key"))
+        try:
+            await self._answer(scope, receive, send, endpoint, started, outcome)
+        except asyncio.CancelledError:
+            outcome.status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            self._accounting.finish(endpoint, outcome, started)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, started: float, outcome: Outcome
+    ) -> None:
+        limit_headers: list[tuple[bytes, bytes]] = []
+        try:
+            payload = parse_body(await read_body(scope, receive, self._limits.max_bytes), endpoint, self._limits)
+            outcome.model = payload["model"]
+            if outcome.key is not None:
+                limit_headers = await self._accounting.admit(outcome.key, payload["model"])
+            deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
+            if payload.get("stream") is True and endpoint in STREAMABLE:
+                outcome.stream = True
+                routed_stream = await self._router.open_stream(
+                    endpoint, payload, deadline, outcome.request_id, outcome.trace
+                )
+                outcome.routed(routed_stream, 200)
+                first_event = time.perf_counter() - started
+                self._accounting.first_event(outcome, first_event)
+                headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
+                include_usage = usage_requested(payload)
+                try:
+                    await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
+                finally:  # a stream cut short is counted for what it used
+                    outcome.usage = routed_stream.answer.usage
+                return
+            routed = await self._router.send(endpoint, payload, deadline, outcome.request_id, outcome.trace)
+        except OpenAIError as error:
+            outcome.status = error.status_code
+            await send_error(send, error)
+            return
+        except Exception:
+            # relay_event_stream never raises after the response started, so none has.
+            logger.exception("unexpected error on POST %s", scope["path"])
+            await send_error(send, InternalError())
+            return
+        outcome.routed(routed, routed.answer.status)
+        outcome.usage = routed.answer.usage
+        headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
+        if outcome.usage is not None and outcome.usage.estimated:
+            headers.append(ESTIMATED_HEADER)
+        await send_json(send, routed.answer.status, routed.answer.body, headers)
+
+
+def _process_time(seconds: float) -> tuple[bytes, bytes]:
+    """x-process-time: the gateway's time to the answer (to the first event, for a stream), in seconds."""
+    return (b"x-process-time", f"{seconds:.4f}".encode())
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body; RequestTooLarge as soon as it passes ``limit`` bytes (the rest is never buffered).
+
+    Every endpoint that takes a body reads it here (the relay, /v1/tokenize, /v1/detokenize).
+    """
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise RequestTooLarge(limit)
+        return body
+    # Only a body that came in several parts is large enough for its declared length to matter.
+    if _declared_length(scope) > limit:
+        raise RequestTooLarge(limit)
+    parts, size = [body], len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client left (or was cut as too slow) mid-body: a prefix must never be parsed as the request.
+            raise asyncio.CancelledError("the client disconnected before its body ended")
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise RequestTooLarge(limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _declared_length(scope: Scope) -> int:
+    """The body's Content-Length, or 0 without a usable one (chunked)."""
+    value = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+    return int(value) if value.isdigit() and len(value) <= 18 else 0  # 18 digits: more than any body anyone sends
+
+
+def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:
+    """Which deployment answered, and how many calls and which models it took."""
+    deployment = routed.deployment
+    return [
+        (b"x-switchyard-provider", deployment.provider_name.encode()),
+        (b"x-switchyard-model", deployment.model.encode()),
+        *((name.encode(), value.encode()) for name, value in routed.trace.headers().items()),
+        *((name.encode(), value.encode()) for name, value in routed.answer.headers.items()),
+    ]

@@ -1,0 +1,114 @@
+"""Around each relayed request: the key's limits before it, its usage counted after it.
+
+Before: the key may use the model and has room under its rpm, tpm and
+budget (``rate_limit.py``), or the request ends in a 403 or 429.
+After, once the answer has gone out: the Prometheus metrics, the usage
+ledger record and the key's token charge. None of it waits on I/O: the
+ledger is written in batches on its own thread and a Redis charge is sent
+in the background.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from providers import Endpoint
+from providers.usage import Usage
+
+from gateway.keys.keyring import ApiKey, BudgetExhausted, ModelNotAllowed, RateLimitReached
+from gateway.ledger import LedgerWriter, UsageRecord
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.keys.limits import KeyLimits
+from gateway.routing.router import Routed, Trace
+
+
+class Outcome:
+    """What one request came to, filled in as it goes."""
+
+    __slots__ = ("deployment", "key", "model", "provider", "request_id", "status", "stream", "trace", "usage")
+
+    def __init__(self, request_id: str, key: ApiKey | None) -> None:
+        self.request_id = request_id
+        self.key = key
+        self.model: object = None
+        self.provider = ""
+        self.deployment: str | None = None
+        self.status = 500
+        self.stream = False
+        self.trace = Trace()  # filled in by the router, answered or not
+        self.usage: Usage | None = None
+
+    def routed(self, routed: Routed[Any], status: int) -> None:
+        self.provider = routed.deployment.provider_name
+        self.deployment = routed.deployment.model
+        self.status = status
+
+
+class Accounting:
+    def __init__(self, metrics: GatewayMetrics, limits: KeyLimits, ledger: LedgerWriter | None) -> None:
+        self._metrics = metrics
+        self._limits = limits
+        self._ledger = ledger
+
+    async def admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
+        """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
+        if not key.may_use(model):
+            raise ModelNotAllowed(key.name, model)
+        if not key.limits.limited:
+            return []
+        admission = await self._limits.admit(key.limits)
+        if admission.refused_by == "budget":
+            raise BudgetExhausted(key.limits)
+        if not admission.allowed:
+            raise RateLimitReached(key.limits, admission)
+        return admission.raw_headers()
+
+    def first_event(self, outcome: Outcome, seconds: float) -> None:
+        """A stream's first event went out ``seconds`` after the request came in."""
+        self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(seconds)
+
+    def finish(self, endpoint: Endpoint, outcome: Outcome, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self._observe(endpoint, outcome, elapsed)
+        usage = outcome.usage
+        key = outcome.key
+        if usage is not None and key is not None and key.limits.limited:
+            self._limits.charge(key.limits, usage.total_tokens)
+        if self._ledger is not None:
+            self._ledger.record(_record(endpoint, outcome, elapsed))
+
+    def _observe(self, endpoint: Endpoint, outcome: Outcome, elapsed: float) -> None:
+        metrics = self._metrics
+        model = metrics.model_label(outcome.model)
+        metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
+        metrics.duration.labels(endpoint.value, model).observe(elapsed)
+        if outcome.trace.attempts:
+            metrics.attempts.labels(model).inc(outcome.trace.attempts)
+        if len(outcome.trace.models) > 1:
+            metrics.fallbacks.labels(model).inc()
+        usage = outcome.usage
+        if usage is not None:
+            estimated = "true" if usage.estimated else "false"
+            metrics.tokens.labels(model, "prompt", estimated).inc(usage.prompt_tokens)
+            metrics.tokens.labels(model, "completion", estimated).inc(usage.completion_tokens)
+
+
+def _record(endpoint: Endpoint, outcome: Outcome, elapsed: float) -> UsageRecord:
+    usage = outcome.usage
+    return UsageRecord(
+        time=time.time(),
+        request_id=outcome.request_id,
+        api_key=None if outcome.key is None else outcome.key.name,
+        endpoint=endpoint.value,
+        model=outcome.model if isinstance(outcome.model, str) else "",
+        provider=outcome.provider or None,
+        deployment=outcome.deployment,
+        status=outcome.status,
+        stream=outcome.stream,
+        prompt_tokens=0 if usage is None else usage.prompt_tokens,
+        completion_tokens=0 if usage is None else usage.completion_tokens,
+        total_tokens=0 if usage is None else usage.total_tokens,
+        estimated=False if usage is None else usage.estimated,
+        latency_ms=round(elapsed * 1000, 3),
+    )

@@ -1,0 +1,168 @@
+"""Client API keys: who is calling, which models they may use, how often.
+
+Keys come from ``server.api_keys``: the key itself (usually ``${VAR}``) or
+its sha256. Either way only the sha256 is kept in memory, and a presented
+key is hashed and looked up, so no key is compared character by character.
+A key is accepted from ``Authorization: Bearer <key>`` (the OpenAI SDKs) or
+``api-key: <key>`` (Azure-style clients). With no ``api_keys`` configured
+the gateway is open, and says so at start. ``admin_keys`` may call every
+model without limits and are the only keys that read ``/v1/usage``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.config import ADMIN_KEY_NAME, ServerConfig
+from gateway.errors import GatewayError
+from gateway.keys.limits import Admission, KeyLimitsConfig, format_duration
+from gateway.http.responses import send_error
+
+
+class InvalidApiKey(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, presented: bool) -> None:
+        message = (
+            "Incorrect API key provided."
+            if presented
+            else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` header)."
+        )
+        super().__init__(message)
+
+
+class ModelNotAllowed(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+    def __init__(self, key: str, model: str) -> None:
+        super().__init__(f"The API key '{key}' may not use the model `{model}`.", param="model")
+
+
+class RateLimitReached(GatewayError):
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, key: KeyLimitsConfig, admission: Admission) -> None:
+        limit = f"{key.rpm} requests" if admission.refused_by == "requests" else f"{key.tpm} tokens"
+        self.error_type = admission.refused_by or "requests"  # OpenAI's type names the limit: requests or tokens
+        super().__init__(
+            f"Rate limit reached for API key '{key.name}': {limit} per minute. "
+            f"Try again in {format_duration(admission.retry_after)}.",
+            headers={**admission.headers(), "retry-after": str(max(1, math.ceil(admission.retry_after)))},
+        )
+
+
+class BudgetExhausted(GatewayError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, key: KeyLimitsConfig) -> None:
+        super().__init__(
+            f"The API key '{key.name}' has used its budget of {key.budget_tokens} tokens.",
+            # Retrying cannot help: the official SDKs read this and stop.
+            headers={"x-should-retry": "false", "x-switchyard-budget-remaining-tokens": "0"},
+        )
+
+
+class AdminKeyRequired(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_key_required"
+
+    def __init__(self, configured: bool) -> None:
+        super().__init__(
+            "This endpoint needs one of the gateway's admin keys."
+            if configured
+            else "This endpoint needs an admin key, and none is configured: set `server.admin_keys`."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    models: frozenset[str]
+    limits: KeyLimitsConfig
+    admin: bool = False
+
+    def may_use(self, model: str) -> bool:
+        """``*`` allows every model, ``provider/*`` every model of that provider."""
+        if "*" in self.models or model in self.models:
+            return True
+        provider, slash, _ = model.partition("/")
+        return bool(slash) and f"{provider}/*" in self.models
+
+
+class KeyRing:
+    def __init__(self, server: ServerConfig) -> None:
+        admin = ApiKey(ADMIN_KEY_NAME, frozenset({"*"}), KeyLimitsConfig(ADMIN_KEY_NAME), admin=True)
+        self._by_hash = {sha256(key.get_secret_value()): admin for key in server.admin_keys}
+        for config in server.api_keys:
+            limits = KeyLimitsConfig(config.name, config.rpm, config.tpm, config.budget_tokens)
+            key_hash = config.key_sha256 or sha256(config.key.get_secret_value())  # type: ignore[union-attr]
+            self._by_hash[key_hash] = ApiKey(config.name, frozenset(config.models), limits)
+        self.is_open = not server.api_keys
+        self.has_admin_keys = bool(server.admin_keys)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._by_hash
+
+    @property
+    def limited(self) -> list[KeyLimitsConfig]:
+        return [key.limits for key in self._by_hash.values() if key.limits.limited]
+
+    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> ApiKey | None:
+        """The key presented; None on an open gateway without a known key; InvalidApiKey otherwise."""
+        presented = presented_key(headers)
+        key = self._by_hash.get(sha256(presented)) if presented else None
+        if key is None and not self.is_open:
+            raise InvalidApiKey(presented is not None)
+        return key
+
+
+def sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"api-key" and value.strip():
+            return value.decode("latin-1").strip()
+    return None
+
+
+class ApiKeyMiddleware:
+    """Records the key of every ``/v1/`` request as ``scope["state"]["api_key"]``.
+
+    Unless the gateway is open, a request without a known key ends here with
+    a 401. Health checks and the API description stay open: probes and
+    people reading /docs hold no key.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self._keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            try:
+                scope.setdefault("state", {})["api_key"] = self._keys.identify(scope["headers"])
+            except InvalidApiKey as error:
+                await send_error(send, error)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,419 @@
+"""Maps a model name to deployments and gets the request answered once, within its deadline.
+
+A model is addressed by its public name from ``models:``, or directly as
+``provider/upstream-model`` for any configured provider. For one request::
+
+    for each model: the requested one, then its fallback chain
+        for each of its deployments, in the balancer's order, skipping those cooling down
+            call it, retrying what is retryable (tenacity: backoff with jitter, Retry-After)
+            answered -> done
+            error    -> next deployment if the error allows a fallback, else stop
+        the model failed -> next model: the general chain, or the context-window /
+                            content-policy chain when that was the error
+
+Whether an error is retried or may fall back is an attribute of its class
+(``ProviderError.retryable`` / ``fallback_allowed``), never read from its
+text. Every wait and call is bounded by the request's one :class:`Deadline`.
+A stream counts as answered once its first event has arrived: until then a
+failure is retried or falls back unseen by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from tenacity import RetryCallState, wait_random_exponential
+
+from providers import Endpoint, LoadsModel, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from providers.errors import (
+    ContextWindowExceeded,
+    EndpointNotOffered,
+    StreamInterrupted,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+from gateway.routing.balancer import DeploymentState, order
+from gateway.config import GatewayConfig
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.deadline import Deadline, DeadlineGuard
+from gateway.routing.deployment import Deployment
+from gateway.errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
+from gateway.routing.fallbacks import FallbackPolicy
+from providers.tokens import PROMPT_FIELDS, tokens_needed
+from gateway.routing.stream_guard import GuardedStream
+
+T = TypeVar("T")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# ``provider/model`` names whose deployment state is kept (oldest dropped first).
+MAX_DIRECT_MODELS = 1024
+
+
+@dataclass(slots=True)
+class Trace:
+    """What the router did for one request; sent back as response headers."""
+
+    attempts: int = 0  # upstream calls made
+    models: list[str] = field(default_factory=list)  # models tried, in order
+
+    def headers(self) -> dict[str, str]:
+        return {"x-switchyard-attempts": str(self.attempts), "x-switchyard-fallback-chain": ",".join(self.models)}
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[T]):
+    """An upstream's answer, the deployment that gave it, and how it was reached."""
+
+    deployment: Deployment
+    answer: T
+    trace: Trace
+
+
+class Router:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        providers: Mapping[str, Provider],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config.router
+        self._providers = dict(providers)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._fallbacks = FallbackPolicy(config)
+        retries = config.router.retries
+        # Full jitter: a random wait below min(backoff_max, backoff_initial * 2 ** (attempt - 1)).
+        self._backoff = wait_random_exponential(multiplier=retries.backoff_initial, max=retries.backoff_max)
+        self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
+        self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
+        self._unsupported = {name: m.unsupported_params for name, m in config.models.items()}
+        self._routes = {
+            name: tuple(
+                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
+                for d in model.deployments
+            )
+            for name, model in config.models.items()
+        }
+        # Deployments reached as ``provider/model``, made on first use.
+        self._direct: dict[str, tuple[DeploymentState, ...]] = {}
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._routes)
+
+    def local_providers(self) -> list[Any]:
+        """The providers that run the local engine (they have ``engine_stats``)."""
+        return [provider for provider in self._providers.values() if hasattr(provider, "engine_stats")]
+
+    def models_loading_here(self) -> list[LoadsModel]:
+        """The providers whose model loads in this process, in config order (readiness waits for them)."""
+        return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
+
+    def context_window(self, model: str) -> int | None:
+        """The ``context_window`` configured for a public model, if any."""
+        return self._context_windows.get(model)
+
+    @property
+    def provider_names(self) -> list[str]:
+        return list(self._providers)
+
+    def is_public(self, model: str) -> bool:
+        """True for a name under ``models:``, False for ``provider/model`` and unknown names."""
+        return model in self._routes
+
+    def deployments_for(self, model: str) -> tuple[Deployment, ...]:
+        """The deployments serving ``model``."""
+        return tuple(state.deployment for state in self._states_for(model))
+
+    def deployment_states(self) -> dict[str, tuple[DeploymentState, ...]]:
+        """Every model's deployments with their breaker and counters (for /health/ready)."""
+        return {**self._routes, **self._direct}
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds a request may take when the client sets no ``x-switchyard-timeout``."""
+        return self._config.timeout
+
+    def deadline(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now, on the router's clock."""
+        return Deadline(seconds, self._clock)
+
+    # send and open_stream return _route's coroutine rather than awaiting it:
+    # every coroutine frame between the relay and the socket is resumed on
+    # each of the request's I/O waits, so each layer costs on every request.
+
+    def send(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        deadline: Deadline,
+        request_id: str | None = None,
+        trace: Trace | None = None,
+    ) -> Awaitable[Routed[UpstreamResponse]]:
+        """The first answer; ``trace``, if given, records the attempts and models tried, failure or not."""
+        def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
+            return state.deployment.provider.send(request)
+
+        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
+
+    def open_stream(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        deadline: Deadline,
+        request_id: str | None = None,
+        trace: Trace | None = None,
+    ) -> Awaitable[Routed[GuardedStream]]:
+        """An event stream whose first events have arrived (so failing over is still invisible until then)."""
+        config = self._config
+
+        async def call(state: DeploymentState, request: UpstreamRequest) -> GuardedStream:
+            limit = min(config.stream_first_event_timeout, deadline.remaining())
+            first, rest, upstream = await _bounded(deadline, limit, _first_events(state.deployment.provider, request))
+            state.in_flight += 1  # until the stream ends, for least_busy
+
+            def finished(error: ProviderError | None) -> None:
+                state.in_flight -= 1
+                if error is not None:
+                    self._record_failure(state, error)
+
+            return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
+
+        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
+
+    async def _route(
+        self,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request_id: str | None,
+        deadline: Deadline,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        trace: Trace,
+    ) -> Routed[T]:
+        requested = payload["model"]
+        self._states_for(requested)  # an unknown model is a 404 before anything else
+        plan = self._fallbacks.plan(requested, payload)
+        queue = [requested, *plan.general]
+        # Counted once, and only for a model with a context_window; a long prompt off the event loop.
+        needed = _Memo(lambda: asyncio.ensure_future(tokens_needed(endpoint, payload)))
+        try:
+            with DeadlineGuard(deadline):
+                while True:
+                    model = queue.pop(0)
+                    trace.models.append(model)
+                    try:
+                        await self._check_context_window(model, endpoint, needed)
+                        return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
+                    except (ProviderError, NoDeploymentAvailable) as error:
+                        switched = self._fallbacks.after(error, model, plan)
+                        if switched is not None:
+                            queue = list(switched)
+                        elif not (error.fallback_allowed and plan.enabled):
+                            raise
+                        queue = [m for m in queue if m not in trace.models]
+                        if not queue:
+                            raise
+        except (ProviderError, NoDeploymentAvailable, DeadlineExceeded) as error:
+            error.headers = {**error.headers, **self._retry_after_header(error), **trace.headers()}
+            raise
+
+    def _retry_after_header(self, error: Exception) -> dict[str, str]:
+        """The upstream's Retry-After for the client, within ``retry_after_max`` (NoDeploymentAvailable sets its own).
+
+        Whole seconds (RFC 9110 delay-seconds), rounded up unless that would pass the cap.
+        """
+        if not isinstance(error, ProviderError) or error.retry_after is None:
+            return {}
+        cap = self._config.retries.retry_after_max
+        return {"retry-after": str(min(math.ceil(error.retry_after), math.floor(cap)))}
+
+    async def _check_context_window(self, model: str, endpoint: Endpoint, needed: _Memo[asyncio.Future[int]]) -> None:
+        """Raise ContextWindowExceeded, before any call, when the request clearly does not fit ``model``."""
+        window = self._context_windows.get(model)
+        if window is not None and (tokens := await needed()) > window:
+            raise ContextWindowExceeded(
+                f"This request needs about {tokens} tokens (prompt and max_tokens); `{model}` takes {window}.",
+                param=PROMPT_FIELDS[endpoint],
+            )
+
+    async def _answer_from_model(
+        self,
+        model: str,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        request_id: str | None,
+        deadline: Deadline,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        trace: Trace,
+    ) -> Routed[T]:
+        states = [state for state in self._states_for(model) if state.deployment.provider.offers(endpoint)]
+        if not states:
+            deployment = self._states_for(model)[0].deployment
+            raise EndpointNotOffered(endpoint.value, deployment.provider_name)
+        last_error: ProviderError | None = None
+        for state in order(states, self._strategies.get(model, self._config.routing), self._rng):
+            if not state.breaker.try_acquire():
+                continue
+            request = UpstreamRequest(
+                endpoint, {**payload, "model": state.deployment.model}, request_id, self._unsupported.get(model, "drop")
+            )
+            try:
+                answer = await self._with_retries(state, request, call, deadline, trace)
+            except ProviderError as error:
+                if not error.fallback_allowed:
+                    raise
+                last_error = error
+                continue
+            return Routed(state.deployment, answer, trace)
+        if last_error is not None:
+            raise last_error
+        raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))
+
+    async def _with_retries(
+        self,
+        state: DeploymentState,
+        request: UpstreamRequest,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
+        deadline: Deadline,
+        trace: Trace,
+    ) -> T:
+        """Call one deployment until it answers, fails for good, or retrying would outlast the deadline.
+
+        The loop is written out rather than run by tenacity's AsyncRetrying:
+        that machinery cost about 35 µs per request even when the first call
+        answers (a sixth of the gateway's CPU per request); tenacity still
+        computes the backoff. The call is awaited here, not in a helper, to
+        keep the await chain short (see ``send``).
+        """
+        attempts = self._config.retries.attempts
+        for attempt in range(1, attempts + 1):
+            if deadline.remaining() <= 0:
+                state.breaker.release()
+                raise DeadlineExceeded(deadline.seconds)
+            trace.attempts += 1
+            started = self._clock()
+            state.in_flight += 1
+            try:
+                answer = await call(state, request)
+            except ProviderError as error:
+                if isinstance(error, UpstreamTimeout) and deadline.remaining() <= 0:
+                    state.breaker.release()  # the request ran out of time: no verdict on the deployment
+                    raise DeadlineExceeded(deadline.seconds) from None
+                if not error.fallback_allowed:
+                    self._record_success(state)  # the deployment is fine; the request is at fault
+                    raise
+                if not error.trips_breaker:
+                    state.breaker.release()  # no call was made (a local model not loaded): no verdict
+                    raise
+                self._record_failure(state, error)
+                if not error.retryable or attempt == attempts or state.breaker.state != "closed":
+                    raise
+                wait = self._retry_wait(error, attempt)
+                if wait >= deadline.remaining():
+                    raise
+            except BaseException:
+                state.breaker.release()  # cancelled (the client left) or the deadline: no verdict on the deployment
+                raise
+            else:
+                state.observe_latency(self._clock() - started)
+                self._record_success(state)
+                return answer
+            finally:
+                state.in_flight -= 1
+            await self._sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_wait(self, error: ProviderError, attempt: int) -> float:
+        """Seconds before retry number ``attempt``: the upstream's Retry-After (capped) if it sent one, else backoff."""
+        if error.retry_after is not None:
+            return min(error.retry_after, self._config.retries.retry_after_max)
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._backoff(state))
+
+    def _record_success(self, state: DeploymentState) -> None:
+        state.successes += 1
+        state.breaker.record_success()
+
+    def _record_failure(self, state: DeploymentState, error: ProviderError) -> None:
+        state.failures += 1
+        state.last_error = f"{error.status_code} {error.message}"
+        state.breaker.record_failure()
+
+    def _states_for(self, model: str) -> tuple[DeploymentState, ...]:
+        states = self._routes.get(model) or self._direct.get(model)
+        if states is not None:
+            return states
+        provider_name, slash, upstream_model = model.partition("/")
+        provider = self._providers.get(provider_name) if slash and upstream_model else None
+        if provider is None:
+            raise ModelNotFound(model)
+        states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
+        if len(self._direct) >= MAX_DIRECT_MODELS:  # the names come from clients: keep the table bounded
+            del self._direct[next(iter(self._direct))]
+        self._direct[model] = states
+        return states
+
+    def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
+        return DeploymentState(deployment, weight, CircuitBreaker(self._config.cooldown, self._clock))
+
+
+class _Memo(Generic[T]):
+    """A value computed on first use, then kept."""
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute: Callable[[], T] | None = compute
+        self._value: T | None = None
+
+    def __call__(self) -> T:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value  # type: ignore[return-value]
+
+
+async def _bounded(deadline: Deadline, seconds: float, call: Awaitable[T]) -> T:
+    """``await call`` for at most ``seconds``: past the request's deadline that is a 504, before it a retryable timeout."""
+    if seconds <= 0:
+        raise DeadlineExceeded(deadline.seconds)
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        if deadline.remaining() <= 0:
+            raise DeadlineExceeded(deadline.seconds) from None
+        raise UpstreamTimeout(f"the upstream sent no event within {seconds:g} s") from None
+
+
+async def _first_events(
+    provider: Provider, request: UpstreamRequest
+) -> tuple[list[bytes], AsyncIterator[list[bytes]], UpstreamStream]:
+    """Open a stream and read its first events: (those events, the rest, the stream).
+
+    A stream that ends or breaks before any event is a retryable failure.
+    """
+    stream = await provider.open_stream(request)
+    rest = aiter(stream)
+    try:
+        first = await anext(rest)
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise UpstreamUnreachable("the upstream ended the stream before its first event", provider=provider.name) from None
+    except StreamInterrupted as error:
+        await stream.aclose()
+        raise UpstreamUnreachable(error.message, provider=provider.name) from None
+    except BaseException:
+        await stream.aclose()
+        raise
+    return first, rest, stream

@@ -1,0 +1,71 @@
+"""A tiny random Llama with SmolLM2's tokenizer, saved as a model directory, served by a gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from tests.support.servers import ServedApp
+
+VOCAB = 49152  # SmolLM2's tokenizer, so outputs decode to text
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=smollm2_tokenizer.bos_token_id,
+    )  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).eval().save_pretrained(directory)
+    smollm2_tokenizer.save_pretrained(directory)
+    return directory
+
+
+LOCAL_YAML = """
+server: {{usage_ledger: false}}
+router: {{retries: {{attempts: 1}}}}
+providers:
+  engine: {{type: local, model: "{model}", dtype: float32, kv_cache_bytes: {kv_bytes}, block_size: 4}}
+  encoder: {{type: local, model: all-minilm-l6-v2}}
+models:
+  tiny: {{deployments: [{{provider: engine, model: tiny}}]}}
+  minilm: {{deployments: [{{provider: encoder, model: all-minilm-l6-v2}}]}}
+"""
+
+
+@pytest.fixture(scope="session")
+def local_gateway(tiny_model_dir: Path) -> Iterator[ServedApp]:
+    per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
+    config = parse_config(LOCAL_YAML.format(model=tiny_model_dir, kv_bytes=per_block * 512), environ={})
+    with ServedApp(create_app(config)) as served:
+        yield served
+
+
+@pytest.fixture()
+def local_client(local_gateway: ServedApp) -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{local_gateway.url}/v1", api_key="none", max_retries=0, timeout=60)
+    wait_ready(local_gateway.url)
+    return client
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/health/ready").json()["status"] != "loading":
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the local model did not load")
