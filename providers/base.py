@@ -9,22 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from providers.usage import Usage
+from providers.wire import Endpoint, Usage
 
 UnsupportedPolicy = Literal["drop", "reject"]
 
-
-class Endpoint(StrEnum):
-    """An OpenAI endpoint, named by its path below ``/v1``."""
-
-    CHAT = "chat/completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
-    MODERATIONS = "moderations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,4 +120,53 @@ class LoadsModel(Protocol):
 
     async def wait_loaded(self) -> None:
         """Return once the model is loaded or has failed for good."""
+        ...
+
+
+@runtime_checkable
+class Tokenizes(Protocol):
+    """A provider that tokenizes with its model's own tokenizer (``/tokenize``, ``/detokenize``)."""
+
+    name: str
+
+    async def tokenize(
+        self, prompt: str | None, messages: list[dict[str, Any]] | None, add_generation_prompt: bool,
+        add_special_tokens: bool | None,
+    ) -> tuple[list[int], list[str], int]:
+        """(token ids, their texts, the model's context length) for a prompt or a chat."""
+        ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+
+class EngineStats(Protocol):
+    """What an inference engine in this process reports when scraped (``/metrics``, ``/health/ready``)."""
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def kv_cache_usage(self) -> float: ...
+
+    @property
+    def prefix_cache_queries(self) -> int: ...
+
+    @property
+    def prefix_cache_hits(self) -> int: ...
+
+    @property
+    def preemptions(self) -> int: ...
+
+
+@runtime_checkable
+class ReportsEngineStats(Protocol):
+    """A provider that runs an inference engine in this process."""
+
+    name: str
+
+    def engine_stats(self) -> EngineStats | None:
+        """The engine's counters; None while it loads (or for an engine with none, such as an embedder)."""
         ...

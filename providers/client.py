@@ -28,7 +28,8 @@ from openai.types import CreateEmbeddingResponse, Moderation
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
 
-from providers.base import Endpoint, UnsupportedPolicy
+from providers.wire import Endpoint
+from providers.base import UnsupportedPolicy
 from providers.params import adapt
 from providers.presets import PRESETS, ProviderPreset
 from providers.tokens import count_messages, count_text

@@ -35,7 +35,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from providers.base import Endpoint, UpstreamRequest, UpstreamResponse
+from providers.wire import Endpoint
+from providers.base import UpstreamRequest, UpstreamResponse
 from providers.config import ProviderConfig
 from providers.errors import (
     EndpointNotOffered,
@@ -48,7 +49,8 @@ from providers.errors import (
 )
 from providers.params import DROPPED_HEADER, adapt
 from providers.sse import DONE, SSEDecoder
-from providers.usage import Usage, answer_texts, count_usage, reported_usage, usage_requested
+from providers.usage import answer_texts, count_usage, reported_usage
+from providers.wire import Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 

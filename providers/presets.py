@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from providers.base import Endpoint
+from providers.wire import Endpoint
 from providers.params import Rule, Translate, Unsupported
 
 CHAT_ONLY = frozenset({Endpoint.CHAT})

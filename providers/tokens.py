@@ -32,7 +32,7 @@ from typing import Any
 
 import tiktoken
 
-from providers.base import Endpoint
+from providers.wire import PROMPT_FIELDS, Endpoint
 from providers.counting_pool import count_off_loop, counting_work
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoke
 _BUFFERED_COUNT_CHARS = 65536
 
 # The request field each endpoint's prompt is in.
-PROMPT_FIELDS: dict[Endpoint, str] = {
-    Endpoint.CHAT: "messages",
-    Endpoint.COMPLETIONS: "prompt",
-    Endpoint.EMBEDDINGS: "input",
-    Endpoint.MODERATIONS: "input",
-}
-
 
 @cache
 def encoding_for(model: str | None = None) -> tiktoken.Encoding:

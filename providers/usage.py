@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from providers.base import Endpoint
+from providers.wire import PROMPT_FIELDS, Endpoint, Usage
 from providers.counting_pool import INLINE_COUNT_WORK, backlog_full, count_off_loop, counting_work
-from providers.tokens import PROMPT_FIELDS, count_messages, count_text, prompt_sizes, tokens_at_most
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_openai(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+from providers.tokens import count_messages, count_text, prompt_sizes, tokens_at_most
 
 
 def reported_usage(answer: Any) -> Usage | None:
@@ -37,12 +18,6 @@ def reported_usage(answer: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(prompt, completion)
-
-
-def usage_requested(payload: dict[str, Any]) -> bool:
-    """Whether a stream request asks for a usage chunk (``stream_options.include_usage``)."""
-    options = payload.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def answer_texts(answer: Any) -> list[tuple[int, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers import Endpoint, OpenAIError
-from providers.usage import usage_requested
+from providers.wire import usage_requested
 
 from gateway.keys.accounting import Accounting, Outcome
 from gateway.routing.deadline import request_timeout

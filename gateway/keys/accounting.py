@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from providers import Endpoint
-from providers.usage import Usage
+from providers.wire import Usage
 
 from gateway.keys.keyring import ApiKey, BudgetExhausted, ModelNotAllowed, RateLimitReached
 from gateway.ledger import LedgerWriter, UsageRecord

@@ -46,7 +46,8 @@ from gateway.routing.deadline import Deadline, DeadlineGuard
 from gateway.routing.deployment import Deployment
 from gateway.errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
 from gateway.routing.fallbacks import FallbackPolicy
-from providers.tokens import PROMPT_FIELDS, tokens_needed
+from providers.tokens import tokens_needed
+from providers.wire import PROMPT_FIELDS
 from gateway.routing.stream_guard import GuardedStream
 
 T = TypeVar("T")

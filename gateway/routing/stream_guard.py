@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from providers import ProviderError, UpstreamStream
-from providers.usage import Usage
+from providers.wire import Usage
 from providers.errors import StreamInterrupted
 
 from gateway.routing.deadline import Deadline

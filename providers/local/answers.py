@@ -12,7 +12,7 @@ from typing import Any
 
 from local_engine import CompletionOutput, RequestOutput, TokenLogprob
 
-from providers.base import Endpoint
+from providers.wire import Endpoint
 
 
 def usage_object(outputs: Sequence[RequestOutput]) -> dict[str, Any]:

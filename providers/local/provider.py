@@ -29,7 +29,8 @@ from local_engine.async_engine import AsyncLLMEngine, EngineNotReady, EngineStat
 from local_engine.embeddings import AsyncEmbedder, is_embedding_model
 from local_engine.inputs import PromptType
 
-from providers.base import Endpoint, UpstreamRequest, UpstreamResponse
+from providers.wire import Endpoint
+from providers.base import UpstreamRequest, UpstreamResponse
 from providers.config import ProviderConfig
 from providers.errors import EndpointNotOffered, ProviderError, UpstreamRejected
 from providers.local.answers import Formatter
@@ -38,7 +39,7 @@ from providers.local.translate import (
     sampling_params,
 )  # fmt: skip
 from providers.params import DROPPED_HEADER, adapt
-from providers.usage import Usage, usage_requested
+from providers.wire import Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

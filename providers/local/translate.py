@@ -17,7 +17,7 @@ from typing import Any
 from local_engine import CompletionTooLong, InvalidInput, PromptTooLong, SamplingParams
 from local_engine.inputs import check_token_ids, describe, is_integer, is_token_ids
 
-from providers.base import Endpoint
+from providers.wire import Endpoint
 from providers.errors import ContextWindowExceeded, UpstreamRejected
 from providers.tokens import encoding_for
 

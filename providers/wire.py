@@ -1,0 +1,85 @@
+"""The OpenAI wire vocabulary: endpoints, usage, and the headers the gateway adds.
+
+A leaf: it imports nothing of ours, so every package (and every layer of
+the gateway) can speak these names without importing anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Endpoint(StrEnum):
+    """An OpenAI endpoint, named by its path below ``/v1``."""
+
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    MODERATIONS = "moderations"
+
+
+# The field that carries each endpoint's prompt.
+PROMPT_FIELDS = {
+    Endpoint.CHAT: "messages",
+    Endpoint.COMPLETIONS: "prompt",
+    Endpoint.EMBEDDINGS: "input",
+    Endpoint.MODERATIONS: "input",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one answer: as the upstream reported it, or counted here and marked estimated."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+def usage_requested(payload: dict[str, Any]) -> bool:
+    """Whether a stream request asks for a usage chunk (``stream_options.include_usage``)."""
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class Header:
+    """The response and request headers the gateway adds or reads, lower-case as on the wire."""
+
+    REQUEST_ID = "x-request-id"
+    PROCESS_TIME = "x-process-time"
+    TIMEOUT = "x-switchyard-timeout"  # request: the client's deadline in seconds
+    PROVIDER = "x-switchyard-provider"
+    MODEL = "x-switchyard-model"
+    ATTEMPTS = "x-switchyard-attempts"
+    FALLBACK_CHAIN = "x-switchyard-fallback-chain"
+    USAGE_ESTIMATED = "x-switchyard-usage-estimated"
+    DROPPED_PARAMS = "x-switchyard-dropped-params"
+    BUDGET_REMAINING_TOKENS = "x-switchyard-budget-remaining-tokens"
+    RETRY_AFTER = "retry-after"
+    SHOULD_RETRY = "x-should-retry"  # read by the OpenAI SDKs
+    LIMIT_REQUESTS = "x-ratelimit-limit-requests"
+    REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
+    RESET_REQUESTS = "x-ratelimit-reset-requests"
+    LIMIT_TOKENS = "x-ratelimit-limit-tokens"
+    REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
+    RESET_TOKENS = "x-ratelimit-reset-tokens"
+
+
+# Response headers a browser client may read (CORS hides all others): every one above but the request's own.
+EXPOSED_HEADERS = tuple(
+    value for name, value in vars(Header).items()
+    if name.isupper() and value not in (Header.TIMEOUT, Header.SHOULD_RETRY)
+)  # fmt: skip
