@@ -36,7 +36,7 @@ source can be measured against itself with a feature on and off::
 
 ``--provider YAML`` / ``--compare-provider YAML`` do the same for the fake's
 provider entry. A provider key turns on the masking of keys in every answer
-(gateway/redaction.py); sending the same key as a plain header in A leaves
+(gateway/http/middleware/redaction.py); sending the same key as a plain header in A leaves
 the masking as the only difference (docs/performance.md)::
 
     bench/overhead.py --provider "headers: {authorization: 'Bearer sk-bench-upstream-0123456789abcdef'}" \

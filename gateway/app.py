@@ -28,41 +28,40 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from providers import LoadsModel, OpenAIError, Provider, build_providers
-from providers.redact import MIN_MASKED_LENGTH, SecretMask
-
+from gateway.config import GatewayConfig, ServerConfig
+from gateway.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    not_found_error,
+)
+from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
+from gateway.http.middleware.disconnect import CancelOnDisconnectMiddleware
+from gateway.http.middleware.header_limits import HeaderLimitsMiddleware
+from gateway.http.middleware.redaction import RedactSecretsMiddleware
+from gateway.http.middleware.request_id import RequestIdMiddleware
+from gateway.http.openapi import openapi_schema
+from gateway.http.relay import GatewayApp
+from gateway.http.responses import error_response
+from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
 from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
-from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
-from gateway.config import GatewayConfig, ServerConfig
-from gateway.http.middleware.disconnect import CancelOnDisconnectMiddleware
-from gateway.errors import InternalError, InvalidRequest, MethodNotAllowed, error_response, not_found_error
-from gateway.http.middleware.header_limits import HeaderLimitsMiddleware
-from gateway.routes.health import health_routes
-from gateway.ledger import LedgerWriter, open_store
-from gateway.telemetry.metrics import GatewayMetrics
-from gateway.routes.models import model_routes
-from gateway.http.openapi import openapi_schema
 from gateway.keys.limits import KeyLimits, LocalKeyLimits
-from gateway.http.middleware.redaction import RedactSecretsMiddleware
-from gateway.http.relay import GatewayApp
-from gateway.http.middleware.request_id import RequestIdMiddleware
-from gateway.routing.router import Router
+from gateway.ledger import LedgerWriter, open_store
+from gateway.routes.health import health_routes
+from gateway.routes.models import model_routes
 from gateway.routes.tokenize import tokenize_routes
 from gateway.routes.usage import usage_routes
-from gateway.http.validation import BodyLimits
+from gateway.routing.router import Router
+from gateway.routing.table import ModelTable
+from gateway.telemetry.metrics import GatewayMetrics
+from providers import LoadsModel, OpenAIError, Provider, build_providers
+from providers.redact import MIN_MASKED_LENGTH, SecretMask
+from providers.wire import EXPOSED_HEADERS
 
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-# Response headers a browser client may read (CORS hides all others).
-EXPOSED_HEADERS = (
-    "x-request-id", "x-process-time", "x-switchyard-provider", "x-switchyard-model", "x-switchyard-attempts",
-    "x-switchyard-fallback-chain", "x-switchyard-usage-estimated", "x-switchyard-dropped-params",
-    "x-switchyard-budget-remaining-tokens", "retry-after", "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-)  # fmt: skip
 
 
 def create_app(
@@ -87,7 +86,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for adapter in adapters.values():
             await adapter.start()  # local models load on their own threads meanwhile
-        watch = asyncio.create_task(_report_load_failure(router, on_load_failure)) if on_load_failure else None
+        watch = asyncio.create_task(_report_load_failure(router.table, on_load_failure)) if on_load_failure else None
         if ledger is not None:
             await ledger.start()
             if any(key.budget_tokens is not None for key in keys.limited):
@@ -103,13 +102,13 @@ def create_app(
             for adapter in adapters.values():
                 await adapter.aclose()
 
-    metrics = GatewayMetrics(router, ledger)
+    metrics = GatewayMetrics(router.table, ledger)
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
-    api.include_router(model_routes(router))
+    api.include_router(model_routes(router.table))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
     body_limits = BodyLimits.of(server)
-    api.include_router(tokenize_routes(router, body_limits))
-    api.include_router(health_routes(router, metrics))
+    api.include_router(tokenize_routes(router.table, body_limits))
+    api.include_router(health_routes(router.table, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), body_limits)
@@ -137,14 +136,14 @@ def create_app(
     return RedactSecretsMiddleware(app, mask) if mask else app
 
 
-async def _report_load_failure(router: Router, report: Callable[[str], None]) -> None:
+async def _report_load_failure(table: ModelTable, report: Callable[[str], None]) -> None:
     """``report`` the first local model that fails to load for good, if any does."""
 
     async def settled(provider: LoadsModel) -> LoadsModel:
         await provider.wait_loaded()
         return provider
 
-    for finished in asyncio.as_completed([settled(provider) for provider in router.models_loading_here()]):
+    for finished in asyncio.as_completed([settled(provider) for provider in table.models_loading_here()]):
         provider = await finished
         if provider.state == "failed":
             report(provider.error or f"the model of provider '{provider.name}' could not be loaded")
@@ -154,7 +153,9 @@ async def _report_load_failure(router: Router, report: Callable[[str], None]) ->
 def _key_limits(server: ServerConfig) -> KeyLimits:
     if server.redis_url is None:
         return LocalKeyLimits()
-    from gateway.keys.redis_limits import RedisKeyLimits  # redis is an optional dependency
+    from gateway.keys.redis_limits import (
+        RedisKeyLimits,  # redis is an optional dependency
+    )
 
     return RedisKeyLimits(server.redis_url.get_secret_value())
 

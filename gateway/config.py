@@ -11,28 +11,26 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import urlsplit
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from gateway.errors import ConfigError
 from providers import PRESETS, ProviderConfig
-
-
-class ConfigError(Exception):
-    """The config file cannot be used; ``problems`` are ``path: what is wrong`` lines."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-    def __str__(self) -> str:
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        return f"invalid config {self.source}:\n{lines}"
+from providers.base import UnsupportedPolicy
+from providers.config import PROVIDER_SHAPES, HostedProviderConfig
 
 
 class _Frozen(BaseModel):
@@ -160,7 +158,7 @@ class ModelConfig(_Frozen):
     context_window: int | None = Field(
         None, gt=0, description="Prompt + max_tokens limit; larger requests go to context_window_fallbacks."
     )
-    unsupported_params: Literal["drop", "reject"] = Field(
+    unsupported_params: UnsupportedPolicy = Field(
         "drop", description="A parameter a deployment's provider does not take: drop it (and say so) or answer 400."
     )
 
@@ -202,7 +200,11 @@ class GatewayConfig(_Frozen):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every provider and client key, masked in every answer (gateway/redaction.py) and log line."""
-        provider_keys = [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key is not None]
+        provider_keys = [
+            p.api_key.get_secret_value()
+            for p in self.providers.values()
+            if isinstance(p, HostedProviderConfig) and p.api_key is not None
+        ]
         client_keys = [k.key.get_secret_value() for k in self.server.api_keys if k.key is not None]
         admin_keys = [key.get_secret_value() for key in self.server.admin_keys]
         urls = [url.get_secret_value() for url in (self.server.database_url, self.server.redis_url) if url is not None]
@@ -251,6 +253,15 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     return config
 
 
+def with_server_overrides(config: GatewayConfig, overrides: Mapping[str, Any], source: str) -> GatewayConfig:
+    """``config`` with some ``server:`` fields replaced, validated as if the file had said so."""
+    try:
+        server = ServerConfig.model_validate({**config.server.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error) for error in exc.errors()]) from None
+    return config.model_copy(update={"server": server})
+
+
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -286,8 +297,9 @@ def _default_api_keys(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not isinstance(entry, dict) or "api_key" in entry:
             continue
         preset = PRESETS.get(entry.get("type"))  # type: ignore[arg-type]
-        if preset is not None and preset.api_key_env and environ.get(preset.api_key_env):
-            entry["api_key"] = environ[preset.api_key_env]
+        key = preset.key_from(environ) if preset is not None else None
+        if key:
+            entry["api_key"] = key
 
 
 def _cross_reference_problems(config: GatewayConfig) -> list[str]:
@@ -362,7 +374,10 @@ def find_cycle(chains: Mapping[str, list[str]]) -> list[str] | None:
 
 def _describe(error: Any) -> str:
     location = ""
-    for part in error["loc"]:
+    loc = error["loc"]
+    if len(loc) >= 3 and loc[0] == "providers" and loc[2] in PROVIDER_SHAPES:
+        loc = loc[:2] + loc[3:]  # a provider entry's shape (the union's tag) is not a field of the file
+    for part in loc:
         location = f"{location}[{part}]" if isinstance(part, int) else _join(location, str(part))
     message = error["msg"]
     if error["type"] == "extra_forbidden":

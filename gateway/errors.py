@@ -1,36 +1,50 @@
-"""Errors the gateway raises itself, and how every error becomes a response.
+"""Errors the gateway raises itself (the request never reached an upstream), and the config's.
 
-They join the tree drawn in ``providers.errors``::
+Every one is an OpenAI-shaped error that the HTTP layer writes as it is
+(gateway.http.responses); an upstream's failures are the ProviderErrors of
+``providers.errors``::
 
-    OpenAIError
-    ├── ProviderError ...          an upstream failed (providers.errors)
+    OpenAIError                    (providers.errors)
     └── GatewayError               the gateway refused the request itself
         ├── InternalError          500, a bug; details only in the log
         ├── InvalidRequest         400, names the offending param
+        │   ├── ChatNotTokenizable 400, /tokenize with `messages` for a hosted model
+        │   └── UnknownTokenId     400, /detokenize with an id the model does not have
+        ├── InvalidApiKey          401, no key or an unknown one
+        ├── ModelNotAllowed        403, the key may not use this model
+        ├── AdminKeyRequired       403, /v1/usage without an admin key
         ├── ModelNotFound          404 model_not_found
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
+        ├── LedgerDisabled         404, /v1/usage with server.usage_ledger off
         ├── MethodNotAllowed       405, with Allow
         ├── RequestTimeout         408, headers or body too slow (gateway.http.server)
         ├── RequestTooLarge        413, past server.max_body_bytes
         ├── TargetTooLong          414, a URL past server.max_header_bytes
         ├── UnsupportedMediaType   415, a model endpoint's body is not application/json
         ├── MisdirectedRequest     421, a Host this gateway does not answer to (DNS rebinding)
+        ├── RateLimitReached       429, the key's rpm or tpm, with Retry-After
+        ├── BudgetExhausted        429 insufficient_quota, the key's budget_tokens spent
         ├── HeadersTooLarge        431, past server.max_header_count or max_header_bytes
         ├── NoDeploymentAvailable  503, every deployment is cooling down
         ├── TooManyConnections     503, past server.max_connections
-        ├── DeadlineExceeded       504, the request's deadline passed
-        └── (gateway.keys.keyring)         InvalidApiKey 401, ModelNotAllowed 403, AdminKeyRequired 403,
-                                   RateLimitReached 429, BudgetExhausted 429
+        └── DeadlineExceeded       504, the request's deadline passed
+
+    Exception
+    └── ConfigError                providers.yaml cannot be used (switchyard exits with its problems)
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from starlette.responses import Response
-
+from gateway.keys.limits import format_duration
 from providers.errors import OpenAIError
+from providers.wire import Header
+
+if TYPE_CHECKING:
+    from gateway.keys.limits import Admission, KeyLimitsConfig
 
 
 class GatewayError(OpenAIError):
@@ -50,6 +64,21 @@ class InternalError(GatewayError):
 class InvalidRequest(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
+
+
+class ChatNotTokenizable(InvalidRequest):
+    code = "unsupported_parameter"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"`messages` can be tokenized for local models only; `{model}` is hosted: send `prompt` instead.",
+            param="messages",
+        )
+
+
+class UnknownTokenId(InvalidRequest):
+    def __init__(self) -> None:
+        super().__init__("`tokens` has an id the model's encoding does not have.", param="tokens")
 
 
 class RequestTooLarge(GatewayError):
@@ -181,7 +210,7 @@ class NoDeploymentAvailable(GatewayError):
     def __init__(self, model: str, retry_after: float) -> None:
         super().__init__(
             f"Every deployment of `{model}` is cooling down after repeated failures.",
-            headers={"retry-after": str(max(1, math.ceil(retry_after)))},
+            headers={Header.RETRY_AFTER: str(max(1, math.ceil(retry_after)))},
         )
 
 
@@ -195,7 +224,7 @@ class TooManyConnections(GatewayError):
     def __init__(self, limit: int) -> None:
         super().__init__(
             f"The gateway has its maximum of {limit} connections open (server.max_connections); try again shortly.",
-            headers={"retry-after": "1", "connection": "close"},
+            headers={Header.RETRY_AFTER: "1", "connection": "close"},
         )
 
 
@@ -235,10 +264,87 @@ def not_found_error(method: str, path: str) -> GatewayError:
     return RouteNotFound(method, path)
 
 
-def error_response(error: OpenAIError) -> Response:
-    return Response(
-        content=error.to_json(),
-        status_code=error.status_code,
-        headers=error.headers,
-        media_type="application/json",
-    )
+class InvalidApiKey(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, presented: bool) -> None:
+        message = (
+            "Incorrect API key provided."
+            if presented
+            else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` header)."
+        )
+        super().__init__(message)
+
+
+class ModelNotAllowed(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+    def __init__(self, key: str, model: str) -> None:
+        super().__init__(f"The API key '{key}' may not use the model `{model}`.", param="model")
+
+
+class RateLimitReached(GatewayError):
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, key: KeyLimitsConfig, admission: Admission) -> None:
+        limit = f"{key.rpm} requests" if admission.refused_by == "requests" else f"{key.tpm} tokens"
+        self.error_type = admission.refused_by or "requests"  # OpenAI's type names the limit: requests or tokens
+        super().__init__(
+            f"Rate limit reached for API key '{key.name}': {limit} per minute. "
+            f"Try again in {format_duration(admission.retry_after)}.",
+            headers={**admission.headers(), Header.RETRY_AFTER: str(max(1, math.ceil(admission.retry_after)))},
+        )
+
+
+class BudgetExhausted(GatewayError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, key: KeyLimitsConfig) -> None:
+        super().__init__(
+            f"The API key '{key.name}' has used its budget of {key.budget_tokens} tokens.",
+            # Retrying cannot help: the official SDKs read this and stop.
+            headers={Header.SHOULD_RETRY: "false", Header.BUDGET_REMAINING_TOKENS: "0"},
+        )
+
+
+class AdminKeyRequired(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_key_required"
+
+    def __init__(self, configured: bool) -> None:
+        super().__init__(
+            "This endpoint needs one of the gateway's admin keys."
+            if configured
+            else "This endpoint needs an admin key, and none is configured: set `server.admin_keys`."
+        )
+
+
+class LedgerDisabled(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "usage_ledger_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("The usage ledger is turned off on this gateway (`server.usage_ledger: false`).")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``problems`` are ``path: what is wrong`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        return f"invalid config {self.source}:\n{lines}"

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import EngineConfig
+from .errors import EngineNotReady, StepFailed
 from .inputs import PromptType
-from .llm_engine import LLMEngine, StepFailed
+from .llm_engine import LLMEngine
 from .loader import LoadedModel
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -36,10 +37,6 @@ from .worker import ModelThread, settle
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class EngineNotReady(RuntimeError):
-    """The model is still loading, failed to load, or the engine was stopped."""
 
 
 @dataclass(slots=True)

@@ -28,7 +28,8 @@ evicts anything.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence as Tokens
+from collections.abc import Callable
+from collections.abc import Sequence as Tokens
 from dataclasses import dataclass
 
 from .sequence import Sequence

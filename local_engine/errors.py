@@ -1,4 +1,4 @@
-"""Why the engine refuses a request: raised before the request joins a batch, so no other request sees it.
+"""The engine's errors: why it refuses a request, and why it cannot run one.
 
 ::
 
@@ -6,6 +6,12 @@
     └── InvalidInput            an input the engine cannot take; ``param`` and ``position`` say which
         ├── PromptTooLong       the prompt alone fills the context (OpenAI's context_length_exceeded)
         └── CompletionTooLong   the prompt fits, but not with max_tokens more
+    RuntimeError
+    ├── EngineNotReady          the model is loading, failed to load, or the engine was stopped
+    └── StepFailed              a step's forward pass or sampler raised; that step's requests were aborted
+
+An ``InvalidInput`` is raised before the request joins a batch, so no other
+request sees it.
 
 ``param`` is the input's name as the engine takes it: a field of
 ``SamplingParams`` (``seed``, ``logit_bias``, ``stop_token_ids``), or
@@ -57,3 +63,15 @@ class CompletionTooLong(InvalidInput):
             f"{requested} tokens ({self.prompt_tokens} in the {prompt_name}, {self.max_tokens} in the completion). "
             f"Please reduce the length of the {prompt_name} or completion."
         )
+
+
+class EngineNotReady(RuntimeError):
+    """The model is still loading, failed to load, or the engine was stopped."""
+
+
+class StepFailed(RuntimeError):
+    """The forward pass or the sampler raised; the requests of that step were aborted, their blocks freed."""
+
+    def __init__(self, request_ids: list[str], cause: Exception) -> None:
+        super().__init__(f"the engine step failed: {type(cause).__name__}: {cause}")
+        self.request_ids = request_ids

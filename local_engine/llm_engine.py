@@ -16,14 +16,20 @@ import torch
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .errors import CompletionTooLong, InvalidInput, PromptTooLong
-from .inputs import PromptType, check_token_ids, first_out_of_range, out_of_vocabulary, parse_prompt
+from .errors import CompletionTooLong, InvalidInput, PromptTooLong, StepFailed
+from .inputs import (
+    PromptType,
+    check_token_ids,
+    first_out_of_range,
+    out_of_vocabulary,
+    parse_prompt,
+)
 from .kv_cache import KVCache
 from .loader import LoadedModel, load_model
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
-from .quantization import quantize
 from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .quantization import quantize
 from .sampler import SampledToken, Sampler
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
@@ -31,14 +37,6 @@ from .sequence import Sequence
 from .stop import check_stop
 
 logger = logging.getLogger(__name__)
-
-
-class StepFailed(RuntimeError):
-    """The forward pass or the sampler raised; the requests of that step were aborted, their blocks freed."""
-
-    def __init__(self, request_ids: list[str], cause: Exception) -> None:
-        super().__init__(f"the engine step failed: {type(cause).__name__}: {cause}")
-        self.request_ids = request_ids
 
 
 @dataclass(slots=True)

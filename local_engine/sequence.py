@@ -49,8 +49,6 @@ class Sequence:
     # A seeded request draws from its own generator, so its text does not
     # depend on what else shares the batch.
     generator: torch.Generator | None = None
-    # Per output token: (sampled token's logprob, {token id: logprob} of the top k).
-    logprobs: list[tuple[float, dict[int, float]]] = field(default_factory=list)
     num_preemptions: int = 0
     # Leading prompt tokens whose logprob is known. Token 0 has none (nothing precedes it), so it counts
     # from the start; kept across preemption, so a recomputed prompt never scores a token twice.

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from providers.wire import Endpoint, Usage
+from providers.wire import Endpoint, RequestTimings, Usage
 
 UnsupportedPolicy = Literal["drop", "reject"]
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +36,7 @@ class UpstreamResponse:
     # Headers for the client's response (such as x-switchyard-dropped-params).
     headers: dict[str, str] = field(default_factory=dict)
     usage: Usage | None = None  # reported by the upstream, or estimated
+    timings: tuple[RequestTimings, ...] = ()  # from an engine in this process, one per engine request
 
 
 class UpstreamStream(Protocol):
@@ -68,6 +68,11 @@ class UpstreamStream(Protocol):
     @property
     def usage_reported(self) -> bool:
         """Whether the upstream sent a usage chunk (the client already has it)."""
+        ...
+
+    @property
+    def timings(self) -> tuple[RequestTimings, ...]:
+        """An engine in this process: its timings, once the stream finished; () for an HTTP upstream."""
         ...
 
     def usage_chunk(self) -> bytes | None:

@@ -1,9 +1,11 @@
 """One interface to every provider, in-process: ``OpenAICompatibleAPI(config).chat(messages)``.
 
 Built on the official ``openai`` SDK, so answers are the SDK's objects and
-errors the SDK's exception classes. The provider presets (``presets.py``)
-supply the base URL, the key's environment variable, the auth style and the
-parameter map, exactly as the gateway applies them::
+errors the SDK's exception classes. A config is a :class:`ClientConfig` (a
+mapping is validated into one: a wrong field raises pydantic's
+ValidationError naming it); it resolves over its preset exactly as the
+gateway's providers do (``HostedProviderConfig.resolve``): the base URL, the
+key or its environment variable, the auth style, and the parameter map::
 
     api = OpenAICompatibleAPI({"provider": "groq", "default_model": "llama-3.1-8b-instant"})
     print(api.chat([{"role": "user", "content": "Hi"}]))
@@ -19,20 +21,30 @@ both sides share :class:`_Targets`, which does everything but the I/O.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import openai
+from openai import AsyncStream, Stream
 from openai.types import CreateEmbeddingResponse, Moderation
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
+from pydantic import AliasChoices, Field
 
-from providers.wire import Endpoint
 from providers.base import UnsupportedPolicy
+from providers.config import HostedProviderConfig, ResolvedProvider
+from providers.errors import MissingAPIKey, NotOffered
 from providers.params import adapt
-from providers.presets import PRESETS, ProviderPreset
 from providers.tokens import count_messages, count_text
+from providers.wire import Endpoint
 
 T = TypeVar("T")
 Messages = Sequence[Mapping[str, Any]]
@@ -49,96 +61,91 @@ FALLBACK_ERRORS = (
 _BAD_KEY_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.BadRequestError)
 
 
-class MissingAPIKey(ValueError):
-    """The provider needs a key and none was given: names the environment variable to set."""
+class ClientConfig(HostedProviderConfig):
+    """One provider for the client: a hosted ``providers:`` entry (``type:`` may be written ``provider:``)
+    and the client's own fields. A mapping is validated into one, and a wrong field named."""
 
+    type: str = Field("openai", validation_alias=AliasChoices("provider", "type"), description="A preset's name.")
+    default_model: str | None = Field(
+        None, validation_alias=AliasChoices("default_model", "model"), description="For calls that pass no model=."
+    )
+    max_retries: int = Field(2, ge=0, description="The SDK's own retries (connection errors, 408, 429, 5xx).")
+    unsupported_params: UnsupportedPolicy = Field("drop", description="`reject`: raise for a parameter the provider does not take.")
+    fallback: tuple[ClientConfig, ...] = Field((), description="More configs, tried in order when a call fails.")
 
-class NotOffered(ValueError):
-    """The provider has no such endpoint (embeddings at Groq, moderations at most)."""
+    @classmethod
+    def of(cls, config: ClientConfig | HostedProviderConfig | Mapping[str, Any]) -> ClientConfig:
+        if isinstance(config, ClientConfig):
+            return config
+        if isinstance(config, HostedProviderConfig):  # a validated providers.yaml entry
+            return cls.model_validate({name: getattr(config, name) for name in config.model_fields_set | {"type"}})
+        return cls.model_validate(config)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One provider config, resolved: where to call, with which key, and its preset."""
+    """One config of the client, resolved: where to call, with which key."""
 
-    provider: str
-    preset: ProviderPreset
-    base_url: str
-    api_key: str | None
-    default_model: str | None
-    timeout: float
-    max_retries: int
-    headers: Mapping[str, str]
-    api_version: str | None
-    unsupported_params: UnsupportedPolicy
-    auth: str  # "bearer" or "api-key"
+    config: ClientConfig
+    upstream: ResolvedProvider
+
+    @property
+    def api_key(self) -> str | None:
+        return self.upstream.api_key
 
     def sdk_options(self) -> dict[str, Any]:
         """Keyword arguments for the SDK's client classes (OpenAI / AzureOpenAI and their async twins)."""
-        options: dict[str, Any] = {"timeout": self.timeout, "max_retries": self.max_retries}
-        headers = dict(self.headers)
-        if self.preset.url_style == "azure":
+        upstream = self.upstream
+        options: dict[str, Any] = {"timeout": self.config.timeout, "max_retries": self.config.max_retries}
+        headers = dict(upstream.headers)
+        if upstream.url_style == "azure":
             # An Entra ID token goes as a Bearer token, a key in the api-key header.
-            credential = {"azure_ad_token": self.api_key} if self.auth == "bearer" else {"api_key": self.api_key}
-            return {**options, **credential, "azure_endpoint": self.base_url, "api_version": self.api_version,
+            credential = {"azure_ad_token": upstream.api_key} if upstream.auth == "bearer" else {"api_key": upstream.api_key}
+            return {**options, **credential, "azure_endpoint": upstream.base_url, "api_version": upstream.api_version,
                     "default_headers": headers}  # fmt: skip
         # The SDK insists on a key; a server that needs none ignores the header.
-        return {**options, "base_url": self.base_url, "api_key": self.api_key or "none", "default_headers": headers}
+        return {**options, "base_url": upstream.base_url, "api_key": upstream.api_key or "none", "default_headers": headers}
 
 
-def resolve(config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Target:
-    """A config dict (or a ``providers.yaml`` entry) as a :class:`Target`; raises on what cannot work."""
-    environ = os.environ if environ is None else environ
-    provider = config.get("provider") or config.get("type") or "openai"
-    preset = PRESETS.get(provider)
-    if preset is None:
-        raise ValueError(f"unknown provider {provider!r}; expected one of: {', '.join(PRESETS)}")
-    api_key = config.get("api_key") or (environ.get(preset.api_key_env) if preset.api_key_env else None)
-    if not api_key and preset.requires_api_key:
-        raise MissingAPIKey(f"provider {provider!r} needs an API key: set {preset.api_key_env} or pass api_key")
-    base_url = config.get("base_url") or preset.base_url
-    if not base_url:
-        raise ValueError(f"provider {provider!r} needs base_url")
-    return Target(
-        provider=provider,
-        preset=preset,
-        base_url=str(base_url).rstrip("/"),
-        api_key=api_key or None,
-        default_model=config.get("default_model") or config.get("model"),
-        timeout=float(config.get("timeout", 600.0)),
-        max_retries=int(config.get("max_retries", 2)),
-        headers=dict(config.get("headers", {})),
-        api_version=config.get("api_version") or preset.api_version,
-        unsupported_params=config.get("unsupported_params", "drop"),
-        auth=config.get("auth") or preset.auth,
-    )
+def resolve(config: ClientConfig, environ: Mapping[str, str] | None = None) -> Target:
+    """``config`` over its preset, the key from ``environ`` (default: the process's) when it names none."""
+    upstream = config.resolve(os.environ if environ is None else environ)
+    if upstream.needs_key:
+        raise MissingAPIKey(f"provider {config.type!r} needs an API key: set {upstream.preset.api_key_env} or pass api_key")
+    return Target(config, upstream)
 
 
 class _Targets:
     """What the sync and async clients share: the configs in fallback order, and each request's arguments."""
 
-    def __init__(self, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
-        self.targets = [resolve(config, environ)] + [resolve(extra, environ) for extra in config.get("fallback", ())]
+    def __init__(self, config: ClientConfig | HostedProviderConfig | Mapping[str, Any], environ: Mapping[str, str] | None) -> None:
+        first = ClientConfig.of(config)
+        self.targets = [resolve(first, environ)] + [resolve(extra, environ) for extra in first.fallback]
         self.first = self.targets[0]
 
     def model(self, target: Target, model: str | None) -> str:
         # An explicit model is for the first provider; fallbacks answer with their own default.
-        chosen = model if (model and target is self.first) else target.default_model or model
+        chosen = model if (model and target is self.first) else target.config.default_model or model
         if not chosen:
-            raise ValueError(f"no model: pass model= or set default_model for provider {target.provider!r}")
+            raise ValueError(f"no model: pass model= or set default_model for provider {target.config.type!r}")
         return chosen
 
     def arguments(self, target: Target, endpoint: Endpoint, model: str | None, body: dict[str, Any]) -> dict[str, Any]:
         """``create()`` keyword arguments: the body adapted to the provider, unknown fields via ``extra_body``."""
-        if endpoint not in target.preset.endpoints:
-            raise NotOffered(f"provider {target.provider!r} does not offer /v1/{endpoint.value}")
+        preset = target.upstream.preset
+        if endpoint not in preset.endpoints:
+            raise NotOffered(f"provider {target.config.type!r} does not offer /v1/{endpoint.value}")
         if endpoint is Endpoint.MODERATIONS:  # the provider picks its moderation model when none is named
             return {**body, **({"model": model} if model else {})}
         body = {**body, "model": self.model(target, model)}
         if endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS):
-            body, _ = adapt(body, target.preset.params, target.unsupported_params, target.provider)
+            body, _ = adapt(body, preset.params, target.config.unsupported_params, target.config.type)
         fixed = {key: body.pop(key) for key in ("model", "messages", "prompt", "input", "stream") if key in body}
         return {**fixed, "extra_body": body} if body else fixed
+
+    @property
+    def default_model(self) -> str | None:
+        return self.first.config.default_model
 
 
 def reply_text(completion: ChatCompletion) -> str:
@@ -156,20 +163,33 @@ def count_tokens(text_or_messages: str | Messages, model: str | None = None) -> 
     return count_messages(text_or_messages, model)  # type: ignore[arg-type]
 
 
-def _sdk_client(target: Target, asynchronous: bool) -> Any:
-    if target.preset.url_style == "azure":
-        cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
-    else:
-        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+def _sdk_client(target: Target) -> openai.OpenAI:
+    cls = openai.AzureOpenAI if target.upstream.url_style == "azure" else openai.OpenAI
     return cls(**target.sdk_options())
 
 
-class OpenAICompatibleAPI:
-    """Chat, completions, embeddings, moderations and token counts for any preset, with fallbacks."""
+def _async_sdk_client(target: Target) -> openai.AsyncOpenAI:
+    cls = openai.AsyncAzureOpenAI if target.upstream.url_style == "azure" else openai.AsyncOpenAI
+    return cls(**target.sdk_options())
 
-    def __init__(self, config: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> None:
+
+Config = ClientConfig | HostedProviderConfig | Mapping[str, Any]
+
+
+class OpenAICompatibleAPI:
+    """Chat, completions, embeddings, moderations and token counts for any preset, with fallbacks.
+
+    ``config``: a :class:`ClientConfig`, a hosted ``providers:`` entry, or a mapping validated into a ClientConfig.
+    """
+
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
         self._targets = _Targets(config, environ)
-        self._clients = [_sdk_client(target, asynchronous=False) for target in self._targets.targets]
+        self._clients = [_sdk_client(target) for target in self._targets.targets]
+
+    @overload
+    def chat(self, messages: Messages, model: str | None = None, stream: Literal[False] = False, **params: Any) -> str: ...
+    @overload
+    def chat(self, messages: Messages, model: str | None = None, *, stream: Literal[True], **params: Any) -> Iterator[str]: ...
 
     def chat(self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any) -> str | Iterator[str]:
         """The reply's text; with ``stream=True``, an iterator of its pieces as they arrive."""
@@ -178,7 +198,18 @@ class OpenAICompatibleAPI:
             return (text for chunk in chunks if (text := chunk_text(chunk)))
         return reply_text(self.chat_completion(messages, model, **params))
 
-    def chat_completion(self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any) -> Any:
+    @overload
+    def chat_completion(
+        self, messages: Messages, model: str | None = None, stream: Literal[False] = False, **params: Any
+    ) -> ChatCompletion: ...
+    @overload
+    def chat_completion(
+        self, messages: Messages, model: str | None = None, *, stream: Literal[True], **params: Any
+    ) -> Stream[ChatCompletionChunk]: ...
+
+    def chat_completion(
+        self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]:
         """The SDK's ChatCompletion (or, with ``stream=True``, its Stream of chunks)."""
         body = {"messages": list(messages), **({"stream": True} if stream else {}), **params}
         return self._first_answer(Endpoint.CHAT, model, body, lambda c, kw: c.chat.completions.create(**kw))
@@ -196,7 +227,7 @@ class OpenAICompatibleAPI:
         return list(answer.results)
 
     def count_tokens(self, text_or_messages: str | Messages, model: str | None = None) -> int:
-        return count_tokens(text_or_messages, model or self._targets.first.default_model)
+        return count_tokens(text_or_messages, model or self._targets.default_model)
 
     def validate_credentials(self) -> bool:
         """Whether the first provider accepts the key (one cheap authenticated call); False, not an exception, if not."""
@@ -210,7 +241,7 @@ class OpenAICompatibleAPI:
         return [model.id for model in self._clients[0].models.list()]
 
     def _first_answer(
-        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], call: Callable[[Any, dict[str, Any]], T]
+        self, endpoint: Endpoint, model: str | None, body: dict[str, Any], call: Callable[[openai.OpenAI, dict[str, Any]], T]
     ) -> T:
         error: Exception | None = None
         for target, client in zip(self._targets.targets, self._clients):
@@ -225,9 +256,16 @@ class OpenAICompatibleAPI:
 class AsyncOpenAICompatibleAPI:
     """:class:`OpenAICompatibleAPI` with ``await``; the same configs, arguments and fallbacks."""
 
-    def __init__(self, config: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
         self._targets = _Targets(config, environ)
-        self._clients = [_sdk_client(target, asynchronous=True) for target in self._targets.targets]
+        self._clients = [_async_sdk_client(target) for target in self._targets.targets]
+
+    @overload
+    async def chat(self, messages: Messages, model: str | None = None, stream: Literal[False] = False, **params: Any) -> str: ...
+    @overload
+    async def chat(
+        self, messages: Messages, model: str | None = None, *, stream: Literal[True], **params: Any
+    ) -> AsyncIterator[str]: ...
 
     async def chat(
         self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any
@@ -237,7 +275,18 @@ class AsyncOpenAICompatibleAPI:
             return (text async for chunk in chunks if (text := chunk_text(chunk)))
         return reply_text(await self.chat_completion(messages, model, **params))
 
-    async def chat_completion(self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any) -> Any:
+    @overload
+    async def chat_completion(
+        self, messages: Messages, model: str | None = None, stream: Literal[False] = False, **params: Any
+    ) -> ChatCompletion: ...
+    @overload
+    async def chat_completion(
+        self, messages: Messages, model: str | None = None, *, stream: Literal[True], **params: Any
+    ) -> AsyncStream[ChatCompletionChunk]: ...
+
+    async def chat_completion(
+        self, messages: Messages, model: str | None = None, stream: bool = False, **params: Any
+    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
         body = {"messages": list(messages), **({"stream": True} if stream else {}), **params}
         return await self._first_answer(Endpoint.CHAT, model, body, lambda c, kw: c.chat.completions.create(**kw))
 
@@ -253,7 +302,7 @@ class AsyncOpenAICompatibleAPI:
         return list(answer.results)
 
     def count_tokens(self, text_or_messages: str | Messages, model: str | None = None) -> int:
-        return count_tokens(text_or_messages, model or self._targets.first.default_model)
+        return count_tokens(text_or_messages, model or self._targets.default_model)
 
     async def validate_credentials(self) -> bool:
         try:
@@ -270,7 +319,7 @@ class AsyncOpenAICompatibleAPI:
         endpoint: Endpoint,
         model: str | None,
         body: dict[str, Any],
-        call: Callable[[Any, dict[str, Any]], Awaitable[T]],
+        call: Callable[[openai.AsyncOpenAI, dict[str, Any]], Awaitable[T]],
     ) -> T:
         error: Exception | None = None
         for target, client in zip(self._targets.targets, self._clients):

@@ -9,16 +9,26 @@ a guess from the message text::
     OpenAIError                      (status, type, code, param, message)
     └── ProviderError                an upstream call failed
         ├── UpstreamRejected         upstream 4xx: the request itself is wrong
-        │   ├── ContextWindowExceeded   400 context_length_exceeded    context-window fallbacks
-        │   └── ContentPolicyViolation  400 content_filter / content_policy_violation
-        │                                                            content-policy fallbacks
-        ├── UpstreamAuthFailed       401/403: the provider key is wrong
+        │   ├── ContextWindowExceeded   400 context_length_exceeded           context-window fallbacks
+        │   ├── ContentPolicyViolation  400 content_filter / content_policy_violation   content-policy fallbacks
+        │   └── InvalidLocalRequest     400 a parameter the local engine cannot take as given
+        ├── UpstreamAuthFailed       401/403: the provider key is wrong    fallback
         ├── UpstreamRateLimited      429                 retryable, fallback
         ├── UpstreamServerError      5xx                 retryable, fallback
         ├── UpstreamUnreachable      connect/DNS/reset   retryable, fallback -> 502
         ├── UpstreamTimeout          no answer in time   retryable, fallback -> 504
-        └── UpstreamProtocolError    answer we cannot read           fallback -> 502
-            └── UpstreamRedirected   a 3xx: redirects are never followed  -> 502
+        ├── UpstreamProtocolError    answer we cannot read           fallback -> 502
+        │   └── UpstreamRedirected   a 3xx: redirects are never followed  -> 502
+        ├── StreamInterrupted        a stream broke after it started      -> 502
+        ├── EndpointNotOffered       400 unsupported_endpoint: the provider has no such endpoint
+        ├── UnsupportedParameter     400 unsupported_parameter: the model's unsupported_params is reject
+        ├── ModelNotReady            503 the local model cannot answer now   fallback, never trips the breaker
+        │   ├── ModelLoading         503 model_loading
+        │   └── ModelLoadFailed      503 model_load_failed
+        └── EngineFailed             500 the local engine's step failed on this request   fallback
+    ValueError                       the Python client (client.py), before any call
+    ├── MissingAPIKey                the provider needs a key and none was given
+    └── NotOffered                   the provider has no such endpoint
 
 An upstream's ``Retry-After`` / ``retry-after-ms`` is read into
 ``ProviderError.retry_after`` (seconds, finite, never negative, or None);
@@ -38,6 +48,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+
+from providers.wire import Header
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -214,6 +226,65 @@ class StreamInterrupted(ProviderError):
     code = "stream_interrupted"
 
 
+class UnsupportedParameter(ProviderError):
+    """The request uses a parameter this provider does not take, and the model rejects such requests."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, provider: str) -> None:
+        super().__init__(
+            f"Provider '{provider}' does not support the parameter `{param}` "
+            "(this model's unsupported_params is 'reject'; 'drop' would remove it and say so in a header).",
+            param=param,
+            provider=provider,
+        )
+
+
+class InvalidLocalRequest(UpstreamRejected):
+    """A parameter the local engine cannot take as given."""
+
+
+class ModelNotReady(ProviderError):
+    """The local model cannot answer now: another deployment may.
+
+    Not a verdict on a call (no call was made), so it never trips the
+    deployment's breaker: the client sees why, not "cooling down".
+    """
+
+    status_code = 503
+    error_type = "api_error"
+    fallback_allowed = True
+    trips_breaker = False
+
+
+class ModelLoading(ModelNotReady):
+    code = "model_loading"
+
+
+class ModelLoadFailed(ModelNotReady):
+    """Every load attempt failed; the message says why."""
+
+    code = "model_load_failed"
+
+
+class EngineFailed(ProviderError):
+    """The engine's step failed while running this request (a bug, an out-of-memory); the engine serves on."""
+
+    status_code = 500
+    error_type = "api_error"
+    fallback_allowed = True
+
+
+class MissingAPIKey(ValueError):
+    """The Python client: the provider needs a key and none was given; the message names the variable to set."""
+
+
+class NotOffered(ValueError):
+    """The Python client: the provider has no such endpoint (embeddings at Groq, moderations at most)."""
+
+
 def error_from_response(
     status: int,
     body: bytes,
@@ -322,7 +393,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     millis = _seconds(headers.get("retry-after-ms"))
     if millis is not None:
         return millis / 1000
-    value = headers.get("retry-after")
+    value = headers.get(Header.RETRY_AFTER)
     if not value:
         return None
     seconds = _seconds(value)

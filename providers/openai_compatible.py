@@ -18,7 +18,7 @@ would come back as someone else's 200. A 3xx is ``UpstreamRedirected``.
 
 Nothing here masks keys: what an upstream echoes (in an error's fields, a
 stream event, a 200 body) is masked on its way out of the gateway, in one
-place (``gateway/redaction.py``), and in log lines by the log formatter.
+place (``gateway/http/middleware/redaction.py``), and in log lines by the log formatter.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from providers.wire import Endpoint
 from providers.base import UpstreamRequest, UpstreamResponse
-from providers.config import ProviderConfig
+from providers.config import HostedProviderConfig
 from providers.errors import (
     EndpointNotOffered,
     ProviderError,
@@ -47,10 +46,10 @@ from providers.errors import (
     UpstreamUnreachable,
     error_from_response,
 )
-from providers.params import DROPPED_HEADER, adapt
+from providers.params import adapt, dropped_header
 from providers.sse import DONE, SSEDecoder
 from providers.usage import answer_texts, count_usage, reported_usage
-from providers.wire import Usage, usage_requested
+from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +62,18 @@ _MAPPED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 
 
 class OpenAICompatibleProvider:
-    def __init__(self, name: str, config: ProviderConfig) -> None:
+    def __init__(self, name: str, config: HostedProviderConfig) -> None:
         self.name = name
-        preset = config.preset
-        base_url = config.resolved_base_url
-        assert base_url is not None  # ProviderConfig guarantees it
-        self._base_url = base_url
-        self._preset = preset
-        self._api_version = config.api_version or preset.api_version
-        self._urls = {endpoint: URL(f"{base_url}/{endpoint.value}") for endpoint in Endpoint}
-        api_key = config.api_key.get_secret_value() if config.api_key else None
-        self._headers = {"content-type": "application/json", **config.headers}
-        if api_key:
-            if (config.auth or preset.auth) == "api-key":
-                self._headers["api-key"] = api_key
-            else:
-                self._headers["authorization"] = f"Bearer {api_key}"
+        upstream = config.resolve()
+        self._upstream = upstream
+        self._preset = upstream.preset
+        self._urls = {endpoint: URL(f"{upstream.base_url}/{endpoint.value}") for endpoint in Endpoint}
+        self._headers = {"content-type": "application/json", **upstream.headers, **upstream.auth_headers()}
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         # A stream's reads are not timed here: a per-read timer is re-armed on
         # every chunk (about 9% of a stream's CPU), and the gateway watches
-        # streams with one timer each (gateway/stream_guard.py).
+        # streams with one timer each (gateway/routing/stream_guard.py).
         self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=None)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -144,16 +134,15 @@ class OpenAICompatibleProvider:
         headers: dict[str, str] = {}
         if self._preset.params and endpoint in _MAPPED_ENDPOINTS:
             payload, dropped = adapt(payload, self._preset.params, request.unsupported_params, self.name)
-            if dropped:
-                headers = {DROPPED_HEADER: ",".join(dropped)}
-        if self._preset.url_style == "azure":
+            headers = dropped_header(dropped)
+        if self._upstream.url_style == "azure":
             return self._azure_url(endpoint, str(payload.get("model", ""))), payload, headers
         return self._urls[endpoint], payload, headers
 
     def _azure_url(self, endpoint: Endpoint, deployment: str) -> URL:
         # Azure names the deployment in the path; the body's model is not used to route.
-        path = f"{self._base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
-        return URL(path).with_query({"api-version": self._api_version or ""})
+        path = f"{self._upstream.base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
+        return URL(path).with_query({"api-version": self._upstream.api_version or ""})
 
     state = "ready"  # an HTTP upstream's health is the router's to learn, from its answers
 
@@ -214,6 +203,8 @@ class EventStream:
     @property
     def usage_reported(self) -> bool:
         return self._reported is not None
+
+    timings: tuple[RequestTimings, ...] = ()  # an HTTP upstream's own timings are not ours to know
 
     def usage_chunk(self) -> bytes | None:
         """A final chunk carrying the estimated usage, in the stream's own shape; None if the upstream sent one."""

@@ -10,8 +10,9 @@ The others follow one rule each::
 
 An unsupported parameter is dropped or rejected as the model's
 ``unsupported_params`` says: dropped ones are named in the response header
-``x-switchyard-dropped-params``; a rejected one is a 400 naming the
-parameter and the provider.
+``x-switchyard-dropped-params`` (``Header.DROPPED_PARAMS``, by
+:func:`dropped_header`); a rejected one is an ``UnsupportedParameter``, a
+400 naming the parameter and the provider.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import UnsupportedPolicy
-from providers.errors import ProviderError
-
-DROPPED_HEADER = "x-switchyard-dropped-params"
+from providers.errors import UnsupportedParameter
+from providers.wire import Header
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +40,9 @@ class Unsupported:
 Rule = Translate | Unsupported
 
 
-class UnsupportedParameter(ProviderError):
-    """The request uses a parameter this provider does not take, and the model rejects such requests."""
-
-    status_code = 400
-    error_type = "invalid_request_error"
-    code = "unsupported_parameter"
-
-    def __init__(self, param: str, provider: str) -> None:
-        super().__init__(
-            f"Provider '{provider}' does not support the parameter `{param}` "
-            "(this model's unsupported_params is 'reject'; 'drop' would remove it and say so in a header).",
-            param=param,
-            provider=provider,
-        )
+def dropped_header(dropped: list[str]) -> dict[str, str]:
+    """The response header that names the parameters dropped from a request; none when none were."""
+    return {Header.DROPPED_PARAMS: ",".join(dropped)} if dropped else {}
 
 
 def adapt(

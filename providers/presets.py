@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from providers.wire import Endpoint
 from providers.params import Rule, Translate, Unsupported
+from providers.wire import Endpoint
 
 CHAT_ONLY = frozenset({Endpoint.CHAT})
 
@@ -33,8 +33,12 @@ class ProviderPreset:
     endpoints: frozenset[Endpoint] = frozenset(Endpoint)
     # Rules for chat and completions parameters; a parameter not listed is forwarded.
     params: Mapping[str, Rule] = field(default_factory=dict)
-    # The bundled engine in this process instead of an HTTP upstream (providers/local.py).
+    # The bundled engine in this process instead of an HTTP upstream (providers/local/).
     local: bool = False
+
+    def key_from(self, environ: Mapping[str, str]) -> str | None:
+        """The key in the preset's environment variable, when it has one and it is set (empty is not set)."""
+        return (environ.get(self.api_key_env) or None) if self.api_key_env else None
 
 
 CHAT_AND_COMPLETIONS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
@@ -125,7 +129,8 @@ PRESETS: dict[str, ProviderPreset] = {
         endpoints=OPENAI_ENDPOINTS,
     ),
     "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False),
-    # The local engine: chat and completions for a causal LM, embeddings for a sentence encoder.
+    # The local engine: chat and completions for a causal LM, embeddings for a sentence encoder
+    # (each local provider offers the ones its model's kind can serve: providers/local/).
     "local": ProviderPreset(
         base_url=None,
         api_key_env=None,

@@ -3,7 +3,7 @@
 Two maskings of the same secrets: ``redact`` for log lines (text, the
 mask is ``[redacted]``), and :class:`SecretMask` for bytes on the wire,
 where every mask is exactly as long as what it hides, so a response's
-``Content-Length`` stays true whatever is masked (``gateway/redaction.py``
+``Content-Length`` stays true whatever is masked (``gateway/http/middleware/redaction.py``
 applies it to every response).
 
 A key is found in the forms it takes in a response: as it is, and as it

@@ -5,22 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from providers.base import Provider
-from providers.config import ProviderConfig
+from providers.config import HostedProviderConfig, ProviderConfig
 from providers.openai_compatible import OpenAICompatibleProvider
 
 
 def build_provider(name: str, config: ProviderConfig) -> Provider:
     """The adapter for one configured provider.
 
-    Every hosted preset speaks OpenAI's protocol; the local engine is
-    chosen by data on its preset. The engine is imported only when a local
+    Every hosted preset speaks OpenAI's protocol; ``type: local`` runs the
+    engine in this process. The engine is imported only when a local
     provider is configured: torch takes seconds to import.
     """
-    if config.preset.local:
-        from providers.local.provider import LocalProvider
+    if isinstance(config, HostedProviderConfig):
+        return OpenAICompatibleProvider(name, config)
+    from providers.local import build_local_provider
 
-        return LocalProvider(name, config)
-    return OpenAICompatibleProvider(name, config)
+    return build_local_provider(name, config)
 
 
 def build_providers(configs: Mapping[str, ProviderConfig]) -> dict[str, Provider]:

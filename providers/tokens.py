@@ -32,8 +32,8 @@ from typing import Any
 
 import tiktoken
 
-from providers.wire import PROMPT_FIELDS, Endpoint
 from providers.counting_pool import count_off_loop, counting_work
+from providers.wire import PROMPT_FIELDS, Endpoint
 
 logger = logging.getLogger(__name__)
 

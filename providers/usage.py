@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.wire import PROMPT_FIELDS, Endpoint, Usage
-from providers.counting_pool import INLINE_COUNT_WORK, backlog_full, count_off_loop, counting_work
+from providers.counting_pool import (
+    INLINE_COUNT_WORK,
+    backlog_full,
+    count_off_loop,
+    counting_work,
+)
 from providers.tokens import count_messages, count_text, prompt_sizes, tokens_at_most
+from providers.wire import PROMPT_FIELDS, Endpoint, Usage
 
 
 def reported_usage(answer: Any) -> Usage | None:

@@ -49,6 +49,18 @@ class Usage:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RequestTimings:
+    """How long one request took inside an inference engine in this process (as vLLM's ``RequestOutput.metrics``).
+
+    Reported beside ``Usage`` by the local provider, one per engine request
+    (a batch of prompts is one engine request each); hosted providers report none.
+    """
+
+    first_token_seconds: float  # from the request's arrival at the engine to its first token
+    between_tokens_seconds: float | None  # the mean time between later tokens; None for a single token
+
+
 def usage_requested(payload: dict[str, Any]) -> bool:
     """Whether a stream request asks for a usage chunk (``stream_options.include_usage``)."""
     options = payload.get("stream_options")

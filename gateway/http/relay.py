@@ -16,23 +16,24 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from providers import Endpoint, OpenAIError
-from providers.wire import usage_requested
-
-from gateway.keys.accounting import Accounting, Outcome
-from gateway.routing.deadline import request_timeout
 from gateway.errors import InternalError, MethodNotAllowed, RequestTooLarge
 from gateway.http.responses import send_error, send_json
-from gateway.routing.router import Routed, Router
 from gateway.http.streaming import relay_event_stream
 from gateway.http.validation import BodyLimits, parse_body
+from gateway.keys.accounting import Accounting, Outcome
+from gateway.keys.keyring import api_key_of
+from gateway.routing.deadline import request_timeout
+from gateway.routing.router import Routed, Router
+from providers import Endpoint, OpenAIError
+from providers.wire import Header, usage_requested
 
 logger = logging.getLogger(__name__)
 
 RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 # On an answer whose token usage the gateway counted because the upstream reported none.
-ESTIMATED_HEADER = (b"x-switchyard-usage-estimated", b"true")
+ESTIMATED_HEADER = (Header.USAGE_ESTIMATED.encode(), b"true")
+_PROCESS_TIME, _PROVIDER, _MODEL = (name.encode() for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL))
 # Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -58,7 +59,7 @@ class GatewayApp:
     async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
         started = time.perf_counter()
         state = scope["state"]
-        outcome = Outcome(state["request_id"], state.get("api_key"))
+        outcome = Outcome(state["request_id"], api_key_of(scope))
         try:
             await self._answer(scope, receive, send, endpoint, started, outcome)
         except asyncio.CancelledError:
@@ -112,7 +113,7 @@ class GatewayApp:
 
 def _process_time(seconds: float) -> tuple[bytes, bytes]:
     """x-process-time: the gateway's time to the answer (to the first event, for a stream), in seconds."""
-    return (b"x-process-time", f"{seconds:.4f}".encode())
+    return (_PROCESS_TIME, f"{seconds:.4f}".encode())
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -153,8 +154,8 @@ def routed_headers(routed: Routed[Any]) -> list[tuple[bytes, bytes]]:
     """Which deployment answered, and how many calls and which models it took."""
     deployment = routed.deployment
     return [
-        (b"x-switchyard-provider", deployment.provider_name.encode()),
-        (b"x-switchyard-model", deployment.model.encode()),
+        (_PROVIDER, deployment.provider_name.encode()),
+        (_MODEL, deployment.model.encode()),
         *((name.encode(), value.encode()) for name, value in routed.trace.headers().items()),
         *((name.encode(), value.encode()) for name, value in routed.answer.headers.items()),
     ]

@@ -1,7 +1,16 @@
-"""Writing a whole JSON response on a plain ASGI ``send``: answers and OpenAI-shaped errors."""
+"""Every whole JSON response the gateway writes: answers and OpenAI-shaped errors.
+
+``send_json``/``send_error`` write on a plain ASGI ``send`` (the relay and
+the middleware); ``json_response``/``error_response`` are the same bodies
+as Starlette responses, for the FastAPI routes.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+from starlette.responses import Response
 from starlette.types import Send
 
 from providers import OpenAIError
@@ -19,3 +28,11 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
     start = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
+
+
+def error_response(error: OpenAIError) -> Response:
+    return Response(error.to_json(), status_code=error.status_code, headers=error.headers, media_type="application/json")

@@ -48,11 +48,10 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from providers import OpenAIError
-
 from gateway.config import ServerConfig
 from gateway.errors import RequestTimeout, TooManyConnections
 from gateway.http.responses import send_error
+from providers import OpenAIError
 
 logger = logging.getLogger(__name__)
 

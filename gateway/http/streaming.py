@@ -13,10 +13,9 @@ import logging
 
 from starlette.types import Send
 
+from gateway.errors import InternalError
 from providers import OpenAIError, UpstreamStream
 from providers.sse import DONE_EVENT, encode_event
-
-from gateway.errors import InternalError
 
 logger = logging.getLogger(__name__)
 

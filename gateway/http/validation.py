@@ -22,10 +22,9 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from providers import Endpoint
-
 from gateway.config import ServerConfig
 from gateway.errors import InvalidRequest
+from providers import Endpoint
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 TokenIds = list[int]

@@ -13,20 +13,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from providers import Endpoint
-from providers.wire import Usage
-
-from gateway.keys.keyring import ApiKey, BudgetExhausted, ModelNotAllowed, RateLimitReached
-from gateway.ledger import LedgerWriter, UsageRecord
-from gateway.telemetry.metrics import GatewayMetrics
+from gateway.errors import BudgetExhausted, RateLimitReached
+from gateway.keys.keyring import ApiKey
 from gateway.keys.limits import KeyLimits
+from gateway.ledger import LedgerWriter, UsageRecord
 from gateway.routing.router import Routed, Trace
+from gateway.telemetry.metrics import GatewayMetrics
+from providers import Endpoint, UpstreamResponse, UpstreamStream
+from providers.wire import RequestTimings, Usage
 
 
 class Outcome:
     """What one request came to, filled in as it goes."""
 
-    __slots__ = ("deployment", "key", "model", "provider", "request_id", "status", "stream", "trace", "usage")
+    __slots__ = ("answer", "deployment", "key", "model", "provider", "request_id", "status", "stream", "trace", "usage")
 
     def __init__(self, request_id: str, key: ApiKey | None) -> None:
         self.request_id = request_id
@@ -38,11 +38,18 @@ class Outcome:
         self.stream = False
         self.trace = Trace()  # filled in by the router, answered or not
         self.usage: Usage | None = None
+        self.answer: UpstreamResponse | UpstreamStream | None = None  # its timings are read once it finished
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.provider = routed.deployment.provider_name
         self.deployment = routed.deployment.model
         self.status = status
+        self.answer = routed.answer
+
+    @property
+    def timings(self) -> tuple[RequestTimings, ...]:
+        """An engine in this process: how long it took (beside ``usage``); () for an HTTP upstream."""
+        return () if self.answer is None else self.answer.timings
 
 
 class Accounting:
@@ -53,8 +60,7 @@ class Accounting:
 
     async def admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
-        if not key.may_use(model):
-            raise ModelNotAllowed(key.name, model)
+        key.require(model)
         if not key.limits.limited:
             return []
         admission = await self._limits.admit(key.limits)
@@ -92,6 +98,7 @@ class Accounting:
             estimated = "true" if usage.estimated else "false"
             metrics.tokens.labels(model, "prompt", estimated).inc(usage.prompt_tokens)
             metrics.tokens.labels(model, "completion", estimated).inc(usage.completion_tokens)
+        metrics.observe_engine_timings(outcome.provider, outcome.timings)
 
 
 def _record(endpoint: Endpoint, outcome: Outcome, elapsed: float) -> UsageRecord:

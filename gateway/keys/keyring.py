@@ -12,80 +12,27 @@ model without limits and are the only keys that read ``/v1/usage``.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import ADMIN_KEY_NAME, ServerConfig
-from gateway.errors import GatewayError
-from gateway.keys.limits import Admission, KeyLimitsConfig, format_duration
+from gateway.errors import InvalidApiKey, ModelNotAllowed
 from gateway.http.responses import send_error
+from gateway.keys.limits import KeyLimitsConfig
+
+# Where ApiKeyMiddleware leaves the identified key: scope["state"][SCOPE_KEY].
+SCOPE_KEY = "api_key"
 
 
-class InvalidApiKey(GatewayError):
-    status_code = 401
-    error_type = "invalid_request_error"
-    code = "invalid_api_key"
-
-    def __init__(self, presented: bool) -> None:
-        message = (
-            "Incorrect API key provided."
-            if presented
-            else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` header)."
-        )
-        super().__init__(message)
 
 
-class ModelNotAllowed(GatewayError):
-    status_code = 403
-    error_type = "permission_error"
-    code = "model_not_allowed"
-
-    def __init__(self, key: str, model: str) -> None:
-        super().__init__(f"The API key '{key}' may not use the model `{model}`.", param="model")
 
 
-class RateLimitReached(GatewayError):
-    status_code = 429
-    error_type = "requests"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, key: KeyLimitsConfig, admission: Admission) -> None:
-        limit = f"{key.rpm} requests" if admission.refused_by == "requests" else f"{key.tpm} tokens"
-        self.error_type = admission.refused_by or "requests"  # OpenAI's type names the limit: requests or tokens
-        super().__init__(
-            f"Rate limit reached for API key '{key.name}': {limit} per minute. "
-            f"Try again in {format_duration(admission.retry_after)}.",
-            headers={**admission.headers(), "retry-after": str(max(1, math.ceil(admission.retry_after)))},
-        )
 
 
-class BudgetExhausted(GatewayError):
-    status_code = 429
-    error_type = "insufficient_quota"
-    code = "insufficient_quota"
 
-    def __init__(self, key: KeyLimitsConfig) -> None:
-        super().__init__(
-            f"The API key '{key.name}' has used its budget of {key.budget_tokens} tokens.",
-            # Retrying cannot help: the official SDKs read this and stop.
-            headers={"x-should-retry": "false", "x-switchyard-budget-remaining-tokens": "0"},
-        )
-
-
-class AdminKeyRequired(GatewayError):
-    status_code = 403
-    error_type = "permission_error"
-    code = "admin_key_required"
-
-    def __init__(self, configured: bool) -> None:
-        super().__init__(
-            "This endpoint needs one of the gateway's admin keys."
-            if configured
-            else "This endpoint needs an admin key, and none is configured: set `server.admin_keys`."
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +48,16 @@ class ApiKey:
             return True
         provider, slash, _ = model.partition("/")
         return bool(slash) and f"{provider}/*" in self.models
+
+    def require(self, model: str) -> None:
+        """Raise ModelNotAllowed (403) unless this key may use ``model``."""
+        if not self.may_use(model):
+            raise ModelNotAllowed(self.name, model)
+
+
+def api_key_of(scope: Scope) -> ApiKey | None:
+    """The key ApiKeyMiddleware identified for this request; None on an open gateway."""
+    return scope.get("state", {}).get(SCOPE_KEY)
 
 
 class KeyRing:
@@ -147,7 +104,7 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Records the key of every ``/v1/`` request as ``scope["state"]["api_key"]``.
+    """Records the key of every ``/v1/`` request in the scope (read it with ``api_key_of``).
 
     Unless the gateway is open, a request without a known key ends here with
     a 401. Health checks and the API description stay open: probes and
@@ -161,7 +118,7 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             try:
-                scope.setdefault("state", {})["api_key"] = self._keys.identify(scope["headers"])
+                scope.setdefault("state", {})[SCOPE_KEY] = self._keys.identify(scope["headers"])
             except InvalidApiKey as error:
                 await send_error(send, error)
                 return

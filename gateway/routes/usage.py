@@ -13,20 +13,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from gateway.keys.keyring import AdminKeyRequired, InvalidApiKey, presented_key
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import (
+    AdminKeyRequired,
+    InvalidApiKey,
+    InvalidRequest,
+    LedgerDisabled,
+)
+from gateway.http.responses import json_response
+from gateway.keys.keyring import api_key_of, presented_key
 from gateway.ledger import LedgerWriter, UsageQuery
 from gateway.ledger.records import GROUPABLE, SUM_NAMES
-from gateway.routes.models import json_response
-
-
-class LedgerDisabled(GatewayError):
-    status_code = 404
-    error_type = "invalid_request_error"
-    code = "usage_ledger_disabled"
-
-    def __init__(self) -> None:
-        super().__init__("The usage ledger is turned off on this gateway (`server.usage_ledger: false`).")
 
 
 def usage_routes(ledger: LedgerWriter | None, admin_keys_configured: bool) -> APIRouter:
@@ -42,7 +38,7 @@ def usage_routes(ledger: LedgerWriter | None, admin_keys_configured: bool) -> AP
         group_by: Annotated[str, Query(description="Comma-separated: " + ", ".join(GROUPABLE))] = "api_key,model",
     ) -> Response:
         """Requests and tokens summed per group; admin keys only."""
-        key = request.scope.get("state", {}).get("api_key")
+        key = api_key_of(request.scope)
         if key is None and admin_keys_configured:
             raise InvalidApiKey(presented_key(request.scope["headers"]) is not None)
         if key is None or not key.admin:

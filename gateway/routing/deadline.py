@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from types import TracebackType
 from collections.abc import Callable, Iterable
+from types import TracebackType
 
 from gateway.errors import DeadlineExceeded, InvalidRequest
+from providers.wire import Header
 
-TIMEOUT_HEADER = "x-switchyard-timeout"
+TIMEOUT_HEADER = Header.TIMEOUT
 _TIMEOUT_HEADER_BYTES = TIMEOUT_HEADER.encode()
 
 

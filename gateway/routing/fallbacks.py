@@ -21,10 +21,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from providers.errors import ContentPolicyViolation, ContextWindowExceeded, OpenAIError
-
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequest
+from providers.errors import ContentPolicyViolation, ContextWindowExceeded, OpenAIError
+
+# Body fields for the gateway itself: read here, never sent upstream.
+ROUTING_FIELDS = frozenset({"fallbacks", "disable_fallbacks", "stream_resume"})
+
+
+def without_routing_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as the upstream should see it (a copy only when it has routing fields)."""
+    if ROUTING_FIELDS.isdisjoint(payload):
+        return payload
+    return {name: value for name, value in payload.items() if name not in ROUTING_FIELDS}
+
 
 @dataclass(frozen=True, slots=True)
 class FallbackPlan:
@@ -43,15 +53,15 @@ class FallbackPolicy:
         self._default = tuple(config.default_fallbacks)
 
     def plan(self, model: str, payload: dict[str, Any]) -> FallbackPlan:
-        """The plan for a request to ``model``; reads (and removes) the body's fallback fields."""
-        if payload.pop("stream_resume", None):
+        """The plan for a request to ``model`` from the body's routing fields (the body is not changed)."""
+        if payload.get("stream_resume"):
             raise InvalidRequest(
                 "`stream_resume` (continuing a broken stream on another deployment) is not supported yet.",
                 param="stream_resume",
                 code="unsupported_parameter",
             )
-        requested = payload.pop("fallbacks", None)
-        disabled = payload.pop("disable_fallbacks", False)
+        requested = payload.get("fallbacks")
+        disabled = payload.get("disable_fallbacks", False)
         if not isinstance(disabled, bool):
             raise InvalidRequest("`disable_fallbacks` must be a boolean.", param="disable_fallbacks")
         if disabled or requested == []:

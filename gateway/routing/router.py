@@ -5,7 +5,7 @@ A model is addressed by its public name from ``models:``, or directly as
 
     for each model: the requested one, then its fallback chain
         for each of its deployments, in the balancer's order, skipping those cooling down
-            call it, retrying what is retryable (tenacity: backoff with jitter, Retry-After)
+            call it, retrying what is retryable (backoff with full jitter, or the upstream's Retry-After)
             answered -> done
             error    -> next deployment if the error allows a fallback, else stop
         the model failed -> next model: the general chain, or the context-window /
@@ -28,9 +28,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from tenacity import RetryCallState, wait_random_exponential
-
-from providers import Endpoint, LoadsModel, Provider, ProviderError, UpstreamRequest, UpstreamResponse, UpstreamStream
+from gateway.config import GatewayConfig
+from gateway.errors import DeadlineExceeded, NoDeploymentAvailable
+from gateway.routing.balancer import DeploymentState, order
+from gateway.routing.deadline import Deadline, DeadlineGuard
+from gateway.routing.deployment import Deployment
+from gateway.routing.fallbacks import FallbackPolicy, without_routing_fields
+from gateway.routing.stream_guard import GuardedStream
+from gateway.routing.table import ModelTable
+from providers import (
+    Endpoint,
+    Provider,
+    ProviderError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamStream,
+)
 from providers.errors import (
     ContextWindowExceeded,
     EndpointNotOffered,
@@ -38,24 +51,12 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-
-from gateway.routing.balancer import DeploymentState, order
-from gateway.config import GatewayConfig
-from gateway.routing.breaker import CircuitBreaker
-from gateway.routing.deadline import Deadline, DeadlineGuard
-from gateway.routing.deployment import Deployment
-from gateway.errors import DeadlineExceeded, ModelNotFound, NoDeploymentAvailable
-from gateway.routing.fallbacks import FallbackPolicy
 from providers.tokens import tokens_needed
-from providers.wire import PROMPT_FIELDS
-from gateway.routing.stream_guard import GuardedStream
+from providers.wire import PROMPT_FIELDS, Header
 
 T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-# ``provider/model`` names whose deployment state is kept (oldest dropped first).
-MAX_DIRECT_MODELS = 1024
 
 
 @dataclass(slots=True)
@@ -66,7 +67,7 @@ class Trace:
     models: list[str] = field(default_factory=list)  # models tried, in order
 
     def headers(self) -> dict[str, str]:
-        return {"x-switchyard-attempts": str(self.attempts), "x-switchyard-fallback-chain": ",".join(self.models)}
+        return {Header.ATTEMPTS: str(self.attempts), Header.FALLBACK_CHAIN: ",".join(self.models)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class Routed(Generic[T]):
 
 
 class Router:
+    """The resilience loops over the model table: fallbacks, deployments in the balancer's order, retries."""
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -89,58 +92,11 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self._config = config.router
-        self._providers = dict(providers)
+        self.table = ModelTable(config, providers, clock)
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._fallbacks = FallbackPolicy(config)
-        retries = config.router.retries
-        # Full jitter: a random wait below min(backoff_max, backoff_initial * 2 ** (attempt - 1)).
-        self._backoff = wait_random_exponential(multiplier=retries.backoff_initial, max=retries.backoff_max)
-        self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
-        self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
-        self._unsupported = {name: m.unsupported_params for name, m in config.models.items()}
-        self._routes = {
-            name: tuple(
-                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
-                for d in model.deployments
-            )
-            for name, model in config.models.items()
-        }
-        # Deployments reached as ``provider/model``, made on first use.
-        self._direct: dict[str, tuple[DeploymentState, ...]] = {}
-
-    @property
-    def model_names(self) -> list[str]:
-        return list(self._routes)
-
-    def local_providers(self) -> list[Any]:
-        """The providers that run the local engine (they have ``engine_stats``)."""
-        return [provider for provider in self._providers.values() if hasattr(provider, "engine_stats")]
-
-    def models_loading_here(self) -> list[LoadsModel]:
-        """The providers whose model loads in this process, in config order (readiness waits for them)."""
-        return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
-
-    def context_window(self, model: str) -> int | None:
-        """The ``context_window`` configured for a public model, if any."""
-        return self._context_windows.get(model)
-
-    @property
-    def provider_names(self) -> list[str]:
-        return list(self._providers)
-
-    def is_public(self, model: str) -> bool:
-        """True for a name under ``models:``, False for ``provider/model`` and unknown names."""
-        return model in self._routes
-
-    def deployments_for(self, model: str) -> tuple[Deployment, ...]:
-        """The deployments serving ``model``."""
-        return tuple(state.deployment for state in self._states_for(model))
-
-    def deployment_states(self) -> dict[str, tuple[DeploymentState, ...]]:
-        """Every model's deployments with their breaker and counters (for /health/ready)."""
-        return {**self._routes, **self._direct}
 
     @property
     def default_timeout(self) -> float:
@@ -167,7 +123,7 @@ class Router:
         def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
             return state.deployment.provider.send(request)
 
-        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace()))
 
     def open_stream(
         self,
@@ -192,31 +148,24 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return self._route(endpoint, payload, request_id, deadline, call, trace or Trace())
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace()))
 
-    async def _route(
-        self,
-        endpoint: Endpoint,
-        payload: dict[str, Any],
-        request_id: str | None,
-        deadline: Deadline,
-        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
-        trace: Trace,
-    ) -> Routed[T]:
-        requested = payload["model"]
-        self._states_for(requested)  # an unknown model is a 404 before anything else
-        plan = self._fallbacks.plan(requested, payload)
+    async def _route(self, job: _Job[T]) -> Routed[T]:
+        requested = job.payload["model"]
+        self.table.states_for(requested)  # an unknown model is a 404 before anything else
+        plan = self._fallbacks.plan(requested, job.payload)
         queue = [requested, *plan.general]
         # Counted once, and only for a model with a context_window; a long prompt off the event loop.
-        needed = _Memo(lambda: asyncio.ensure_future(tokens_needed(endpoint, payload)))
+        needed = _Memo(lambda: asyncio.ensure_future(tokens_needed(job.endpoint, job.payload)))
+        trace = job.trace
         try:
-            with DeadlineGuard(deadline):
+            with DeadlineGuard(job.deadline):
                 while True:
                     model = queue.pop(0)
                     trace.models.append(model)
                     try:
-                        await self._check_context_window(model, endpoint, needed)
-                        return await self._answer_from_model(model, endpoint, payload, request_id, deadline, call, trace)
+                        await self._check_context_window(model, job.endpoint, needed)
+                        return await self._answer_from_model(model, job)
                     except (ProviderError, NoDeploymentAvailable) as error:
                         switched = self._fallbacks.after(error, model, plan)
                         if switched is not None:
@@ -238,67 +187,52 @@ class Router:
         if not isinstance(error, ProviderError) or error.retry_after is None:
             return {}
         cap = self._config.retries.retry_after_max
-        return {"retry-after": str(min(math.ceil(error.retry_after), math.floor(cap)))}
+        return {Header.RETRY_AFTER: str(min(math.ceil(error.retry_after), math.floor(cap)))}
 
     async def _check_context_window(self, model: str, endpoint: Endpoint, needed: _Memo[asyncio.Future[int]]) -> None:
         """Raise ContextWindowExceeded, before any call, when the request clearly does not fit ``model``."""
-        window = self._context_windows.get(model)
+        window = self.table.context_window(model)
         if window is not None and (tokens := await needed()) > window:
             raise ContextWindowExceeded(
                 f"This request needs about {tokens} tokens (prompt and max_tokens); `{model}` takes {window}.",
                 param=PROMPT_FIELDS[endpoint],
             )
 
-    async def _answer_from_model(
-        self,
-        model: str,
-        endpoint: Endpoint,
-        payload: dict[str, Any],
-        request_id: str | None,
-        deadline: Deadline,
-        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
-        trace: Trace,
-    ) -> Routed[T]:
-        states = [state for state in self._states_for(model) if state.deployment.provider.offers(endpoint)]
+    async def _answer_from_model(self, model: str, job: _Job[T]) -> Routed[T]:
+        states = [state for state in self.table.states_for(model) if state.deployment.provider.offers(job.endpoint)]
         if not states:
-            deployment = self._states_for(model)[0].deployment
-            raise EndpointNotOffered(endpoint.value, deployment.provider_name)
+            deployment = self.table.states_for(model)[0].deployment
+            raise EndpointNotOffered(job.endpoint.value, deployment.provider_name)
+        payload = without_routing_fields(job.payload)
         last_error: ProviderError | None = None
-        for state in order(states, self._strategies.get(model, self._config.routing), self._rng):
+        for state in order(states, self.table.strategy(model), self._rng):
             if not state.breaker.try_acquire():
                 continue
             request = UpstreamRequest(
-                endpoint, {**payload, "model": state.deployment.model}, request_id, self._unsupported.get(model, "drop")
-            )
+                job.endpoint, {**payload, "model": state.deployment.model}, job.request_id,
+                self.table.unsupported_params(model),
+            )  # fmt: skip
             try:
-                answer = await self._with_retries(state, request, call, deadline, trace)
+                answer = await self._with_retries(state, request, job)
             except ProviderError as error:
                 if not error.fallback_allowed:
                     raise
                 last_error = error
                 continue
-            return Routed(state.deployment, answer, trace)
+            return Routed(state.deployment, answer, job.trace)
         if last_error is not None:
             raise last_error
         raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))
 
-    async def _with_retries(
-        self,
-        state: DeploymentState,
-        request: UpstreamRequest,
-        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]],
-        deadline: Deadline,
-        trace: Trace,
-    ) -> T:
+    async def _with_retries(self, state: DeploymentState, request: UpstreamRequest, job: _Job[T]) -> T:
         """Call one deployment until it answers, fails for good, or retrying would outlast the deadline.
 
-        The loop is written out rather than run by tenacity's AsyncRetrying:
-        that machinery cost about 35 µs per request even when the first call
-        answers (a sixth of the gateway's CPU per request); tenacity still
-        computes the backoff. The call is awaited here, not in a helper, to
-        keep the await chain short (see ``send``).
+        The loop is written out, not run by tenacity's AsyncRetrying: that
+        machinery cost about 35 µs per request even when the first call
+        answers (a sixth of the gateway's CPU per request). The call is
+        awaited here, not in a helper, to keep the await chain short (see ``send``).
         """
-        attempts = self._config.retries.attempts
+        attempts, deadline, trace = self._config.retries.attempts, job.deadline, job.trace
         for attempt in range(1, attempts + 1):
             if deadline.remaining() <= 0:
                 state.breaker.release()
@@ -307,7 +241,7 @@ class Router:
             started = self._clock()
             state.in_flight += 1
             try:
-                answer = await call(state, request)
+                answer = await job.call(state, request)
             except ProviderError as error:
                 if isinstance(error, UpstreamTimeout) and deadline.remaining() <= 0:
                     state.breaker.release()  # the request ran out of time: no verdict on the deployment
@@ -340,9 +274,9 @@ class Router:
         """Seconds before retry number ``attempt``: the upstream's Retry-After (capped) if it sent one, else backoff."""
         if error.retry_after is not None:
             return min(error.retry_after, self._config.retries.retry_after_max)
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(self._backoff(state))
+        retries = self._config.retries
+        # Full jitter (AWS's "exponential backoff and jitter"): spreads the retries of many clients out.
+        return self._rng.uniform(0, min(retries.backoff_max, retries.backoff_initial * 2 ** (attempt - 1)))
 
     def _record_success(self, state: DeploymentState) -> None:
         state.successes += 1
@@ -353,22 +287,17 @@ class Router:
         state.last_error = f"{error.status_code} {error.message}"
         state.breaker.record_failure()
 
-    def _states_for(self, model: str) -> tuple[DeploymentState, ...]:
-        states = self._routes.get(model) or self._direct.get(model)
-        if states is not None:
-            return states
-        provider_name, slash, upstream_model = model.partition("/")
-        provider = self._providers.get(provider_name) if slash and upstream_model else None
-        if provider is None:
-            raise ModelNotFound(model)
-        states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
-        if len(self._direct) >= MAX_DIRECT_MODELS:  # the names come from clients: keep the table bounded
-            del self._direct[next(iter(self._direct))]
-        self._direct[model] = states
-        return states
 
-    def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
-        return DeploymentState(deployment, weight, CircuitBreaker(self._config.cooldown, self._clock))
+@dataclass(frozen=True, slots=True)
+class _Job(Generic[T]):
+    """One request as the router's loops carry it: what to send, how to call a deployment, and its record."""
+
+    endpoint: Endpoint
+    payload: dict[str, Any]  # the client's body, never changed
+    request_id: str | None
+    deadline: Deadline
+    call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]]
+    trace: Trace
 
 
 class _Memo(Generic[T]):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from providers import ProviderError, UpstreamStream
-from providers.wire import Usage
-from providers.errors import StreamInterrupted
-
-from gateway.routing.deadline import Deadline
 from gateway.errors import DeadlineExceeded
+from gateway.routing.deadline import Deadline
+from providers import ProviderError, UpstreamStream
+from providers.errors import StreamInterrupted
+from providers.wire import RequestTimings, Usage
 
 
 class GuardedStream:
@@ -79,6 +78,10 @@ class GuardedStream:
     @property
     def usage_reported(self) -> bool:
         return self._upstream.usage_reported
+
+    @property
+    def timings(self) -> tuple[RequestTimings, ...]:
+        return self._upstream.timings
 
     def usage_chunk(self) -> bytes | None:
         return self._upstream.usage_chunk()

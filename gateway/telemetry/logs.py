@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import datetime, timezone
 
 from providers.redact import redact
 
-from gateway.http.middleware.request_id import REQUEST_ID
+# The request being served, for log lines written while it runs (set by RequestIdMiddleware).
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 

@@ -9,14 +9,15 @@ as ``provider/*``, an unknown model as ``unknown``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.ledger import LedgerWriter
-from gateway.routing.router import Router
+from gateway.routing.table import ModelTable
+from providers.base import ReportsEngineStats
+from providers.wire import RequestTimings
 
 # Seconds: from a cache hit on a local model to a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -27,8 +28,8 @@ BREAKER_VALUE = {"closed": 1.0, "half_open": 0.5, "open": 0.0}
 class GatewayMetrics:
     """The gateway's metrics, in a registry of their own (two apps in one process do not collide)."""
 
-    def __init__(self, router: Router, ledger: LedgerWriter | None = None) -> None:
-        self._router = router
+    def __init__(self, table: ModelTable, ledger: LedgerWriter | None = None) -> None:
+        self._table = table
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "switchyard_requests", "Requests on the model endpoints, by outcome.",
@@ -54,15 +55,16 @@ class GatewayMetrics:
             "switchyard_tokens", "Tokens of finished requests: as the upstream reported, or estimated by the gateway.",
             ["model", "kind", "estimated"], registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_DeploymentCollector(router))
+        self.registry.register(_DeploymentCollector(table))
         if ledger is not None:
             self.registry.register(_LedgerCollector(ledger))
-        engines = router.local_providers()
+        self._engine_timings: tuple[Histogram, Histogram] | None = None
+        engines = table.engines_here()
         if engines:
             self._watch_engines(engines)
 
-    def _watch_engines(self, engines: list[Any]) -> None:
-        """The local engines' state when scraped, and their per-request latencies as they finish."""
+    def _watch_engines(self, engines: list[ReportsEngineStats]) -> None:
+        """The local engines' state when scraped, and the histograms their requests' timings go to."""
         self.registry.register(_EngineCollector(engines))
         first_token = Histogram(
             "switchyard_engine_time_to_first_token_seconds", "Local engine: from a request's arrival to its first token.",
@@ -72,37 +74,42 @@ class GatewayMetrics:
             "switchyard_engine_time_per_output_token_seconds", "Local engine: mean time between a request's tokens.",
             ["provider"], buckets=TOKEN_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        for engine in engines:
-            ttft, tpot = first_token.labels(engine.name), per_token.labels(engine.name)
+        for engine in engines:  # each engine's series is there from the start, at zero
+            first_token.labels(engine.name)
+            per_token.labels(engine.name)
+        self._engine_timings = (first_token, per_token)
 
-            def observe(first: float, between: float | None, ttft: Any = ttft, tpot: Any = tpot) -> None:
-                ttft.observe(first)
-                if between is not None:
-                    tpot.observe(between)
-
-            engine.observe_timing = observe
+    def observe_engine_timings(self, provider: str, timings: tuple[RequestTimings, ...]) -> None:
+        """A finished answer's engine timings (a local provider's), beside its usage."""
+        if not timings or self._engine_timings is None:
+            return
+        first_token, per_token = self._engine_timings
+        for timing in timings:
+            first_token.labels(provider).observe(timing.first_token_seconds)
+            if timing.between_tokens_seconds is not None:
+                per_token.labels(provider).observe(timing.between_tokens_seconds)
 
     def model_label(self, model: object) -> str:
         if not isinstance(model, str) or not model:
             return ""
-        if self._router.is_public(model):
+        if self._table.is_public(model):
             return model
         provider, slash, _ = model.partition("/")
-        return f"{provider}/*" if slash and provider in self._router.provider_names else "unknown"
+        return f"{provider}/*" if slash and provider in self._table.provider_names else "unknown"
 
 
 class _DeploymentCollector(Collector):
     """Each deployment's breaker state and requests in flight, read when scraped."""
 
-    def __init__(self, router: Router, ledger: LedgerWriter | None = None) -> None:
-        self._router = router
+    def __init__(self, table: ModelTable) -> None:
+        self._table = table
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["model", "provider", "deployment"]
         up = GaugeMetricFamily("switchyard_deployment_up", "1 closed, 0.5 half-open (probing), 0 cooling down.", labels=labels)
         in_flight = GaugeMetricFamily("switchyard_deployment_in_flight", "Requests in flight.", labels=labels)
-        for model, states in self._router.deployment_states().items():
-            if not self._router.is_public(model):
+        for model, states in self._table.deployment_states().items():
+            if not self._table.is_public(model):
                 continue  # direct provider/model names are the clients' to choose
             for state in states:
                 values = [model, state.deployment.provider_name, state.deployment.model]
@@ -130,7 +137,7 @@ class _LedgerCollector(Collector):
 class _EngineCollector(Collector):
     """Each local engine's queue, KV cache and prefix cache, read when scraped."""
 
-    def __init__(self, engines: list[Any]) -> None:
+    def __init__(self, engines: list[ReportsEngineStats]) -> None:
         self._engines = engines
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import AttentionMetadata, paged_attention
-from .linear import FrozenLinear, recording_inputs
 from ..kv_cache import KVCache, LayerKV
+from .linear import FrozenLinear, recording_inputs
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # Rope types whose frequencies change with the sequence length; a static cos/sin table cannot express them.

@@ -1,0 +1,40 @@
+"""``type: local``: the bundled engine as providers, in the gateway's own process.
+
+::
+
+    config.py                                  LocalProviderConfig: the entry's settings, the engine's EngineConfig
+    LocalProvider              provider.py     the model's life cycle, readiness, tokenizer, refusals
+    ├── LocalChatProvider      chat.py         a causal LM on AsyncLLMEngine: chat and completions
+    └── LocalEmbeddingProvider embeddings.py   a sentence encoder on AsyncEmbedder: embeddings
+    translate.py                               OpenAI's requests in, as the engine takes them (pure)
+    answers.py                                 the engine's outputs out, as OpenAI's answers (pure)
+
+:func:`build_local_provider` picks the class from the configured model.
+Importing this package is cheap; the engine (and torch, seconds to import)
+loads only when a local provider is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from local_engine.default_model import MINILM, SMOLLM2, BundledModel, default_model_path
+from providers.local.config import LocalProviderConfig
+
+if TYPE_CHECKING:
+    from providers.local.provider import LocalProvider
+
+__all__ = ["MINILM", "SMOLLM2", "BundledModel", "LocalProviderConfig", "build_local_provider", "default_model_path"]
+
+
+def build_local_provider(name: str, config: LocalProviderConfig) -> LocalProvider:
+    """A sentence encoder serves embeddings, any other model chat and completions."""
+    from local_engine.embeddings import is_embedding_model
+
+    if is_embedding_model(config.model):
+        from providers.local.embeddings import LocalEmbeddingProvider
+
+        return LocalEmbeddingProvider(name, config)
+    from providers.local.chat import LocalChatProvider
+
+    return LocalChatProvider(name, config)

@@ -1,6 +1,6 @@
 """OpenAI's answer shapes, for the local engine: engine outputs out as JSON and SSE chunks.
 
-Pure translation, as ``local_openai.py`` is for requests; ``providers/local.py`` runs the engine.
+Pure translation, as ``translate.py`` is for requests; ``chat.py`` runs the engine.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from local_engine import CompletionOutput, RequestOutput, TokenLogprob
-
 from providers.wire import Endpoint
 
 

@@ -1,7 +1,7 @@
 """OpenAI's request shapes, for the local engine: parameters in, checked and named in the client's terms.
 
-Everything here is pure translation; ``providers/local.py`` runs the engine and
-``providers/local_answers.py`` writes the answers.
+Everything here is pure translation; ``chat.py`` and ``embeddings.py`` run the
+models and ``answers.py`` writes the answers.
 Parameter names follow OpenAI, plus vLLM's sampling extras sent through
 ``extra_body`` (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
 ``ignore_eos``, ``stop_token_ids``, ``skip_special_tokens``,
@@ -16,19 +16,18 @@ from typing import Any
 
 from local_engine import CompletionTooLong, InvalidInput, PromptTooLong, SamplingParams
 from local_engine.inputs import check_token_ids, describe, is_integer, is_token_ids
-
-from providers.wire import Endpoint
-from providers.errors import ContextWindowExceeded, UpstreamRejected
+from providers.errors import (
+    ContextWindowExceeded,
+    InvalidLocalRequest,
+    UpstreamRejected,
+)
 from providers.tokens import encoding_for
+from providers.wire import Endpoint
 
 # vLLM's extras, taken as they are.
 _EXTRAS = ("top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
            "skip_special_tokens", "include_stop_str_in_output")  # fmt: skip
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat runs to the context's end
-
-
-class InvalidLocalRequest(UpstreamRejected):
-    """A parameter the engine cannot take as given."""
 
 
 def sampling_params(endpoint: Endpoint, payload: dict[str, Any]) -> SamplingParams:
@@ -125,6 +124,11 @@ def _max_tokens_field(endpoint: Endpoint, payload: dict[str, Any]) -> str:
     if endpoint is Endpoint.CHAT and payload.get("max_completion_tokens") is not None:
         return "max_completion_tokens"
     return "max_tokens"
+
+
+def chat_text(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """The conversation as the model's chat template writes it."""
+    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False))
 
 
 def chat_prompt(payload: dict[str, Any], apply_template: Callable[[list[dict[str, Any]]], str]) -> str:

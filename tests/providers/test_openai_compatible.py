@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import orjson
 import pytest
 
-from providers import Endpoint, ProviderConfig, UpstreamRequest
+from providers import Endpoint, HostedProviderConfig, UpstreamRequest
 from providers.errors import (
     StreamInterrupted,
     UpstreamProtocolError,
@@ -37,7 +37,7 @@ async def make_provider() -> AsyncIterator[MakeProvider]:
     made: list[OpenAICompatibleProvider] = []
 
     def make(base_url: str, **overrides: object) -> OpenAICompatibleProvider:
-        config = ProviderConfig(type="custom", base_url=base_url, api_key=KEY, headers={"x-team": "a"}, **overrides)
+        config = HostedProviderConfig(type="custom", base_url=base_url, api_key=KEY, headers={"x-team": "a"}, **overrides)
         made.append(OpenAICompatibleProvider("up", config))
         return made[-1]
 

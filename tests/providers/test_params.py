@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers.params import Translate, UnsupportedParameter, Unsupported, adapt
+from providers.errors import UnsupportedParameter
+from providers.params import Translate, Unsupported, adapt
 
 RULES = {
     "max_completion_tokens": Translate("max_tokens"),

@@ -12,7 +12,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.keys.limits import KeyLimits, KeyLimitsConfig, LocalKeyLimits, format_duration
+from gateway.keys.limits import (
+    KeyLimits,
+    KeyLimitsConfig,
+    LocalKeyLimits,
+    format_duration,
+)
 from gateway.keys.redis_limits import RedisKeyLimits
 
 

@@ -19,8 +19,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, ServerConfig, parse_config
 from gateway.ledger import LedgerWriter, UsageQuery, UsageRecord, open_store
 from tests.conftest import GATEWAY_YAML, PLANTED_KEY
-from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.gateway.routes.test_usage import PROMPT_TOKENS
+from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.processes import GatewayProcess
 from tests.support.servers import ServedApp
 

@@ -46,6 +46,22 @@ def test_serve_takes_a_config_or_a_model_not_both() -> None:
     assert "--config or --model-path" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [({"SWITCHYARD_PORT": "70000"}, "port: Input should be less than or equal to 65535"),
+     ({"SWITCHYARD_PORT": "eighty"}, "SWITCHYARD_PORT: Input should be a valid integer"),
+     ({"SWITCHYARD_LOG_LEVEL": "loud"}, "log_level: String should match pattern")],
+)  # fmt: skip
+def test_serve_settings_from_the_environment_are_validated_like_the_file(
+    tmp_path: Path, variables: dict[str, str], named: str
+) -> None:
+    config = tmp_path / "providers.yaml"
+    config.write_text("providers:\n  x: {type: custom, base_url: 'http://127.0.0.1:9/v1'}\n")
+    result = run_cli("serve", "--config", str(config), env={"PATH": "/usr/bin:/bin", **variables})
+    assert result.returncode == 1, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture(params=["text", "json"])
 def served_process(
     request: pytest.FixtureRequest, tmp_path: Path, fake_upstream: tuple[FakeOpenAI, ServedApp]

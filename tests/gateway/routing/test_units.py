@@ -7,12 +7,12 @@ from collections import Counter
 
 import pytest
 
-from gateway.routing.balancer import DeploymentState, order
 from gateway.config import ConfigError, CooldownConfig, GatewayConfig, parse_config
+from gateway.errors import InvalidRequest
+from gateway.routing.balancer import DeploymentState, order
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.deployment import Deployment
-from gateway.errors import InvalidRequest
-from gateway.routing.fallbacks import FallbackPolicy
+from gateway.routing.fallbacks import FallbackPolicy, without_routing_fields
 from providers.errors import ContextWindowExceeded, UpstreamServerError
 
 
@@ -96,11 +96,12 @@ def test_chains_are_followed_through_in_order() -> None:
     assert policy.after(UpstreamServerError("boom"), "a", plan) is None
 
 
-def test_request_overrides_are_read_and_removed() -> None:
+def test_request_overrides_are_read_and_kept_from_the_upstream() -> None:
     policy = FallbackPolicy(config("default_fallbacks: [c]\n"))
     payload = {"model": "a", "fallbacks": ["d", "b", "d"]}
     assert policy.plan("a", payload).general == ("d", "b")
-    assert payload == {"model": "a"}
+    assert payload == {"model": "a", "fallbacks": ["d", "b", "d"]}  # the client's body is not changed
+    assert without_routing_fields(payload) == {"model": "a"}  # ... what the upstream gets
     assert policy.plan("a", {}).general == ("c",)
     assert policy.plan("c", {}).general == ()  # the default chain never points a model at itself
     assert not policy.plan("a", {"disable_fallbacks": True}).enabled
@@ -128,8 +129,8 @@ def test_bad_policies_fail_at_load_naming_the_field(extra: str, problem: str) ->
 
 
 async def test_tokens_needed_follows_openais_chat_accounting() -> None:
-    from providers.tokens import count_text, tokens_needed
     from providers import Endpoint
+    from providers.tokens import count_text, tokens_needed
 
     assert count_text("hello world") == 2  # cl100k_base
     chat = {"messages": [{"role": "user", "content": "hello world"}, {"role": "user", "name": "bob", "content": [{"type": "text", "text": "hi"}]}]}
@@ -143,12 +144,12 @@ async def test_tokens_needed_follows_openais_chat_accounting() -> None:
 
 
 def test_direct_provider_model_names_are_kept_in_a_bounded_table() -> None:
-    from gateway.routing import router as router_module
-    from gateway.routing.router import Router
+    from gateway.routing import table as table_module
+    from gateway.routing.table import ModelTable
 
-    router = Router(config(""), {"p": object()})  # type: ignore[dict-item]
-    for index in range(router_module.MAX_DIRECT_MODELS + 10):
-        router.deployments_for(f"p/model-{index}")
-    states = router.deployment_states()
-    assert len(states) == 4 + router_module.MAX_DIRECT_MODELS  # a..d, then the newest direct names
-    assert "p/model-0" not in states and f"p/model-{router_module.MAX_DIRECT_MODELS + 9}" in states
+    table = ModelTable(config(""), {"p": object()})  # type: ignore[dict-item]
+    for index in range(table_module.MAX_DIRECT_MODELS + 10):
+        table.deployments_for(f"p/model-{index}")
+    states = table.deployment_states()
+    assert len(states) == 4 + table_module.MAX_DIRECT_MODELS  # a..d, then the newest direct names
+    assert "p/model-0" not in states and f"p/model-{table_module.MAX_DIRECT_MODELS + 9}" in states

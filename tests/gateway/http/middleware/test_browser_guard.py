@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.http.middleware.browser_guard import host_check_for, host_name, is_json
 from gateway.config import ConfigError, GatewayConfig, parse_config
+from gateway.http.middleware.browser_guard import host_check_for, host_name, is_json
 from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ServedApp
 

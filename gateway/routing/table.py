@@ -1,0 +1,102 @@
+"""The model table: which deployments serve each model name, and what the router has learned about them.
+
+The HTTP routes (models, health, tokenize, metrics) read the table; the
+router's loops (router.py) take their deployments from it. A model is
+addressed by its public name from ``models:``, or directly as
+``provider/upstream-model`` for any configured provider: those entries are
+made on first use and kept in a bounded table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from gateway.config import GatewayConfig, RoutingStrategy
+from gateway.errors import ModelNotFound
+from gateway.routing.balancer import DeploymentState
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.deployment import Deployment
+from providers import Provider
+from providers.base import LoadsModel, ReportsEngineStats, UnsupportedPolicy
+
+# ``provider/model`` names whose deployment state is kept (oldest dropped first).
+MAX_DIRECT_MODELS = 1024
+
+
+class ModelTable:
+    def __init__(
+        self, config: GatewayConfig, providers: Mapping[str, Provider], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._cooldown = config.router.cooldown
+        self._default_strategy = config.router.routing
+        self._clock = clock
+        self._providers = dict(providers)
+        self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
+        self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
+        self._unsupported = {name: m.unsupported_params for name, m in config.models.items()}
+        self._routes = {
+            name: tuple(
+                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
+                for d in model.deployments
+            )
+            for name, model in config.models.items()
+        }
+        # Deployments reached as ``provider/model``, made on first use.
+        self._direct: dict[str, tuple[DeploymentState, ...]] = {}
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._routes)
+
+    @property
+    def provider_names(self) -> list[str]:
+        return list(self._providers)
+
+    def is_public(self, model: str) -> bool:
+        """True for a name under ``models:``, False for ``provider/model`` and unknown names."""
+        return model in self._routes
+
+    def states_for(self, model: str) -> tuple[DeploymentState, ...]:
+        """The deployments serving ``model`` with their breakers and counters; ModelNotFound if none does."""
+        states = self._routes.get(model) or self._direct.get(model)
+        if states is not None:
+            return states
+        provider_name, slash, upstream_model = model.partition("/")
+        provider = self._providers.get(provider_name) if slash and upstream_model else None
+        if provider is None:
+            raise ModelNotFound(model)
+        states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
+        if len(self._direct) >= MAX_DIRECT_MODELS:  # the names come from clients: keep the table bounded
+            del self._direct[next(iter(self._direct))]
+        self._direct[model] = states
+        return states
+
+    def deployments_for(self, model: str) -> tuple[Deployment, ...]:
+        """The deployments serving ``model``."""
+        return tuple(state.deployment for state in self.states_for(model))
+
+    def deployment_states(self) -> dict[str, tuple[DeploymentState, ...]]:
+        """Every model's deployments with their breaker and counters (for /health/ready)."""
+        return {**self._routes, **self._direct}
+
+    def strategy(self, model: str) -> RoutingStrategy:
+        return self._strategies.get(model, self._default_strategy)
+
+    def unsupported_params(self, model: str) -> UnsupportedPolicy:
+        return self._unsupported.get(model, "drop")
+
+    def context_window(self, model: str) -> int | None:
+        """The ``context_window`` configured for a public model, if any."""
+        return self._context_windows.get(model)
+
+    def engines_here(self) -> list[ReportsEngineStats]:
+        """The providers that run an inference engine in this process."""
+        return [provider for provider in self._providers.values() if isinstance(provider, ReportsEngineStats)]
+
+    def models_loading_here(self) -> list[LoadsModel]:
+        """The providers whose model loads in this process, in config order (readiness waits for them)."""
+        return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
+
+    def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
+        return DeploymentState(deployment, weight, CircuitBreaker(self._cooldown, self._clock))

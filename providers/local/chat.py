@@ -1,0 +1,204 @@
+"""Chat and completions on a causal LM in this process (SmolLM2, any Llama-family directory or GGUF).
+
+The router treats this provider like any other: the same retries, fallback
+chains, deadlines and usage accounting. Usage is exact: the engine counts
+its own tokens. Each engine request's timings (time to the first token, mean
+time between the later ones) travel beside the usage, for the gateway's
+metrics to observe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from local_engine import (
+    EngineNotReady,
+    InvalidInput,
+    RequestOutput,
+    SamplingParams,
+    StepFailed,
+)
+from local_engine.async_engine import AsyncLLMEngine
+from local_engine.inputs import PromptType
+from local_engine.stop import stream_holdback
+from providers.base import EngineStats, UpstreamRequest, UpstreamResponse
+from providers.errors import EngineFailed, InvalidLocalRequest, UpstreamRejected
+from providers.local.answers import Formatter
+from providers.local.config import LocalProviderConfig
+from providers.local.provider import LocalProvider
+from providers.local.translate import (
+    RequestOrigin,
+    chat_prompt,
+    chat_text,
+    completion_prompts,
+    sampling_params,
+)
+from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
+
+
+class LocalChatProvider(LocalProvider):
+    serves = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+
+    def __init__(self, name: str, config: LocalProviderConfig) -> None:
+        self.engine = AsyncLLMEngine(config.engine_config(), load_retries=config.load_retries)
+        super().__init__(name, config, self.engine)
+
+    def engine_stats(self) -> EngineStats | None:
+        return self.engine.stats if self.state == "ready" else None
+
+    @property
+    def max_model_len(self) -> int:
+        self._require_ready()
+        assert self.engine.engine is not None
+        return self.engine.engine.max_model_len
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        payload, headers = self._prepare(request)
+        formatter, params, prompts = await self._plan(request.endpoint, payload)
+        timings: list[RequestTimings] = []
+        # One engine request per prompt, all in the engine's batch at once.
+        finished = await asyncio.gather(
+            *(_last(self._run(prompt, params, RequestOrigin(request.endpoint, payload, index), timings))
+              for index, prompt in enumerate(prompts))
+        )  # fmt: skip
+        body = formatter.answer(finished, params.n)
+        usage = Usage(body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        return UpstreamResponse(200, orjson.dumps(body), headers, usage, tuple(timings))
+
+    async def open_stream(self, request: UpstreamRequest) -> LocalEventStream:
+        payload, headers = self._prepare(request)
+        formatter, params, prompts = await self._plan(request.endpoint, payload)
+        if len(prompts) != 1:
+            raise InvalidLocalRequest("A streamed completion takes one prompt.", param="prompt")
+        timings: list[RequestTimings] = []
+        outputs = self._run(prompts[0], params, RequestOrigin(request.endpoint, payload), timings)
+        stream = LocalEventStream(
+            outputs, formatter, headers, usage_requested(payload), stream_holdback(params.stop), timings
+        )
+        await stream.open()  # the first output, or the engine's refusal as an error before the stream starts
+        return stream
+
+    async def _plan(self, endpoint: Endpoint, payload: dict[str, Any]) -> tuple[Formatter, SamplingParams, list[PromptType]]:
+        params = sampling_params(endpoint, payload)
+        if endpoint is Endpoint.CHAT:
+
+            def render(tokenizer: Any) -> PromptType:
+                text = chat_prompt(payload, lambda messages: chat_text(tokenizer, messages))
+                return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+
+            prompts = [await self._with_tokenizer(render)]  # the template and its encoding, off the event loop
+        else:
+            prompts = list(completion_prompts(payload))  # texts are encoded by the engine, off the event loop too
+        assert self.engine.engine is not None
+        decode = self.engine.engine.tokenizer.decode  # single tokens, for logprobs
+        formatter = Formatter(endpoint, str(payload["model"]), uuid.uuid4().hex, payload, decode)
+        return formatter, params, prompts
+
+    async def _run(
+        self, prompt: PromptType, params: SamplingParams, origin: RequestOrigin, timings: list[RequestTimings]
+    ) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs for one prompt, its timings added to ``timings`` once it finished;
+        a refusal named in the client's terms (``origin``)."""
+        started = time.perf_counter()
+        first: float | None = None
+        try:
+            async for output in self.engine.generate(uuid.uuid4().hex, prompt, params):
+                if first is None:
+                    first = time.perf_counter()
+                if output.finished:
+                    timings.append(_timings(started, first, output))
+                yield output
+        except InvalidInput as error:  # PromptTooLong and CompletionTooLong too
+            raise origin.refusal(error, self.name) from None
+        except EngineNotReady:
+            raise self._not_ready() from None
+        except StepFailed:
+            raise EngineFailed(
+                "The local engine failed while running this request; it was stopped and the engine serves on.",
+                provider=self.name,
+            ) from None
+        except ValueError as error:
+            raise UpstreamRejected(str(error), provider=self.name) from None
+
+
+def _timings(started: float, first: float, finished: RequestOutput) -> RequestTimings:
+    """A finished request's time to its first output, and the mean time between its later tokens."""
+    tokens = max(len(choice.token_ids) for choice in finished.outputs)
+    between = (time.perf_counter() - first) / (tokens - 1) if tokens > 1 else None
+    return RequestTimings(first - started, between)
+
+
+async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    last = None
+    async for last in outputs:
+        pass
+    assert last is not None and last.finished
+    return last
+
+
+class LocalEventStream:
+    """The engine's outputs as OpenAI chunks; an ``UpstreamStream`` (see providers/base.py)."""
+
+    def __init__(
+        self,
+        outputs: AsyncIterator[RequestOutput],
+        formatter: Formatter,
+        headers: dict[str, str],
+        include_usage: bool,
+        holdback: int,
+        timings: list[RequestTimings],
+    ) -> None:
+        self.headers = headers
+        self._outputs = outputs
+        self._formatter = formatter
+        self._include_usage = include_usage
+        self._holdback = holdback
+        self._timings = timings  # filled in by the request's run when it finishes
+        self._first: RequestOutput | None = None
+        self._last: RequestOutput | None = None
+
+    async def open(self) -> None:
+        self._first = await anext(self._outputs)
+
+    @property
+    def usage(self) -> Usage | None:
+        if self._last is None:
+            return None
+        prompt = len(self._last.prompt_token_ids)
+        return Usage(prompt, sum(len(choice.token_ids) for choice in self._last.outputs))
+
+    @property
+    def usage_reported(self) -> bool:
+        return self._include_usage
+
+    @property
+    def timings(self) -> tuple[RequestTimings, ...]:
+        return tuple(self._timings)
+
+    def usage_chunk(self) -> bytes | None:
+        return None if self._include_usage or self._last is None else orjson.dumps(self._formatter.usage_chunk([self._last]))
+
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
+        output = self._first
+        assert output is not None, "open() first"
+        while True:
+            self._last = output
+            events = [orjson.dumps(chunk) for chunk in self._formatter.chunks(output, self._holdback)]
+            if output.finished:
+                if self._include_usage:
+                    events.append(orjson.dumps(self._formatter.usage_chunk([output])))
+                if events:
+                    yield events
+                return
+            if events:
+                yield events
+            output = await anext(self._outputs)
+
+    async def aclose(self) -> None:
+        await self._outputs.aclose()  # type: ignore[attr-defined]  # an unfinished request is aborted

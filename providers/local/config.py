@@ -1,0 +1,71 @@
+"""``type: local``: the settings of a model served in this process (a ``providers:`` entry's local shape)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from local_engine.config import QUANTIZATION_KINDS, EngineConfig
+from local_engine.default_model import MINILM, SMOLLM2
+from providers.presets import PRESETS, ProviderPreset
+
+
+class LocalProviderConfig(BaseModel):
+    """``type: local``: the engine in this process (docs/local.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["local"] = Field(description="`local`: the bundled engine in this process.")
+    model: str | None = Field(
+        None,
+        description=f"A model directory, a .gguf file, `{SMOLLM2.alias}` or `{MINILM.alias}` (the bundled ones); "
+        f"default `{SMOLLM2.alias}`.",
+    )
+    tokenizer: str | None = Field(None, description="A tokenizer directory, if not the model's own.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="auto, float32, bfloat16, float16.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together.")
+    kv_cache_bytes: int | None = Field(
+        None, gt=0, description="The KV cache's size; default on CPU 32768 tokens' worth (at least one "
+        "context, at most 10% of RAM), on CUDA 10% of free memory.",
+    )
+    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    max_model_len: int | None = Field(None, ge=1, description="Context length; default the model's own.")
+    quantization: Literal[QUANTIZATION_KINDS] | None = Field(None, description="CPU: weight quantization.")  # type: ignore[valid-type]
+    load_retries: int = Field(
+        2, ge=0, description="Loads retried (after 1 s, 2 s, ...) before the model is declared failed."
+    )
+    # OpenAI defines token-id `input` in its own tokenizer's ids, and the clients that send ids mean those:
+    # LangChain's OpenAIEmbeddings tokenizes every text with tiktoken (cl100k_base) and sends the ids. Read
+    # as the local model's ids they index the wrong rows, or none. So by default they are decoded to text
+    # with cl100k_base and tokenized again by the model; `model` is vLLM's reading, for clients that
+    # tokenize with the served model's own tokenizer.
+    input_token_ids: Literal["cl100k_base", "model"] = Field(
+        "cl100k_base",
+        description="Embeddings: whose token ids a token-id `input` holds: `cl100k_base` (OpenAI's, "
+        "as LangChain sends them; decoded, then tokenized by the model) or `model` (the model's own, as vLLM).",
+    )
+
+    @property
+    def preset(self) -> ProviderPreset:
+        return PRESETS[self.type]
+
+    @property
+    def model_name(self) -> str:
+        """What ``model`` loads: the bundled chat model when none is named."""
+        return self.model or SMOLLM2.alias
+
+    def engine_config(self) -> EngineConfig:
+        """The settings of the inference engine (a causal LM; an embedding model takes device and dtype only)."""
+        return EngineConfig(
+            model=self.model,
+            dtype=self.dtype,
+            device=self.device,
+            block_size=self.block_size,
+            kv_cache_bytes=self.kv_cache_bytes,
+            max_num_seqs=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            quantization=self.quantization,
+            tokenizer=self.tokenizer,
+        )
