@@ -17,6 +17,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .errors import CompletionTooLong, InvalidInput, PromptTooLong, StepFailed
+from .grammar import GrammarCompiler
 from .inputs import (
     PromptType,
     check_token_ids,
@@ -91,6 +92,8 @@ class LLMEngine:
         # Requests without a seed draw from one generator, seeded by the config.
         sampler = Sampler(self.loaded.eos_token_ids, generator=torch.Generator(model.device).manual_seed(config.seed))
         self.runner = ModelRunner(model, kv_cache, sampler, config.block_size)
+        # Structured outputs: grammars compiled on first use (AsyncLLMEngine compiles them on its tokenizer thread).
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
         self._requests: dict[str, _Request] = {}
         logger.info(
             "engine ready: %s on %s (%s), context %d; KV cache of %d blocks x %d tokens (%d tokens) reserves %d MiB,"
@@ -114,6 +117,9 @@ class LLMEngine:
         self._check_fits(len(token_ids), params)
         self._check_against_model(params)
         tracks = [self._track(request_id, index, token_ids, params) for index in range(params.n)]
+        if params.structured_outputs is not None:  # a constraint that does not compile is refused here
+            for track in tracks:
+                track.seq.matcher = self.grammars.compile(params.structured_outputs)
         # Nothing below can raise: the request is queued whole or not at all.
         for track in tracks:
             self.scheduler.add(track.seq)
@@ -233,6 +239,12 @@ class LLMEngine:
     def _append_token(self, track: _Track, sampled: SampledToken) -> None:
         seq = track.seq
         seq.token_ids.append(sampled.token_id)
+        if seq.matcher is not None and not seq.matcher.consume_token(sampled.token_id):
+            # The mask allowed only tokens the grammar takes: this is llguidance's error, not the request's.
+            logger.warning("request %s: the grammar refused a token it allowed: %s", seq.request_id,
+                           seq.matcher.get_error())  # fmt: skip
+            self.scheduler.finish(seq, "abort")
+            return
         if sampled.logprob is not None:
             track.logprobs.append(TokenLogprob(sampled.token_id, sampled.logprob, sampled.top_logprobs or {}))
         delta = track.detokenizer.add(sampled.token_id)

@@ -18,6 +18,11 @@ the token after each of its positions, the next chunk's first token included::
     step 2  positions 3 4 5 6          score p4 p5 p6; position 6 samples the first output token
 
 A request that does not ask costs nothing: no row of its prompt gets logits.
+
+A sequence with a grammar (structured outputs) has its row's bitmask filled
+on llguidance's threads while the forward pass runs, and applied to its
+logits before sampling: the sampler, and the logprobs it reports, see the
+constrained distribution, as in vLLM.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import AttentionMetadata
+from .grammar import StepMasks
 from .kv_cache import KVCache
 from .logprobs import token_logprobs
 from .model import LlamaForCausalLM
@@ -34,7 +40,6 @@ from .outputs import TokenLogprob
 from .sampler import SampledToken, Sampler, SamplingRow
 from .scheduler import SchedulerOutput
 from .sequence import Sequence
-
 
 # Prompt rows get logits this many at a time: [256, vocab] float32 is 50 MB for SmolLM2's 49k vocabulary.
 _SCORED_ROWS_PER_PASS = 256
@@ -54,6 +59,7 @@ class ModelRunner:
         self.sampler = sampler
         self.block_size = block_size
         self.device = model.device
+        self.vocab_size = int(model.embed_tokens.shape[0])
 
     @torch.inference_mode()
     def run(self, step: SchedulerOutput) -> StepResult:
@@ -78,6 +84,10 @@ class ModelRunner:
             if end == seq.num_tokens and seq.params.max_tokens != 0:
                 sample_rows.append(len(input_ids) - 1)
                 sampled_seqs.append(seq)
+        constrained = [(row, seq) for row, seq in enumerate(sampled_seqs) if seq.matcher is not None]
+        masks = StepMasks(constrained, self.vocab_size) if constrained else None
+        if masks is not None:
+            masks.start()  # on llguidance's threads, while the model runs
         metadata = AttentionMetadata.build(query_lens, context_lens, block_tables, self.block_size, self.device)
         hidden = self.model.forward(
             torch.tensor(input_ids, dtype=torch.long, device=self.device), metadata.positions, metadata, self.kv_cache
@@ -86,6 +96,8 @@ class ModelRunner:
         if not sampled_seqs:
             return StepResult([], prompt_logprobs)
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
+        if masks is not None:
+            masks.apply(logits)
         rows = [
             SamplingRow(
                 seq.params,

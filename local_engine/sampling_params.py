@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 
 from .errors import InvalidInput
 from .inputs import describe, is_integer
+from .structured_outputs import StructuredOutputsParams
 
 _GREEDY_BELOW = 1e-5
 # OpenAI's top_logprobs limit, and vLLM's default max_logprobs: each one is a column of every logprobs step.
@@ -64,6 +65,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # What the output must match (JSON schema, regex, choice, grammar): vLLM's, compiled by llguidance.
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -74,6 +77,8 @@ class SamplingParams:
             object.__setattr__(self, "top_k", 0)
         if self.logit_bias is not None:
             object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        if self.structured_outputs is not None:  # a dict, as JSON clients send it, is read here
+            object.__setattr__(self, "structured_outputs", StructuredOutputsParams.from_dict(self.structured_outputs))
         problems = self._problems()
         if problems:
             raise InvalidInput("; ".join(message for _, message in problems), param=problems[0][0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import torch
 
@@ -53,6 +54,8 @@ class Sequence:
     # Leading prompt tokens whose logprob is known. Token 0 has none (nothing precedes it), so it counts
     # from the start; kept across preemption, so a recomputed prompt never scores a token twice.
     num_scored_prompt_tokens: int = 1
+    # The grammar the output must match (llguidance's LLMatcher, local_engine.grammar), advanced on each token.
+    matcher: Any = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,4 +1,10 @@
-"""When a sequence is done, and where its text ends."""
+"""When a sequence is done, and where its text ends.
+
+With a grammar attached (``Sequence.matcher``), the grammar has the last
+word: the output ends as soon as the grammar is complete, and EOS, a stop
+token or a stop string ends it only where the grammar could end (the mask
+lets EOS through only there).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,10 @@ def check_stop(
     """Decide after ``seq`` got its newest token, whose text (``new_text_len`` chars) ends ``text``."""
     params = seq.params
     token_id = seq.token_ids[-1]
-    if seq.num_output_tokens >= params.min_tokens:
+    matcher = seq.matcher
+    if matcher is not None and matcher.is_stopped():  # complete: nothing more may follow
+        return Stop("stop")
+    if seq.num_output_tokens >= params.min_tokens and (matcher is None or matcher.is_accepting()):
         if token_id in eos_token_ids and not params.ignore_eos:
             return Stop("stop")
         if token_id in params.stop_token_ids:

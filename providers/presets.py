@@ -137,11 +137,11 @@ PRESETS: dict[str, ProviderPreset] = {
         requires_api_key=False,
         endpoints=OPENAI_ENDPOINTS,
         params={
-            **{name: Unsupported() for name in ("tools", "tool_choice", "functions", "function_call", "audio",
-                                                "prediction", "web_search_options", "reasoning_effort")},
-            "parallel_tool_calls": Unsupported(),
+            # tools, tool_choice, parallel_tool_calls, response_format and vLLM's structured_outputs / guided_*
+            # are taken: constrained decoding enforces them (providers/local/constraints.py).
+            **{name: Unsupported() for name in ("functions", "function_call", "audio", "prediction",
+                                                "web_search_options", "reasoning_effort")},
             "modalities": Unsupported(allowed=(["text"],)),
-            "response_format": Unsupported(allowed=({"type": "text"},)),
             "suffix": Unsupported(),  # completions: no fill-in-the-middle
             "best_of": Unsupported(allowed=(1,)),
         },

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from local_engine import CompletionOutput, RequestOutput, TokenLogprob
+from local_engine.tool_calls import ToolPlan
+from local_engine.tool_parser import ContentDelta, ToolCallParser
 from providers.wire import Endpoint
 
 
@@ -30,8 +32,15 @@ def usage_object(outputs: Sequence[RequestOutput]) -> dict[str, Any]:
 class Formatter:
     """Builds one request's answer (or its chunks) from engine outputs."""
 
-    def __init__(self, endpoint: Endpoint, model: str, request_id: str, payload: dict[str, Any], decode: Callable[[list[int]], str]) -> None:
+    def __init__(
+        self, endpoint: Endpoint, model: str, request_id: str, payload: dict[str, Any],
+        decode: Callable[[list[int]], str], tools: ToolPlan | None = None,
+    ) -> None:  # fmt: skip
         self.chat = endpoint is Endpoint.CHAT
+        # A chat whose output may hold tool calls: read back into message.tool_calls, or streamed as deltas.
+        self._tools = tools
+        self._parsers: dict[int, ToolCallParser] = {}
+        self._called: set[int] = set()  # choices that streamed a call
         self.model = model
         self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{request_id}"
         self.object = "chat.completion" if self.chat else "text_completion"
@@ -59,8 +68,18 @@ class Formatter:
             for choice in output.outputs:
                 index = prompt_index * n + choice.index
                 if self.chat:
-                    message = {"role": "assistant", "content": choice.text, "refusal": None}
+                    message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+                    called = False
+                    if self._tools is not None:
+                        parsed = self._tools.parse(choice.text)
+                        message["content"] = parsed.content
+                        if parsed.tool_calls:
+                            message["tool_calls"] = [call.as_openai() for call in parsed.tool_calls]
+                            called = True
                     entry = {"index": index, "message": message, "logprobs": self._chat_logprobs(choice.logprobs)}
+                    entry["finish_reason"] = _finish_reason(choice, called)
+                    choices.append(entry)
+                    continue
                 else:
                     logprobs = None
                     if choice.logprobs is not None:
@@ -111,7 +130,37 @@ class Formatter:
             self._started.add(index)
             if finished:
                 self._finished.add(index)
+            if self._tools is not None:
+                chunks += self._tool_chunks(index, delta_text, first, logprobs, choice if finished else None)
+                continue
             chunks.append(self._chunk(index, delta_text, first, logprobs, _finish_reason(choice) if finished else None))
+        return chunks
+
+    def _tool_chunks(
+        self, index: int, text: str, first: bool, logprobs: Any, finished: CompletionOutput | None
+    ) -> list[dict[str, Any]]:
+        """A chat's new text read for calls: content as content chunks, each call's header and argument
+        fragments in a chunk of their own (as OpenAI streams them); the finish reason on the last."""
+        parser = self._parsers.setdefault(index, self._tools.parser())  # type: ignore[union-attr]
+        deltas = parser.feed(text) + (parser.finish() if finished is not None else [])
+        chunks, content = [], ""
+        for delta in deltas:
+            if isinstance(delta, ContentDelta):
+                content += delta.text
+                continue
+            if content:
+                chunks.append(self._chunk(index, content, first and not chunks, None, None))
+                content = ""
+            self._called.add(index)
+            chunk = self._chunk(index, "", first and not chunks, None, None)
+            chunk["choices"][0]["delta"] = {"role": "assistant", "content": None} if first and not chunks else {}
+            chunk["choices"][0]["delta"]["tool_calls"] = [delta.as_openai()]
+            chunks.append(chunk)
+        reason = _finish_reason(finished, index in self._called) if finished is not None else None
+        if content or logprobs is not None or (not chunks and (first or reason is not None)):
+            chunks.append(self._chunk(index, content, first and not chunks, logprobs, reason))
+        elif reason is not None:
+            chunks[-1]["choices"][0]["finish_reason"] = reason
         return chunks
 
     def usage_chunk(self, outputs: Sequence[RequestOutput]) -> dict[str, Any]:
@@ -215,5 +264,10 @@ class Formatter:
         return shaped
 
 
-def _finish_reason(choice: CompletionOutput) -> str | None:
-    return "length" if choice.finish_reason == "length" else "stop" if choice.finish_reason else None
+def _finish_reason(choice: CompletionOutput, called_tools: bool = False) -> str | None:
+    """OpenAI's: "tool_calls" when the output ended (not cut) with calls."""
+    if choice.finish_reason == "length":
+        return "length"
+    if choice.finish_reason:
+        return "tool_calls" if called_tools else "stop"
+    return None

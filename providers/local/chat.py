@@ -27,16 +27,19 @@ from local_engine import (
 from local_engine.async_engine import AsyncLLMEngine
 from local_engine.inputs import PromptType
 from local_engine.stop import stream_holdback
+from local_engine.tool_calls import ToolPlan, render_prompt
 from providers.base import EngineStats, UpstreamRequest, UpstreamResponse
 from providers.errors import EngineFailed, InvalidLocalRequest, UpstreamRejected
 from providers.local.answers import Formatter
 from providers.local.config import LocalProviderConfig
+from providers.local.constraints import tool_plan
 from providers.local.provider import LocalProvider
 from providers.local.translate import (
     RequestOrigin,
     chat_prompt,
     chat_text,
     completion_prompts,
+    has_tool_messages,
     sampling_params,
 )
 from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
@@ -47,6 +50,7 @@ class LocalChatProvider(LocalProvider):
 
     def __init__(self, name: str, config: LocalProviderConfig) -> None:
         self.engine = AsyncLLMEngine(config.engine_config(), load_retries=config.load_retries)
+        self.tool_call_format = config.tool_call_format
         super().__init__(name, config, self.engine)
 
     def engine_stats(self) -> EngineStats | None:
@@ -86,18 +90,37 @@ class LocalChatProvider(LocalProvider):
 
     async def _plan(self, endpoint: Endpoint, payload: dict[str, Any]) -> tuple[Formatter, SamplingParams, list[PromptType]]:
         params = sampling_params(endpoint, payload)
+        tools: ToolPlan | None = None
         if endpoint is Endpoint.CHAT:
 
-            def render(tokenizer: Any) -> PromptType:
-                text = chat_prompt(payload, lambda messages: chat_text(tokenizer, messages))
-                return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+            def render(tokenizer: Any) -> tuple[PromptType, ToolPlan | None]:
+                try:
+                    plan = tool_plan(payload, tokenizer, self.tool_call_format)
+                except InvalidInput as error:
+                    raise RequestOrigin(endpoint, payload).refusal(error, self.name) from None
 
-            prompts = [await self._with_tokenizer(render)]  # the template and its encoding, off the event loop
+                def template(messages: list[dict[str, Any]]) -> str:
+                    if plan is None and not has_tool_messages(messages):
+                        return chat_text(tokenizer, messages)
+                    return render_prompt(tokenizer, messages, plan)
+
+                text = chat_prompt(payload, template)
+                return {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}, plan
+
+            # The template, the tools and the encoding, off the event loop.
+            prompt, tools = await self._with_tokenizer(render)
+            prompts: list[PromptType] = [prompt]
+            if tools is not None:
+                try:
+                    params = tools.sampling_params(params)
+                except InvalidInput as error:
+                    raise RequestOrigin(endpoint, payload).refusal(error, self.name) from None
         else:
             prompts = list(completion_prompts(payload))  # texts are encoded by the engine, off the event loop too
         assert self.engine.engine is not None
         decode = self.engine.engine.tokenizer.decode  # single tokens, for logprobs
-        formatter = Formatter(endpoint, str(payload["model"]), uuid.uuid4().hex, payload, decode)
+        parsed_tools = tools if tools is not None and tools.calls_tools else None
+        formatter = Formatter(endpoint, str(payload["model"]), uuid.uuid4().hex, payload, decode, parsed_tools)
         return formatter, params, prompts
 
     async def _run(

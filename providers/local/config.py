@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from local_engine.config import QUANTIZATION_KINDS, EngineConfig
 from local_engine.default_model import MINILM, SMOLLM2
+from local_engine.tool_calls import TOOL_CALL_FORMATS
 from providers.presets import PRESETS, ProviderPreset
 
 
@@ -45,6 +46,15 @@ class LocalProviderConfig(BaseModel):
         "cl100k_base",
         description="Embeddings: whose token ids a token-id `input` holds: `cl100k_base` (OpenAI's, "
         "as LangChain sends them; decoded, then tokenized by the model) or `model` (the model's own, as vLLM).",
+    )
+
+    # How the model writes tool calls, as vLLM's --tool-call-parser; auto reads it from the chat template.
+    tool_call_format: Literal[TOOL_CALL_FORMATS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="Tool calls: how the model writes them. `auto` picks from the chat template: `hermes` "
+        "(<tool_call> JSON </tool_call>: Qwen, Hermes), `mistral` ([TOOL_CALLS] [...]), `llama3` (JSON with "
+        "`parameters`), or `generic` for a template without tools (the tools described in the system prompt, "
+        "the calls written as hermes writes them; constrained decoding keeps them well formed).",
     )
 
     @property

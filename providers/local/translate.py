@@ -5,7 +5,8 @@ models and ``answers.py`` writes the answers.
 Parameter names follow OpenAI, plus vLLM's sampling extras sent through
 ``extra_body`` (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
 ``ignore_eos``, ``stop_token_ids``, ``skip_special_tokens``,
-``include_stop_str_in_output``).
+``include_stop_str_in_output``). What the output must match (response_format,
+tools, vLLM's structured_outputs and guided_*) is read in ``constraints.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from providers.errors import (
     InvalidLocalRequest,
     UpstreamRejected,
 )
+from providers.local.constraints import answer_constraint, constraint_field
 from providers.tokens import encoding_for
 from providers.wire import Endpoint
 
@@ -50,6 +52,7 @@ def sampling_params(endpoint: Endpoint, payload: dict[str, Any]) -> SamplingPara
         options["logprobs"] = payload["logprobs"]
     try:
         options.update(_prompt_scoring(endpoint, payload, options["max_tokens"]))
+        options["structured_outputs"] = answer_constraint(endpoint, payload)  # tools join it once planned (chat.py)
         return SamplingParams(**options)
     except InvalidInput as error:
         raise RequestOrigin(endpoint, payload).refusal(error) from None
@@ -106,6 +109,8 @@ class RequestOrigin:
             return _max_tokens_field(self.endpoint, self.payload)
         if error.param == "logprobs" and chat:
             return "top_logprobs"
+        if error.param == "structured_outputs":  # a grammar the engine could not compile: from the client's field
+            return constraint_field(self.endpoint, self.payload)
         return error.path
 
     def refusal(self, error: InvalidInput, provider: str | None = None) -> UpstreamRejected:
@@ -143,10 +148,48 @@ def chat_prompt(payload: dict[str, Any], apply_template: Callable[[list[dict[str
         raise InvalidLocalRequest(f"The model's chat template refused the messages: {error}", param="messages") from None
 
 
+def has_tool_messages(messages: list[dict[str, Any]]) -> bool:
+    """Whether a conversation carries tool calls or results (rendered as ``local_engine.tool_calls`` does)."""
+    return any(message.get("tool_calls") or message.get("role") == "tool" for message in messages)
+
+
 def _template_message(message: object, where: str) -> dict[str, Any]:
-    """A message as the chat template takes it: its role and its text, text parts joined (text only, locally)."""
+    """A message as the chat template takes it: its role and its text, text parts joined (text only, locally);
+    an assistant's ``tool_calls`` and a tool result's ``tool_call_id`` kept."""
     if not isinstance(message, dict):
         raise InvalidLocalRequest(f"`{where}` must be an object with a `role` and a `content`.", param=where)
+    shaped = {"role": message.get("role"), "content": _text_content(message, where)}
+    if message.get("role") == "assistant" and message.get("tool_calls") is not None:
+        shaped["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls")
+    if message.get("role") == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise InvalidLocalRequest(f"`{where}.tool_call_id` must be the id of the call answered.", param=f"{where}.tool_call_id")
+        shaped["tool_call_id"] = call_id
+    return shaped
+
+
+def _tool_calls(calls: object, where: str) -> list[dict[str, Any]]:
+    """An assistant's calls as OpenAI writes them: ``arguments`` a JSON text, as the model wrote it."""
+    if not isinstance(calls, list):
+        raise InvalidLocalRequest(f"`{where}` must be a list of tool calls.", param=where)
+    shaped = []
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise InvalidLocalRequest(
+                f"`{where}[{index}]` must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}.",
+                param=f"{where}[{index}]",
+            )
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            raise InvalidLocalRequest(f"`{where}[{index}].function.arguments` must be a JSON text.",
+                                      param=f"{where}[{index}].function.arguments")  # fmt: skip
+        shaped.append({"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": arguments}})
+    return shaped
+
+
+def _text_content(message: dict[str, Any], where: str) -> str:
     content = message.get("content")
     if isinstance(content, list):
         texts = []
@@ -162,7 +205,9 @@ def _template_message(message: object, where: str) -> dict[str, Any]:
             texts.append(part["text"])
         content = "".join(texts)
     elif content is None:
-        # Without text there is nothing for the template to write (tool calls are not offered locally).
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            return ""  # only calls: the calls are the message
+        # Without text there is nothing for the template to write.
         raise InvalidLocalRequest(
             f"`{where}` has no `content`: a local model needs every message's text.", param=f"{where}.content"
         )
@@ -170,7 +215,7 @@ def _template_message(message: object, where: str) -> dict[str, Any]:
         raise InvalidLocalRequest(
             f"`{where}.content` must be a text or a list of text parts, got {describe(content)}.", param=f"{where}.content"
         )
-    return {"role": message.get("role"), "content": content}
+    return content
 
 
 def completion_prompts(payload: dict[str, Any]) -> list[str | list[int]]:

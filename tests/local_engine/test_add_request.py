@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+from transformers import LlamaConfig, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM as HFLlama
 
-from local_engine import LLM, CompletionTooLong, EngineConfig, InvalidInput, LLMEngine, PromptTooLong, SamplingParams
-from local_engine import llm_engine
+from local_engine import (
+    LLM,
+    CompletionTooLong,
+    EngineConfig,
+    InvalidInput,
+    LLMEngine,
+    PromptTooLong,
+    SamplingParams,
+    llm_engine,
+)
 from local_engine.loader import LoadedModel
 from tests.local_engine.tiny import TINY, tiny_loaded
 

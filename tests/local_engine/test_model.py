@@ -27,9 +27,9 @@ from transformers import (
 )
 
 from local_engine.attention import AttentionMetadata
-from local_engine.model.linear import FrozenLinear, can_pack_for_cpu
 from local_engine.kv_cache import KVCache
 from local_engine.model import LlamaForCausalLM
+from local_engine.model.linear import FrozenLinear, can_pack_for_cpu
 from tests.local_engine.tiny import TINY
 
 CPU = torch.device("cpu")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+from transformers import LlamaConfig, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM as HFLlama
 
 from local_engine import EngineConfig, LLMEngine, RequestOutput, SamplingParams
 from local_engine.kv_cache import KVCache

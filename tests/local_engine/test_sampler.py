@@ -7,7 +7,12 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from local_engine.sampler import SampledToken, Sampler, SamplingRow, apply_logit_processors
+from local_engine.sampler import (
+    SampledToken,
+    Sampler,
+    SamplingRow,
+    apply_logit_processors,
+)
 from local_engine.sampling_params import SamplingParams
 
 EOS = 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from transformers import LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM as HFLlama
+from transformers import PreTrainedTokenizerBase
 
 from local_engine import LLMEngine, SamplingParams, StepFailed
 from local_engine.scheduler import SchedulerOutput

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM as HFLlama, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM as HFLlama
+from transformers import PreTrainedTokenizerBase
 
 from local_engine.loader import LoadedModel
 from local_engine.model import LlamaForCausalLM

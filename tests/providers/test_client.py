@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from providers import AsyncOpenAICompatibleAPI, MissingAPIKey, NotOffered, OpenAICompatibleAPI
+from providers import (
+    AsyncOpenAICompatibleAPI,
+    MissingAPIKey,
+    NotOffered,
+    OpenAICompatibleAPI,
+)
 from tests.support.fakes.provider_fakes import ProviderFake, fakes
 from tests.support.servers import ServedApp
 

@@ -8,7 +8,6 @@ import pytest
 from providers.errors import (
     ContextWindowExceeded,
     UpstreamAuthFailed,
-    UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamRedirected,
     UpstreamRejected,

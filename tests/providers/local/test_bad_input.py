@@ -73,6 +73,9 @@ LONG_STOP = [f"stop{index}" for index in range(17)]
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     # (endpoint, body, the param the 400 names)
+    ("chat", {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}}, "response_format"),
+    ("completions", {"prompt": "hi", "extra_body": {"structured_outputs": {"regex": "(unclosed"}}}, "structured_outputs"),
     ("chat", {"messages": HI, "seed": -1}, "seed"),
     ("chat", {"messages": HI, "seed": 2**64}, "seed"),
     ("chat", {"messages": HI, "seed": 1.5}, "seed"),

@@ -13,8 +13,8 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from providers import build_providers
 from providers.local.provider import LocalProvider
-from tests.providers.local.conftest import wait_ready
 from tests.local_engine.test_step_failure import POISON, fail_steps_with
+from tests.providers.local.conftest import wait_ready
 from tests.support.servers import ServedApp
 
 

@@ -18,8 +18,8 @@ import pytest
 from gateway.app import create_app
 from gateway.config import parse_config
 from tests.conftest import PLANTED_KEY
-from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.providers.local.conftest import wait_ready
+from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.processes import GatewayProcess
 from tests.support.servers import ServedApp
 

@@ -124,11 +124,12 @@ def test_a_prompt_longer_than_the_context_is_a_400_context_length_exceeded(local
     with pytest.raises(openai.BadRequestError) as caught:
         local_client.completions.create(model="tiny", prompt="hello " * 400, max_tokens=4)
     assert caught.value.code == "context_length_exceeded"
-    # Tools are not built for local models: dropped and named, as for any provider without them.
+    # The deprecated functions are not built for local models (tools are): dropped and named, as for any
+    # provider without them.
     raw = local_client.chat.completions.with_raw_response.create(
-        model="tiny", messages=HI, max_tokens=2, tools=[{"type": "function", "function": {"name": "f"}}]
+        model="tiny", messages=HI, max_tokens=2, functions=[{"name": "f"}]
     )
-    assert raw.headers["x-switchyard-dropped-params"] == "tools"
+    assert raw.headers["x-switchyard-dropped-params"] == "functions"
 
 
 def test_tokenize_and_detokenize_round_trip(local_gateway: ServedApp, local_client: openai.OpenAI) -> None:
@@ -219,7 +220,9 @@ def test_serve_one_model_from_its_path_with_no_yaml(tiny_model_dir: Path, tmp_pa
 
 def test_local_answers_match_openais_schemas(local_gateway: ServedApp, local_client: openai.OpenAI) -> None:
     """Every shape the local provider writes, against OpenAI's OpenAPI spec."""
-    from tests.providers.local.test_prompt_logprobs import first_prompt_logprob_as_a_number
+    from tests.providers.local.test_prompt_logprobs import (
+        first_prompt_logprob_as_a_number,
+    )
     from tests.support.openai_spec.spec import validate
 
     url = local_gateway.url

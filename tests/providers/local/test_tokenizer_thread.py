@@ -14,7 +14,12 @@ import httpx
 import openai
 import pytest
 
-from tests.providers.local.test_bad_input import NEIGHBOUR, beside_a_neighbour, neighbour_alone, streamed_text  # noqa: F401
+from tests.providers.local.test_bad_input import (  # noqa: F401
+    NEIGHBOUR,
+    beside_a_neighbour,
+    neighbour_alone,
+    streamed_text,
+)
 from tests.support.servers import ServedApp
 
 HUGE = "lorem ipsum dolor sit amet " * 150_000  # 4 MB of text: seconds of tokenizing
