@@ -9,7 +9,8 @@
     └── BrowserGuardMiddleware          Host check (DNS rebinding) -> 421; POST bodies must be JSON -> 415
     └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
-        └── GatewayApp                  POST chat/completions, completions, embeddings -> relay
+        └── GatewayApp                  POST chat/completions, completions, embeddings, moderations,
+            │                           messages (Anthropic's, translated; http/doors/) -> relay
             │                           (Accounting: key limits before, metrics/ledger/charge after)
             └── FastAPI                 models, usage, health, /docs, errors for unknown URLs
 """

@@ -273,7 +273,7 @@ class InvalidApiKey(GatewayError):
         message = (
             "Incorrect API key provided."
             if presented
-            else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` header)."
+            else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` or `x-api-key` header)."
         )
         super().__init__(message)
 

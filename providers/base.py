@@ -7,7 +7,7 @@ It does not retry or fall back: those are the gateway's layers around it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +25,9 @@ class UpstreamRequest:
     request_id: str | None = None
     # What to do with a parameter the provider does not take (see providers.params).
     unsupported_params: UnsupportedPolicy = "drop"
+    # Client request headers (lower-case names) a provider may forward: only those its preset's
+    # ``forwarded_headers`` names are sent (Anthropic's ``anthropic-beta``).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,8 @@ class Target:
 def resolve(config: ClientConfig, environ: Mapping[str, str] | None = None) -> Target:
     """``config`` over its preset, the key from ``environ`` (default: the process's) when it names none."""
     upstream = config.resolve(os.environ if environ is None else environ)
+    if upstream.preset.protocol != "openai":  # the client wraps the openai SDK; the gateway translates the others
+        raise NotOffered(f"provider {config.type!r} speaks the {upstream.preset.protocol} protocol: call it through the gateway")
     if upstream.needs_key:
         raise MissingAPIKey(f"provider {config.type!r} needs an API key: set {upstream.preset.api_key_env} or pass api_key")
     return Target(config, upstream)

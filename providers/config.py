@@ -36,7 +36,7 @@ from pydantic import (
 from providers.local.config import LocalProviderConfig
 from providers.presets import PRESETS, ProviderPreset
 
-AuthStyle = Literal["bearer", "api-key"]
+AuthStyle = Literal["bearer", "api-key", "x-api-key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class ResolvedProvider:
     api_key: str | None  # from the config, else from the preset's environment variable when one was given
     auth: AuthStyle
     api_version: str | None  # Azure's api-version query parameter
-    headers: Mapping[str, str]  # extra headers on every request
+    headers: Mapping[str, str]  # extra headers on every request: the preset's, under the config's
 
     @property
     def url_style(self) -> Literal["openai", "azure"]:
@@ -62,11 +62,12 @@ class ResolvedProvider:
         return self.preset.requires_api_key and not self.api_key
 
     def auth_headers(self) -> dict[str, str]:
-        """The key as the upstream takes it: ``Authorization: Bearer <key>`` or Azure's ``api-key: <key>``."""
+        """The key as the upstream takes it: ``Authorization: Bearer <key>``, Azure's ``api-key: <key>``
+        or Anthropic's ``x-api-key: <key>``."""
         if not self.api_key:
             return {}
-        if self.auth == "api-key":
-            return {"api-key": self.api_key}
+        if self.auth in ("api-key", "x-api-key"):
+            return {self.auth: self.api_key}
         return {"authorization": f"Bearer {self.api_key}"}
 
 
@@ -75,7 +76,9 @@ class HostedProviderConfig(BaseModel):
 
     type: str = Field(description="Preset name: " + ", ".join(name for name, preset in PRESETS.items() if not preset.local))
     base_url: str | None = Field(None, description="Overrides the preset's URL; required for `custom`.")
-    api_key: SecretStr | None = Field(None, description="Sent as the preset says (Bearer, or Azure's api-key); never logged.")
+    api_key: SecretStr | None = Field(
+        None, description="Sent as the preset says (Bearer, Azure's api-key, Anthropic's x-api-key); never logged."
+    )
     auth: AuthStyle | None = Field(
         None, description="How the key is sent; default: the preset's (`bearer` for an Azure Entra ID token)."
     )
@@ -84,7 +87,10 @@ class HostedProviderConfig(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
     max_connections: int = Field(1000, ge=1, description="Pooled connections to this upstream.")
     keepalive_timeout: float = Field(30.0, gt=0, description="Seconds an idle pooled connection is kept open.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers on every upstream request.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers on every upstream request; they override the preset's (Anthropic's anthropic-version).",
+    )
 
     @field_validator("type")
     @classmethod
@@ -130,8 +136,15 @@ class HostedProviderConfig(BaseModel):
             api_key=api_key or (preset.key_from(environ) if environ is not None else None),
             auth=self.auth or preset.auth,
             api_version=self.api_version or preset.api_version,
-            headers=dict(self.headers),
+            headers=_merged_headers(preset.headers, self.headers),
         )
+
+
+def _merged_headers(preset: Mapping[str, str], config: Mapping[str, str]) -> dict[str, str]:
+    """The preset's headers under the config's; header names are case-insensitive, so a config's
+    ``Anthropic-Version`` replaces the preset's ``anthropic-version``."""
+    overridden = {name.lower() for name in config}
+    return {**{name: value for name, value in preset.items() if name.lower() not in overridden}, **config}
 
 
 # The union's tags, one per shape. Its errors carry the tag in their location

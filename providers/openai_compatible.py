@@ -1,30 +1,13 @@
 """The adapter for any upstream that speaks OpenAI's HTTP API.
 
-One pooled ``aiohttp.ClientSession`` per provider keeps connections alive
-across requests. Bodies are passed through as bytes: the gateway neither
-re-encodes an upstream's answer nor drops fields it does not know.
-
-Why aiohttp and not httpx: on the hot path the HTTP client is the largest
-single cost. Against the same local upstream, httpx's AsyncClient spent
-about 0.9 ms of CPU per request and aiohttp about 0.15 ms (aiohttp parses
-HTTP in C, httpx's h11 in Python); the whole gateway's budget is 1 ms. The
-gateway measured 1.31 ms per request on httpx and 0.52 ms on aiohttp
-(docs/performance.md).
-
-Redirects are never followed (``allow_redirects=False`` on every call):
-aiohttp drops ``Authorization`` on a cross-origin redirect but not other
-auth headers (Azure's ``api-key``), and a POST turned into a GET by a 302
-would come back as someone else's 200. A 3xx is ``UpstreamRedirected``.
-
-Nothing here masks keys: what an upstream echoes (in an error's fields, a
-stream event, a 200 body) is masked on its way out of the gateway, in one
-place (``gateway/http/middleware/redaction.py``), and in log lines by the log formatter.
+Bodies are passed through as bytes: the gateway neither re-encodes an
+upstream's answer nor drops fields it does not know. The session, the
+timeouts, redirects refused and transport failures are the HTTP layer's
+(``providers/http_upstream.py``), shared with the Anthropic adapter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,12 +22,14 @@ from providers.base import UpstreamRequest, UpstreamResponse
 from providers.config import HostedProviderConfig
 from providers.errors import (
     EndpointNotOffered,
-    ProviderError,
     StreamInterrupted,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-    error_from_response,
+)
+from providers.http_upstream import (
+    TRANSPORT_ERRORS,
+    HTTPUpstream,
+    release,
+    stream_interrupted,
 )
 from providers.params import adapt, dropped_header
 from providers.sse import DONE, SSEDecoder
@@ -53,38 +38,20 @@ from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 
-# How long to wait for the end of a stream's body after [DONE].
-_DRAIN_SECONDS = 0.5
-_STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 # Parameter maps are about generation parameters: chat and completions bodies.
 _MAPPED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 
 
-class OpenAICompatibleProvider:
+class OpenAICompatibleProvider(HTTPUpstream):
     def __init__(self, name: str, config: HostedProviderConfig) -> None:
-        self.name = name
-        upstream = config.resolve()
-        self._upstream = upstream
+        super().__init__(name, config)
+        upstream = self._upstream
         self._preset = upstream.preset
         self._urls = {endpoint: URL(f"{upstream.base_url}/{endpoint.value}") for endpoint in Endpoint}
-        self._headers = {"content-type": "application/json", **upstream.headers, **upstream.auth_headers()}
-        self._config = config
-        self._session: aiohttp.ClientSession | None = None
-        # A stream's reads are not timed here: a per-read timer is re-armed on
-        # every chunk (about 9% of a stream's CPU), and the gateway watches
-        # streams with one timer each (gateway/routing/stream_guard.py).
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=None)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         url, payload, headers = self._prepare(request)
-        try:
-            async with self._client().post(url, data=orjson.dumps(payload), allow_redirects=False) as response:
-                body = await response.read()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._transport_error(exc) from None
-        if response.status >= 300:
-            raise error_from_response(response.status, body, response.headers, provider=self.name)
+        response, body = await self.post(url, orjson.dumps(payload))
         try:
             answer = orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
         except orjson.JSONDecodeError:
@@ -99,27 +66,7 @@ class OpenAICompatibleProvider:
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url, payload, headers = self._prepare(request)
-        try:
-            response = await self._client().post(
-                url, data=orjson.dumps(payload), headers=_STREAM_HEADERS, timeout=self._stream_timeout,
-                allow_redirects=False,
-            )  # fmt: skip
-        except _TRANSPORT_ERRORS as exc:
-            raise self._transport_error(exc) from None
-        try:
-            if response.status >= 300:
-                body = await response.read()
-                raise error_from_response(response.status, body, response.headers, provider=self.name)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise UpstreamProtocolError(
-                    f"provider '{self.name}' answered a stream request without an event stream", provider=self.name
-                )
-        except _TRANSPORT_ERRORS as exc:
-            response.close()
-            raise self._transport_error(exc) from None
-        except BaseException:
-            response.close()
-            raise
+        response = await self.open(url, orjson.dumps(payload))
         return EventStream(response, self.name, headers, request.endpoint, payload, usage_requested(request.payload))
 
     def offers(self, endpoint: Endpoint) -> bool:
@@ -143,37 +90,6 @@ class OpenAICompatibleProvider:
         # Azure names the deployment in the path; the body's model is not used to route.
         path = f"{self._upstream.base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
         return URL(path).with_query({"api-version": self._upstream.api_version or ""})
-
-    state = "ready"  # an HTTP upstream's health is the router's to learn, from its answers
-
-    async def start(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: a session belongs to the event loop that runs it.
-        if self._session is None:
-            config = self._config
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=config.max_connections, limit_per_host=0, keepalive_timeout=config.keepalive_timeout
-                ),
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.timeout),
-                raise_for_status=False,
-            )
-        return self._session
-
-    def _transport_error(self, exc: BaseException) -> ProviderError:
-        logger.warning("provider %s: %s: %s", self.name, type(exc).__name__, exc)
-        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-            return UpstreamUnreachable(f"provider '{self.name}' is unreachable", provider=self.name)
-        if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(f"provider '{self.name}' did not answer in time", provider=self.name)
-        return UpstreamUnreachable(f"provider '{self.name}' dropped the connection", provider=self.name)
 
 
 class EventStream:
@@ -240,13 +156,8 @@ class EventStream:
                     return
                 if events:
                     yield self._checked(events)
-        except _TRANSPORT_ERRORS as exc:
-            cause = "stalled" if isinstance(exc, TimeoutError) else "broke"
-            logger.warning("provider %s: stream %s: %s", self._provider_name, cause, type(exc).__name__)
-            raise StreamInterrupted(
-                f"the stream from provider '{self._provider_name}' {cause} before it finished",
-                provider=self._provider_name,
-            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise stream_interrupted(self._provider_name, exc) from None
         raise StreamInterrupted(
             f"provider '{self._provider_name}' ended the stream before [DONE]", provider=self._provider_name
         )
@@ -273,15 +184,7 @@ class EventStream:
 
     async def aclose(self) -> None:
         try:
-            if not self._finished:
-                self._response.close()  # an unfinished body cannot be reused: drop the connection
-                return
-            # Read the body's end (the chunked terminator follows [DONE]) so the
-            # connection goes back to the pool: a TLS connection is costly to reopen.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_DRAIN_SECONDS):
-                    await self._response.content.read()
-            self._response.release()
+            await release(self._response, self._finished)
         finally:
             # After the client has its last byte. A stream that sent events is counted
             # for what it used, cut short or not; one that failed before any was retried.

@@ -25,10 +25,16 @@ class ProviderPreset:
     api_key_env: str | None
     # A custom server (vLLM, llama.cpp, another Switchyard) often needs no key.
     requires_api_key: bool = True
-    # How the key is sent: "Authorization: Bearer <key>", or Azure's "api-key: <key>".
-    auth: Literal["bearer", "api-key"] = "bearer"
+    # How the key is sent: "Authorization: Bearer <key>", Azure's "api-key: <key>", or Anthropic's "x-api-key: <key>".
+    auth: Literal["bearer", "api-key", "x-api-key"] = "bearer"
     # Where requests go: "{base_url}/{endpoint}", or Azure's per-deployment URLs.
     url_style: Literal["openai", "azure"] = "openai"
+    # The wire protocol, and so the adapter (providers/registry.py): OpenAI's, or Anthropic's Messages API.
+    protocol: Literal["openai", "anthropic"] = "openai"
+    # Headers on every request, under the config's own `headers:` (which override them).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Client request headers passed on to the upstream when the client sends them (lower-case).
+    forwarded_headers: frozenset[str] = frozenset()
     api_version: str | None = None  # Azure's api-version query parameter
     endpoints: frozenset[Endpoint] = frozenset(Endpoint)
     # Rules for chat and completions parameters; a parameter not listed is forwarded.
@@ -127,6 +133,39 @@ PRESETS: dict[str, ProviderPreset] = {
         url_style="azure",
         api_version="2024-10-21",
         endpoints=OPENAI_ENDPOINTS,
+    ),
+    # Google's OpenAI-compatible endpoint (a beta, by Google's word). Fields its schema lacks are a 400
+    # "Unknown name ...: Cannot find field" (docs/providers.md has the reports); its error body is a
+    # list around Google's status object, which providers/errors.py reads.
+    "gemini": ProviderPreset(
+        base_url="https://generativelanguage.googleapis.com/v1beta/openai",
+        api_key_env="GEMINI_API_KEY",
+        endpoints=frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS}),
+        params={"frequency_penalty": Unsupported(), "presence_penalty": Unsupported(), "seed": Unsupported()},
+    ),
+    # Anthropic's Messages API, translated to and from chat completions (providers/anthropic/). What the
+    # translation cannot carry is in the map; max_completion_tokens is Anthropic's required max_tokens.
+    "anthropic": ProviderPreset(
+        base_url="https://api.anthropic.com",
+        api_key_env="ANTHROPIC_API_KEY",
+        auth="x-api-key",
+        protocol="anthropic",
+        endpoints=CHAT_ONLY,
+        headers={"anthropic-version": "2023-06-01"},
+        forwarded_headers=frozenset({"anthropic-beta"}),
+        params={
+            **_MAX_TOKENS,
+            **_NO_LOGPROBS,
+            "n": Unsupported(allowed=(1,)),
+            "logit_bias": Unsupported(),
+            "presence_penalty": Unsupported(),
+            "frequency_penalty": Unsupported(),
+            "seed": Unsupported(),
+            "response_format": Unsupported(allowed=({"type": "text"},)),
+            **{name: Unsupported() for name in ("functions", "function_call", "audio", "prediction", "web_search_options",
+                                                "reasoning_effort", "store", "metadata", "service_tier")},
+            "modalities": Unsupported(allowed=(["text"],)),
+        },
     ),
     "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False),
     # The local engine: chat and completions for a causal LM, embeddings for a sentence encoder

@@ -20,6 +20,12 @@ class Endpoint(StrEnum):
     MODERATIONS = "moderations"
 
 
+class Door(StrEnum):
+    """A URL that speaks another API, translated to and from one of the endpoints above; named as metrics and the ledger label it."""
+
+    MESSAGES = "messages"  # Anthropic's POST /v1/messages, routed as chat/completions
+
+
 # The field that carries each endpoint's prompt.
 PROMPT_FIELDS = {
     Endpoint.CHAT: "messages",

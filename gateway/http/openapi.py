@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.http.relay import RELAY_PATHS
-from gateway.http.validation import REQUEST_MODELS
+from providers.wire import Door
 
 # What each status means, wherever it is answered.
 MEANINGS: dict[str, str] = {
@@ -62,6 +62,7 @@ OWN_STATUSES: dict[str, tuple[str, ...]] = {
     "/v1/usage": ("401", "403", "404"),  # 401 even on an open gateway: the usage needs an admin key
     "/v1/tokenize": ("403", "404"),
     "/v1/detokenize": ("403", "404"),
+    "/v1/messages/count_tokens": ("401", "403", "404"),
 }
 RELAY_STATUSES = ("401", "403", "404", "429", "502", "504", "4XX", "5XX")
 _HEADERS: dict[str, dict[str, Any]] = {
@@ -106,16 +107,25 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 
 
 def _add_relay_endpoints(paths: dict[str, Any], components: dict[str, Any]) -> None:
-    for path, endpoint in RELAY_PATHS.items():
-        model = REQUEST_MODELS[endpoint]
+    for path, door in RELAY_PATHS.items():
+        model = door.request_model
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(model_schema.pop("$defs", {}))
         components[model.__name__] = model_schema
+        anthropic = isinstance(door.label, Door)
+        if door.answer_here is not None:
+            summary, description = "Count message tokens", "Anthropic-compatible; counted by the gateway (docs/compatibility.md)."
+        elif anthropic:
+            summary = "Create message"
+            description = "Anthropic-compatible, routed as chat completions; see docs/compatibility.md for each field."
+        else:
+            summary = f"Create {door.endpoint.value.replace('/', ' ').rstrip('s')}"
+            description = "OpenAI-compatible; fields not listed here are forwarded to the upstream unchanged."
         paths[path] = {
             "post": {
-                "tags": ["openai"],
-                "summary": f"Create {endpoint.value.replace('/', ' ').rstrip('s')}",
-                "description": "OpenAI-compatible; fields not listed here are forwarded to the upstream unchanged.",
+                "tags": ["anthropic" if anthropic else "openai"],
+                "summary": summary,
+                "description": description,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
@@ -138,7 +148,7 @@ def _responses(path: str, operation: dict[str, Any]) -> dict[str, Any]:
         statuses.add("401")
     if "requestBody" in operation:
         statuses.update(("413", "415"))
-    if path in RELAY_PATHS:
+    if path in RELAY_PATHS and RELAY_PATHS[path].answer_here is None:
         statuses.update(RELAY_STATUSES)
     errors = {}
     for status in sorted(statuses):

@@ -5,6 +5,10 @@ serves, so they skip the web framework: FastAPI's routing, dependency
 solving and Request/Response objects cost about half of the gateway's CPU
 per request (docs/performance.md). Everything else (models, health, docs,
 unknown URLs) is served by FastAPI behind this dispatcher.
+
+Each URL is a door (``gateway.http.doors``): OpenAI's are relayed as they
+are, another API's (Anthropic's ``/v1/messages``) is translated in and out
+around the same routing, limits and accounting.
 """
 
 from __future__ import annotations
@@ -17,29 +21,31 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import InternalError, MethodNotAllowed, RequestTooLarge
+from gateway.http.doors import DOORS, Door
 from gateway.http.responses import send_error, send_json
 from gateway.http.streaming import relay_event_stream
-from gateway.http.validation import BodyLimits, parse_body
+from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting, Outcome
 from gateway.keys.keyring import api_key_of
 from gateway.routing.deadline import request_timeout
 from gateway.routing.router import Routed, Router
-from providers import Endpoint, OpenAIError
-from providers.wire import Header, usage_requested
+from providers import OpenAIError
+from providers.wire import Header
 
 logger = logging.getLogger(__name__)
 
-RELAY_PATHS = {f"/v1/{endpoint.value}": endpoint for endpoint in Endpoint}
-STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+RELAY_PATHS = DOORS
 # On an answer whose token usage the gateway counted because the upstream reported none.
 ESTIMATED_HEADER = (Header.USAGE_ESTIMATED.encode(), b"true")
-_PROCESS_TIME, _PROVIDER, _MODEL = (name.encode() for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL))
+_PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED = (
+    name.encode() for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL, Header.DROPPED_PARAMS)
+)
 # Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
 CLIENT_CLOSED_REQUEST = 499
 
 
 class GatewayApp:
-    """Sends ``POST /v1/{chat/completions,completions,embeddings}`` to the relay, the rest to ``fallback``."""
+    """Sends a POST to each door (``RELAY_PATHS``) to the relay, the rest to ``fallback``."""
 
     def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits) -> None:
         self._limits = limits
@@ -48,67 +54,101 @@ class GatewayApp:
         self._accounting = accounting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None:
+        door = RELAY_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        if door is None:
             await self._fallback(scope, receive, send)
         elif scope["method"] != "POST":
-            await send_error(send, MethodNotAllowed(scope["method"], scope["path"], "POST"))
+            await send_error(send, MethodNotAllowed(scope["method"], scope["path"], "POST"), door.error_body)
+        elif door.answer_here is not None:
+            await self._answer_here(scope, receive, send, door)
         else:
-            await self._relay(scope, receive, send, endpoint)
+            await self._relay(scope, receive, send, door)
 
-    async def _relay(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, door: Door) -> None:
         started = time.perf_counter()
         state = scope["state"]
         outcome = Outcome(state["request_id"], api_key_of(scope))
         try:
-            await self._answer(scope, receive, send, endpoint, started, outcome)
+            await self._answer(scope, receive, send, door, started, outcome)
         except asyncio.CancelledError:
             outcome.status = CLIENT_CLOSED_REQUEST
             raise
         finally:
-            self._accounting.finish(endpoint, outcome, started)
+            self._accounting.finish(door.label, outcome, started)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, started: float, outcome: Outcome
+        self, scope: Scope, receive: Receive, send: Send, door: Door, started: float, outcome: Outcome
     ) -> None:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
-            payload = parse_body(await read_body(scope, receive, self._limits.max_bytes), endpoint, self._limits)
+            body = await read_body(scope, receive, self._limits.max_bytes)
+            translated = door.read(body, self._limits, self._router.table.unsupported_params)
+            payload = translated.payload
             outcome.model = payload["model"]
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
-            if payload.get("stream") is True and endpoint in STREAMABLE:
+            if payload.get("stream") is True and door.streams:
                 outcome.stream = True
                 routed_stream = await self._router.open_stream(
-                    endpoint, payload, deadline, outcome.request_id, outcome.trace
+                    door.endpoint, payload, deadline, outcome.request_id, outcome.trace
                 )
                 outcome.routed(routed_stream, 200)
                 first_event = time.perf_counter() - started
                 self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
-                include_usage = usage_requested(payload)
                 try:
-                    await relay_event_stream(routed_stream.answer, headers, send, include_usage=include_usage)
+                    framing = door.framing(translated)
+                    await relay_event_stream(routed_stream.answer, _dropped(headers, translated.dropped), send, framing)
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
                 return
-            routed = await self._router.send(endpoint, payload, deadline, outcome.request_id, outcome.trace)
+            routed = await self._router.send(door.endpoint, payload, deadline, outcome.request_id, outcome.trace)
+            outcome.routed(routed, routed.answer.status)
+            outcome.usage = routed.answer.usage
+            answer = routed.answer.body if door.answer is None else door.answer(routed.answer.body, translated, outcome.usage)
         except OpenAIError as error:
             outcome.status = error.status_code
-            await send_error(send, error)
+            await send_error(send, error, door.error_body)
             return
         except Exception:
             # relay_event_stream never raises after the response started, so none has.
             logger.exception("unexpected error on POST %s", scope["path"])
-            await send_error(send, InternalError())
+            await send_error(send, InternalError(), door.error_body)
             return
-        outcome.routed(routed, routed.answer.status)
-        outcome.usage = routed.answer.usage
         headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
         if outcome.usage is not None and outcome.usage.estimated:
             headers.append(ESTIMATED_HEADER)
-        await send_json(send, routed.answer.status, routed.answer.body, headers)
+        await send_json(send, routed.answer.status, answer, _dropped(headers, translated.dropped))
+
+    async def _answer_here(self, scope: Scope, receive: Receive, send: Send, door: Door) -> None:
+        """A door the gateway answers itself (count_tokens): read and checked as the others, never routed."""
+        assert door.answer_here is not None
+        try:
+            body = await read_body(scope, receive, self._limits.max_bytes)
+            translated = door.read(body, self._limits, self._router.table.unsupported_params)
+            key = api_key_of(scope)
+            if key is not None:
+                key.require(translated.payload["model"])
+            answer = await door.answer_here(translated, self._router.table)
+        except OpenAIError as error:
+            await send_error(send, error, door.error_body)
+            return
+        except Exception:
+            logger.exception("unexpected error on POST %s", scope["path"])
+            await send_error(send, InternalError(), door.error_body)
+            return
+        await send_json(send, 200, answer, _dropped([], translated.dropped))
+
+
+def _dropped(headers: list[tuple[bytes, bytes]], dropped: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the door's dropped fields added to x-switchyard-dropped-params (the provider's may be there)."""
+    if not dropped:
+        return headers
+    named = b",".join(name.encode() for name in dropped)
+    kept = [(name, value) for name, value in headers if name != _DROPPED]
+    provider_dropped = [value for name, value in headers if name == _DROPPED]
+    return [*kept, (_DROPPED, b",".join([named, *provider_dropped]))]
 
 
 def _process_time(seconds: float) -> tuple[bytes, bytes]:

@@ -7,6 +7,7 @@ as Starlette responses, for the FastAPI routes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,9 +19,10 @@ from providers import OpenAIError
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
-async def send_error(send: Send, error: OpenAIError) -> None:
+async def send_error(send: Send, error: OpenAIError, render: Callable[[OpenAIError], bytes] = OpenAIError.to_json) -> None:
+    """``error`` with its status and headers; ``render`` writes its body (another API's door has its own shape)."""
     extra = [(name.encode(), value.encode()) for name, value in error.headers.items()]
-    await send_json(send, error.status_code, error.to_json(), extra)
+    await send_json(send, error.status_code, render(error), extra)
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

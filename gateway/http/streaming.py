@@ -5,11 +5,16 @@ that arrived in one read are written in one message). The stream ends with
 ``data: [DONE]`` only when the upstream finished; if it breaks after the
 response has started, the client gets an error event in OpenAI's shape and
 no ``[DONE]``, so an SDK raises instead of returning half an answer.
+
+How events, the end and an error are written is the door's
+``EventFraming``: ``OpenAIFraming`` relays the upstream's events as they
+are; another API's door translates them (``doors/anthropic_stream.py``).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from starlette.types import Send
 
@@ -26,34 +31,68 @@ _SSE_HEADERS = [
 ]
 
 
-async def relay_event_stream(
-    stream: UpstreamStream, headers: list[tuple[bytes, bytes]], send: Send, *, include_usage: bool = False
-) -> None:
-    """Write ``stream`` to the client; never raises once the response has started.
+class EventFraming(Protocol):
+    """What the client reads of an upstream stream: its events, its end, and an error that breaks it."""
+
+    def events(self, events: list[bytes]) -> bytes:
+        """The bytes to write for the ``data`` of events read together (may be empty)."""
+        ...
+
+    def end(self, stream: UpstreamStream) -> bytes:
+        """The last bytes, once the upstream finished (``stream``'s usage is final by then)."""
+        ...
+
+    def error(self, error: OpenAIError) -> bytes:
+        """The last bytes when the stream broke after the response started."""
+        ...
+
+
+class OpenAIFraming:
+    """The upstream's events as they are, then ``[DONE]``.
 
     ``include_usage``: the client asked for a usage chunk; if the upstream sent
     none, one with the gateway's estimate goes before ``[DONE]``.
     """
+
+    __slots__ = ("_include_usage",)
+
+    def __init__(self, include_usage: bool) -> None:
+        self._include_usage = include_usage
+
+    def events(self, events: list[bytes]) -> bytes:
+        return b"".join([encode_event(data) for data in events])
+
+    def end(self, stream: UpstreamStream) -> bytes:
+        usage_chunk = stream.usage_chunk() if self._include_usage else None
+        return DONE_EVENT if usage_chunk is None else encode_event(usage_chunk) + DONE_EVENT
+
+    def error(self, error: OpenAIError) -> bytes:
+        return encode_event(error.to_json())
+
+
+async def relay_event_stream(
+    stream: UpstreamStream, headers: list[tuple[bytes, bytes]], send: Send, framing: EventFraming
+) -> None:
+    """Write ``stream`` to the client as ``framing`` says; never raises once the response has started."""
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         try:
             async for events in stream:
-                body = b"".join([encode_event(data) for data in events])
+                body = framing.events(events)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+            ending = framing.end(stream)
         except OpenAIError as error:
             logger.warning("stream from %s interrupted: %s", getattr(error, "provider", None), error.message)
-            await _end_with_error(send, error)
+            await _end_with_error(send, framing.error(error))
             return
         except Exception:
             logger.exception("stream relay failed")
-            await _end_with_error(send, InternalError())
+            await _end_with_error(send, framing.error(InternalError()))
             return
-        usage_chunk = stream.usage_chunk() if include_usage else None
-        ending = DONE_EVENT if usage_chunk is None else encode_event(usage_chunk) + DONE_EVENT
         await send({"type": "http.response.body", "body": ending, "more_body": False})
     finally:
         await stream.aclose()
 
 
-async def _end_with_error(send: Send, error: OpenAIError) -> None:
-    await send({"type": "http.response.body", "body": encode_event(error.to_json()), "more_body": False})
+async def _end_with_error(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -123,9 +123,13 @@ REQUEST_MODELS: dict[Endpoint, type[_Body]] = {
 
 def parse_body(body: bytes, endpoint: Endpoint, limits: BodyLimits) -> dict[str, Any]:
     """Decode and check a model endpoint's body, kept as the client's dict; raise InvalidRequest naming the bad param."""
-    payload = decode_body(body, limits)
+    return check_payload(decode_body(body, limits), REQUEST_MODELS[endpoint])
+
+
+def check_payload(payload: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``payload`` itself, once ``model`` finds it valid; raise InvalidRequest naming the bad param."""
     try:
-        REQUEST_MODELS[endpoint].model_validate(payload)
+        model.model_validate(payload)
     except ValidationError as exc:
         raise _invalid_request(exc, payload) from None
     return payload

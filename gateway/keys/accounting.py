@@ -20,7 +20,7 @@ from gateway.ledger import LedgerWriter, UsageRecord
 from gateway.routing.router import Routed, Trace
 from gateway.telemetry.metrics import GatewayMetrics
 from providers import Endpoint, UpstreamResponse, UpstreamStream
-from providers.wire import RequestTimings, Usage
+from providers.wire import Door, RequestTimings, Usage
 
 
 class Outcome:
@@ -74,7 +74,8 @@ class Accounting:
         """A stream's first event went out ``seconds`` after the request came in."""
         self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(seconds)
 
-    def finish(self, endpoint: Endpoint, outcome: Outcome, started: float) -> None:
+    def finish(self, endpoint: Endpoint | Door, outcome: Outcome, started: float) -> None:
+        """Count the finished request under ``endpoint``: an OpenAI endpoint, or the door it came through (``messages``)."""
         elapsed = time.perf_counter() - started
         self._observe(endpoint, outcome, elapsed)
         usage = outcome.usage
@@ -84,7 +85,7 @@ class Accounting:
         if self._ledger is not None:
             self._ledger.record(_record(endpoint, outcome, elapsed))
 
-    def _observe(self, endpoint: Endpoint, outcome: Outcome, elapsed: float) -> None:
+    def _observe(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> None:
         metrics = self._metrics
         model = metrics.model_label(outcome.model)
         metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
@@ -101,7 +102,7 @@ class Accounting:
         metrics.observe_engine_timings(outcome.provider, outcome.timings)
 
 
-def _record(endpoint: Endpoint, outcome: Outcome, elapsed: float) -> UsageRecord:
+def _record(endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> UsageRecord:
     usage = outcome.usage
     return UsageRecord(
         time=time.time(),

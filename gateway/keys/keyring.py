@@ -3,8 +3,9 @@
 Keys come from ``server.api_keys``: the key itself (usually ``${VAR}``) or
 its sha256. Either way only the sha256 is kept in memory, and a presented
 key is hashed and looked up, so no key is compared character by character.
-A key is accepted from ``Authorization: Bearer <key>`` (the OpenAI SDKs) or
-``api-key: <key>`` (Azure-style clients). With no ``api_keys`` configured
+A key is accepted from ``Authorization: Bearer <key>`` (the OpenAI SDKs),
+``api-key: <key>`` (Azure-style clients) or ``x-api-key: <key>`` (Anthropic's
+SDKs and Claude Code). With no ``api_keys`` configured
 the gateway is open, and says so at start. ``admin_keys`` may call every
 model without limits and are the only keys that read ``/v1/usage``.
 """
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import ADMIN_KEY_NAME, ServerConfig
 from gateway.errors import InvalidApiKey, ModelNotAllowed
+from gateway.http.doors import error_body_for
 from gateway.http.responses import send_error
 from gateway.keys.limits import KeyLimitsConfig
 
@@ -98,7 +100,7 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif name == b"api-key" and value.strip():
+        elif (name == b"api-key" or name == b"x-api-key") and value.strip():
             return value.decode("latin-1").strip()
     return None
 
@@ -120,6 +122,6 @@ class ApiKeyMiddleware:
             try:
                 scope.setdefault("state", {})[SCOPE_KEY] = self._keys.identify(scope["headers"])
             except InvalidApiKey as error:
-                await send_error(send, error)
+                await send_error(send, error, error_body_for(scope["path"]))  # /v1/messages: Anthropic's shape
                 return
         await self.app(scope, receive, send)

@@ -42,6 +42,14 @@ def test_every_checked_parameter_is_listed(endpoint: Endpoint) -> None:
     assert checked <= listed, sorted(checked - listed)
 
 
+def test_every_messages_field_the_gateway_checks_is_listed() -> None:
+    from gateway.http.doors.anthropic_messages import MessagesRequest
+
+    start = DOC.index("## `POST /v1/messages` (Anthropic)")
+    listed = set(re.findall(r"`([a-z_]+)`", DOC[start : DOC.find("\n## ", start + 1)]))
+    assert set(MessagesRequest.model_fields) <= listed, sorted(set(MessagesRequest.model_fields) - listed)
+
+
 def test_unsupported_endpoints_are_listed() -> None:
     for path in UNSUPPORTED_OPENAI_PATHS:
         assert path.rstrip("/") in DOC, path

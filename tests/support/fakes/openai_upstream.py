@@ -13,6 +13,7 @@ gateway's config:
     endless-stream      streams a chunk every 50 ms until the client leaves
     broken-stream       streams two chunks, then drops the connection
     json-for-stream     answers a stream request with plain JSON
+    tool-caller         with ``tools``, after a user turn: calls the first tool with {"city": <the user's text>}
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class FakeOpenAI:
         if kind == "slow":
             if await self._client_left_within(float(argument), receive):
                 return
+        if model == "tool-caller" and chat and payload.get("tools") and payload["messages"][-1].get("role") == "user":
+            await _tool_call(payload, send)
+            return
         text = _reply_text(payload, chat)
         if not payload.get("stream"):
             answer = _full_response(model, text, chat)
@@ -143,6 +147,39 @@ class FakeOpenAI:
             self.disconnects.append(time.monotonic())
         finally:
             writer.cancel()
+
+
+async def _tool_call(payload: dict[str, Any], send: Any) -> None:
+    name = payload["tools"][0]["function"]["name"]
+    arguments = orjson.dumps({"city": payload["messages"][-1].get("content")}).decode()
+    call = {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    if not payload.get("stream"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                  "logprobs": None, "finish_reason": "tool_calls"}
+        await _json(send, 200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+                                "model": "tool-caller", "choices": [choice], "usage": usage})
+        return
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                "model": "tool-caller", "choices": choices, **extra}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    half = len(arguments) // 2
+    opening = {**call, "index": 0, "function": {"name": name, "arguments": ""}}
+    events = [
+        chunk({"role": "assistant", "content": None}, None),
+        chunk({"tool_calls": [opening]}, None),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]}, None),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}, None),
+        chunk({}, "tool_calls"),
+    ]
+    if (payload.get("stream_options") or {}).get("include_usage"):
+        events.append(chunk(None, None, usage=usage))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b"".join(events) + b"data: [DONE]\n\n"})
 
 
 def _reply_text(payload: dict[str, Any], chat: bool) -> str:

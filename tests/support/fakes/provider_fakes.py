@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from .asgi import read_request, serve_lifespan
 from .faulty import chunk, completion
 
-Refusal = tuple[int, dict[str, Any]]
+Refusal = tuple[int, Any]  # a status and its JSON body
 
 
 def openai_error(message: str, code: str | None = None) -> dict[str, Any]:
@@ -86,7 +86,15 @@ class ProviderFake:
         return 200, completion(str(body.get("model")), self.name)
 
 
-def always(status: int, answer: dict[str, Any]) -> Callable[[Any], Refusal]:
+def google_unknown_field(name: str) -> Any:
+    """Google's 400 for a field outside Gemini's schema: its status object, in a list (as reported, docs/providers.md)."""
+    message = f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
+    return [{"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT",
+                       "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                                    "fieldViolations": [{"description": message}]}]}}]  # fmt: skip
+
+
+def always(status: int, answer: Any) -> Callable[[Any], Refusal]:
     return lambda value: (status, answer)
 
 
@@ -143,6 +151,11 @@ def fakes() -> dict[str, ProviderFake]:
             bad_key=(400, {"code": "Client specified an invalid argument", "error": "Incorrect API key provided: xa***"}),
         ),
         "fireworks": ProviderFake("fireworks", "/inference/v1"),
+        "gemini": ProviderFake(
+            "gemini",
+            "/v1beta/openai",
+            refuses={name: always(400, google_unknown_field(name)) for name in ("frequency_penalty", "presence_penalty", "seed")},
+        ),
         "openrouter": ProviderFake("openrouter", "/api/v1"),
         "anyscale": ProviderFake("anyscale", "/v1"),
         "azure": ProviderFake(
