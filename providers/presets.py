@@ -187,3 +187,6 @@ PRESETS: dict[str, ProviderPreset] = {
         local=True,
     ),
 }
+
+# Every client header some preset forwards: the relay reads only these from a request.
+FORWARDED_HEADERS = frozenset().union(*(preset.forwarded_headers for preset in PRESETS.values()))

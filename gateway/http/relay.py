@@ -30,6 +30,7 @@ from gateway.keys.keyring import api_key_of
 from gateway.routing.deadline import request_timeout
 from gateway.routing.router import Routed, Router
 from providers import OpenAIError
+from providers.presets import FORWARDED_HEADERS
 from providers.wire import Header
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class GatewayApp:
             if payload.get("stream") is True and door.streams:
                 outcome.stream = True
                 routed_stream = await self._router.open_stream(
-                    door.endpoint, payload, deadline, outcome.request_id, outcome.trace
+                    door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope)
                 )
                 outcome.routed(routed_stream, 200)
                 first_event = time.perf_counter() - started
@@ -103,7 +104,9 @@ class GatewayApp:
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
                 return
-            routed = await self._router.send(door.endpoint, payload, deadline, outcome.request_id, outcome.trace)
+            routed = await self._router.send(
+                door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope)
+            )
             outcome.routed(routed, routed.answer.status)
             outcome.usage = routed.answer.usage
             answer = routed.answer.body if door.answer is None else door.answer(routed.answer.body, translated, outcome.usage)
@@ -139,6 +142,14 @@ class GatewayApp:
             await send_error(send, InternalError(), door.error_body)
             return
         await send_json(send, 200, answer, _dropped([], translated.dropped))
+
+
+_FORWARDED = frozenset(name.encode() for name in FORWARDED_HEADERS)
+
+
+def _forwarded(scope: Scope) -> dict[str, str]:
+    """The request's headers that some provider passes on (``anthropic-beta``); the provider picks its own."""
+    return {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _FORWARDED}
 
 
 def _dropped(headers: list[tuple[bytes, bytes]], dropped: tuple[str, ...]) -> list[tuple[bytes, bytes]]:

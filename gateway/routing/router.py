@@ -118,12 +118,16 @@ class Router:
         deadline: Deadline,
         request_id: str | None = None,
         trace: Trace | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Awaitable[Routed[UpstreamResponse]]:
-        """The first answer; ``trace``, if given, records the attempts and models tried, failure or not."""
+        """The first answer; ``trace``, if given, records the attempts and models tried, failure or not.
+
+        ``headers``: client headers a provider may pass on (UpstreamRequest.headers).
+        """
         def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
             return state.deployment.provider.send(request)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace()))
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}))
 
     def open_stream(
         self,
@@ -132,6 +136,7 @@ class Router:
         deadline: Deadline,
         request_id: str | None = None,
         trace: Trace | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Awaitable[Routed[GuardedStream]]:
         """An event stream whose first events have arrived (so failing over is still invisible until then)."""
         config = self._config
@@ -148,7 +153,7 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace()))
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}))
 
     async def _route(self, job: _Job[T]) -> Routed[T]:
         requested = job.payload["model"]
@@ -210,7 +215,7 @@ class Router:
                 continue
             request = UpstreamRequest(
                 job.endpoint, {**payload, "model": state.deployment.model}, job.request_id,
-                self.table.unsupported_params(model),
+                self.table.unsupported_params(model), job.headers,
             )  # fmt: skip
             try:
                 answer = await self._with_retries(state, request, job)
@@ -298,6 +303,7 @@ class _Job(Generic[T]):
     deadline: Deadline
     call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]]
     trace: Trace
+    headers: Mapping[str, str]  # client headers a provider may pass on
 
 
 class _Memo(Generic[T]):

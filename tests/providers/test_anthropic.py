@@ -261,6 +261,14 @@ def test_plain_chat_with_a_system_prompt(fake: FakeAnthropic, client: openai.Ope
                             "messages": [{"role": "user", "content": "Hello there"}]}  # fmt: skip
 
 
+def test_a_clients_anthropic_beta_header_reaches_anthropic(fake: FakeAnthropic, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="claude-versioned", messages=HI,
+                                   extra_headers={"anthropic-beta": "files-api-2025-04-14", "x-other": "kept-here"})  # fmt: skip
+    seen = fake.requests[0]["headers"]
+    assert seen["anthropic-beta"] == "files-api-2025-04-14"
+    assert "x-other" not in seen  # only the headers the preset forwards
+
+
 def test_the_version_header_is_the_configs_to_override(fake: FakeAnthropic, client: openai.OpenAI) -> None:
     client.chat.completions.create(model="claude-versioned", messages=HI)
     assert fake.requests[0]["headers"]["anthropic-version"] == "2099-01-01"
