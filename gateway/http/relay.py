@@ -110,14 +110,8 @@ class GatewayApp:
             outcome.routed(routed, routed.answer.status)
             outcome.usage = routed.answer.usage
             answer = routed.answer.body if door.answer is None else door.answer(routed.answer.body, translated, outcome.usage)
-        except OpenAIError as error:
-            outcome.status = error.status_code
-            await send_error(send, error, door.error_body)
-            return
-        except Exception:
-            # relay_event_stream never raises after the response started, so none has.
-            logger.exception("unexpected error on POST %s", scope["path"])
-            await send_error(send, InternalError(), door.error_body)
+        except Exception as error:  # relay_event_stream never raises after the response started, so none has
+            outcome.status = await _refuse(send, door, error, scope["path"])
             return
         headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
         if outcome.usage is not None and outcome.usage.estimated:
@@ -134,14 +128,19 @@ class GatewayApp:
             if key is not None:
                 key.require(translated.payload["model"])
             answer = await door.answer_here(translated, self._router.table)
-        except OpenAIError as error:
-            await send_error(send, error, door.error_body)
-            return
-        except Exception:
-            logger.exception("unexpected error on POST %s", scope["path"])
-            await send_error(send, InternalError(), door.error_body)
+        except Exception as error:
+            await _refuse(send, door, error, scope["path"])
             return
         await send_json(send, 200, answer, _dropped([], translated.dropped))
+
+
+async def _refuse(send: Send, door: Door, error: Exception, path: str) -> int:
+    """Answer ``error`` in the door's shape (anything but an OpenAIError is a bug: logged, a 500); its status."""
+    if not isinstance(error, OpenAIError):
+        logger.error("unexpected error on POST %s", path, exc_info=error)
+        error = InternalError()
+    await send_error(send, error, door.error_body)
+    return error.status_code
 
 
 _FORWARDED = frozenset(name.encode() for name in FORWARDED_HEADERS)
