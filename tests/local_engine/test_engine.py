@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, PreTrainedTokenizerBase
 from transformers import LlamaForCausalLM as HFLlama
+from transformers import PreTrainedTokenizerBase
 
 from local_engine import (
     EngineConfig,
@@ -15,7 +15,7 @@ from local_engine import (
     SamplingParams,
 )
 from local_engine.kv_cache import KVCache
-from tests.local_engine.tiny import tiny_loaded
+from tests.local_engine.tiny import random_llama, tiny_loaded
 
 VOCAB = 49152  # SmolLM2's tokenizer, so outputs can be detokenized
 BLOCK = 4
@@ -23,12 +23,7 @@ BLOCK = 4
 
 @pytest.fixture(scope="module")
 def hf_model() -> HFLlama:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )
-    return HFLlama(config).eval()
+    return random_llama(VOCAB)
 
 
 def make_engine(hf_model: HFLlama, tokenizer: PreTrainedTokenizerBase, **options: object) -> LLMEngine:

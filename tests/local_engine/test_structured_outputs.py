@@ -12,9 +12,8 @@ import re
 
 import jsonschema
 import pytest
-import torch
-from transformers import LlamaConfig, PreTrainedTokenizerBase
 from transformers import LlamaForCausalLM as HFLlama
+from transformers import PreTrainedTokenizerBase
 
 from local_engine import (
     EngineConfig,
@@ -24,7 +23,7 @@ from local_engine import (
     SamplingParams,
 )
 from local_engine.structured_outputs import StructuredOutputsParams
-from tests.local_engine.tiny import tiny_loaded
+from tests.local_engine.tiny import random_llama, tiny_loaded
 
 VOCAB = 49152
 # Bounded, so that a random model always has a way to close: strings and integers short, objects closed.
@@ -66,12 +65,7 @@ SCHEMAS: list[dict] = [
 @pytest.fixture(scope="module")
 def wide_model() -> HFLlama:
     """Random weights over SmolLM2's whole vocabulary: unconstrained, it emits any of 49k tokens."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-    )  # fmt: skip
-    return HFLlama(config).eval()
+    return random_llama(VOCAB, context=512)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, PreTrainedTokenizerBase
 from transformers import LlamaForCausalLM as HFLlama
-from transformers import PreTrainedTokenizerBase
 
 from local_engine.loader import LoadedModel
 from local_engine.model import LlamaForCausalLM
@@ -20,6 +20,23 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
 )
+
+# SmolLM2's tokenizer: a model this wide emits any of its tokens, and its outputs decode to text.
+SMOLLM2_VOCAB = 49152
+
+
+def random_llama(
+    vocab_size: int = SMOLLM2_VOCAB, context: int = 256, tokenizer: PreTrainedTokenizerBase | None = None
+) -> HFLlama:
+    """TINY's shape, ``vocab_size`` rows, tied embeddings, random weights from seed 0 (the same every call).
+
+    ``tokenizer``: its BOS and EOS ids go into the config (for a model saved and loaded as a directory).
+    """
+    torch.manual_seed(0)
+    special = {} if tokenizer is None else {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
+    config = LlamaConfig(**{**TINY, "vocab_size": vocab_size, "max_position_embeddings": context},
+                         tie_word_embeddings=True, **special)  # fmt: skip
+    return HFLlama(config).eval()
 
 
 def tiny_loaded(hf_model: HFLlama, tokenizer: PreTrainedTokenizerBase) -> LoadedModel:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from tests.local_engine.tiny import random_llama
 from tests.support.servers import ServedApp
 
 VOCAB = 49152  # SmolLM2's tokenizer, so outputs decode to text
@@ -19,14 +19,8 @@ VOCAB = 49152  # SmolLM2's tokenizer, so outputs decode to text
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-        eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=smollm2_tokenizer.bos_token_id,
-    )  # fmt: skip
     directory = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).eval().save_pretrained(directory)
+    random_llama(VOCAB, tokenizer=smollm2_tokenizer).save_pretrained(directory)
     smollm2_tokenizer.save_pretrained(directory)
     return directory
 

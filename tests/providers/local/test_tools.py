@@ -15,12 +15,12 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from gateway.app import create_app
 from gateway.config import parse_config
 from local_engine.tool_calls import ToolPlan, render_prompt
+from tests.local_engine.tiny import random_llama
 from tests.providers.local.conftest import VOCAB, wait_ready
 from tests.support.servers import ServedApp
 
@@ -49,14 +49,8 @@ RUN = {"model": "tiny", "temperature": 0, "max_tokens": 320}  # room for 8 paral
 @pytest.fixture(scope="module")
 def local_client(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Iterator[openai.OpenAI]:
     """The conftest's tiny random Llama with a 1024-token context: the generic tool text alone takes ~250."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=smollm2_tokenizer.eos_token_id, bos_token_id=smollm2_tokenizer.bos_token_id,
-    )  # fmt: skip
     directory: Path = tmp_path_factory.mktemp("tiny-llama-1k")
-    LlamaForCausalLM(config).eval().save_pretrained(directory)
+    random_llama(VOCAB, context=1024, tokenizer=smollm2_tokenizer).save_pretrained(directory)
     smollm2_tokenizer.save_pretrained(directory)
     per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
     yaml = f"""
