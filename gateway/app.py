@@ -10,9 +10,10 @@
     └── ApiKeyMiddleware                /v1/ needs a known key (only when keys are configured)
     └── CancelOnDisconnectMiddleware    client gone -> request cancelled
         └── GatewayApp                  POST chat/completions, completions, embeddings, moderations,
-            │                           messages (Anthropic's, translated; http/doors/) -> relay
+            │                           responses, messages (OpenAI's and Anthropic's newer APIs,
+            │                           translated; http/doors/) -> relay
             │                           (Accounting: key limits before, metrics/ledger/charge after)
-            └── FastAPI                 models, usage, health, /docs, errors for unknown URLs
+            └── FastAPI                 models, usage, kept responses, health, /docs, errors for unknown URLs
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from gateway.config import GatewayConfig, ServerConfig
+from gateway.conversations import open_response_store
 from gateway.errors import (
     InternalError,
     InvalidRequest,
@@ -51,6 +53,7 @@ from gateway.keys.limits import KeyLimits, LocalKeyLimits
 from gateway.ledger import LedgerWriter, open_store
 from gateway.routes.health import health_routes
 from gateway.routes.models import model_routes
+from gateway.routes.responses import response_routes
 from gateway.routes.tokenize import tokenize_routes
 from gateway.routes.usage import usage_routes
 from gateway.routing.router import Router
@@ -82,6 +85,7 @@ def create_app(
     keys = KeyRing(server)
     limits = _key_limits(server)
     ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
+    responses = open_response_store(server) if server.store_responses else None  # opened at first use
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +103,8 @@ def create_app(
                 watch.cancel()
             if ledger is not None:
                 await ledger.aclose()
+            if responses is not None:
+                await responses.aclose()
             await limits.aclose()
             for adapter in adapters.values():
                 await adapter.aclose()
@@ -107,12 +113,13 @@ def create_app(
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router.table))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
+    api.include_router(response_routes(responses))
     body_limits = BodyLimits.of(server)
     api.include_router(tokenize_routes(router.table, body_limits))
     api.include_router(health_routes(router.table, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
-    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), body_limits)
+    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), body_limits, responses)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)

@@ -107,13 +107,21 @@ class ServerConfig(_Frozen):
     admin_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys that may read /v1/usage and call every model without limits."
     )
-    data_dir: Path = Field(Path("switchyard-data"), description="Where the SQLite usage ledger is kept.")
+    data_dir: Path = Field(
+        Path("switchyard-data"), description="Where the SQLite usage ledger and the kept Responses answers are."
+    )
     usage_ledger: bool = Field(True, description="Keep one record per request (off: nothing is written).")
+    store_responses: bool = Field(
+        True,
+        description="Keep /v1/responses answers (unless a request says store: false) for previous_response_id "
+        "and GET /v1/responses/{id}; off: both answer 404/400 as for an id nobody kept.",
+    )
     ledger_flush_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between ledger writes; a kill -9 loses at most this much."
     )
     database_url: SecretStr | None = Field(
-        None, description="postgresql://... : keep the ledger in PostgreSQL instead of SQLite (several replicas)."
+        None, description="postgresql://... : keep the ledger and the Responses answers in PostgreSQL instead of "
+        "SQLite (several replicas).",
     )
     redis_url: SecretStr | None = Field(
         None, description="redis://... : keep rate limits and budgets in Redis, shared by every replica."

@@ -9,11 +9,14 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
         ├── InternalError          500, a bug; details only in the log
         ├── InvalidRequest         400, names the offending param
         │   ├── ChatNotTokenizable 400, /tokenize with `messages` for a hosted model
-        │   └── UnknownTokenId     400, /detokenize with an id the model does not have
+        │   ├── UnknownTokenId     400, /detokenize with an id the model does not have
+        │   ├── Untranslatable     400, a field chat has no place for (unsupported_params: reject)
+        │   └── PreviousResponseNotFound  400, a previous_response_id nobody kept (or another key's)
         ├── InvalidApiKey          401, no key or an unknown one
         ├── ModelNotAllowed        403, the key may not use this model
         ├── AdminKeyRequired       403, /v1/usage without an admin key
         ├── ModelNotFound          404 model_not_found
+        ├── ResponseNotFound       404, GET or DELETE /v1/responses/{id} of no kept response
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
         ├── LedgerDisabled         404, /v1/usage with server.usage_ledger off
@@ -81,6 +84,24 @@ class UnknownTokenId(InvalidRequest):
         super().__init__("`tokens` has an id the model's encoding does not have.", param="tokens")
 
 
+class Untranslatable(InvalidRequest):
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(
+            f"`{param}` {why}, which the deployment chosen for this model speaks (the model's unsupported_params "
+            "is 'reject'; 'drop' would leave it out and say so in a header).",
+            param=param,
+        )
+
+
+class PreviousResponseNotFound(InvalidRequest):
+    code = "previous_response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Previous response with id '{_shown(response_id)}' not found.", param="previous_response_id")
+
+
 class RequestTooLarge(GatewayError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -115,6 +136,15 @@ class ModelNotFound(GatewayError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist or is not configured on this gateway.", param="model")
+
+
+class ResponseNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"No response with id '{_shown(response_id)}' found.", param="response_id")
 
 
 class RouteNotFound(GatewayError):
@@ -239,7 +269,6 @@ class DeadlineExceeded(GatewayError):
 
 # OpenAI's endpoints that the gateway does not serve; docs/compatibility.md lists them too.
 UNSUPPORTED_OPENAI_PATHS = (
-    "/v1/responses",
     "/v1/audio/",
     "/v1/images/",
     "/v1/files",
@@ -256,6 +285,11 @@ UNSUPPORTED_OPENAI_PATHS = (
     "/v1/videos",
     "/v1/chat/completions/",  # stored completions
 )
+
+
+def _shown(client_text: str) -> str:
+    """A client's id as an error message names it: never at length."""
+    return client_text if len(client_text) <= 64 else f"{client_text[:64]}..."
 
 
 def not_found_error(method: str, path: str) -> GatewayError:

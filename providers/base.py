@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from providers.wire import Endpoint, RequestTimings, Usage
+from providers.wire import Door, Endpoint, RequestTimings, Usage
 
 UnsupportedPolicy = Literal["drop", "reject"]
 
@@ -28,6 +28,10 @@ class UpstreamRequest:
     # Client request headers (lower-case names) a provider may forward: only those its preset's
     # ``forwarded_headers`` names are sent (Anthropic's ``anthropic-beta``).
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Set when ``payload`` is in that door's own API (Anthropic's Messages, OpenAI's Responses), passed
+    # through untranslated: the router sends it so only to a provider that speaks it (``SpeaksDoor``),
+    # whose answer and events are then in that API too.
+    door: Door | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,15 @@ class Provider(Protocol):
     async def open_stream(self, request: UpstreamRequest) -> UpstreamStream: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SpeaksDoor(Protocol):
+    """A provider whose upstream speaks another API than chat completions natively (``UpstreamRequest.door``)."""
+
+    def speaks(self, door: Door) -> bool:
+        """Whether a request in ``door``'s API can be passed through to this upstream as it is."""
+        ...
 
 
 @runtime_checkable

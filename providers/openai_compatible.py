@@ -33,13 +33,15 @@ from providers.http_upstream import (
 )
 from providers.params import adapt, dropped_header
 from providers.sse import DONE, SSEDecoder
-from providers.usage import answer_texts, count_usage, reported_usage
-from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
+from providers.usage import answer_texts, count_usage, reported_usage, responses_usage
+from providers.wire import Door, Endpoint, RequestTimings, Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 
 # Parameter maps are about generation parameters: chat and completions bodies.
 _MAPPED_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+# A Responses stream sends no [DONE]: one of these events, carrying the whole response, is its last.
+RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class OpenAICompatibleProvider(HTTPUpstream):
@@ -48,6 +50,7 @@ class OpenAICompatibleProvider(HTTPUpstream):
         upstream = self._upstream
         self._preset = upstream.preset
         self._urls = {endpoint: URL(f"{upstream.base_url}/{endpoint.value}") for endpoint in Endpoint}
+        self._responses_url = URL(f"{upstream.base_url}/responses")
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         url, payload, headers = self._prepare(request)
@@ -59,6 +62,8 @@ class OpenAICompatibleProvider(HTTPUpstream):
             raise UpstreamProtocolError(
                 f"provider '{self.name}' answered with a body that is not JSON", provider=self.name
             ) from None
+        if request.door is Door.RESPONSES:  # the client's own Responses request: its answer goes back as it is
+            return UpstreamResponse(status=response.status, body=body, headers=headers, usage=responses_usage(answer))
         usage = reported_usage(answer)
         if usage is None and request.endpoint is not Endpoint.MODERATIONS:
             usage = await count_usage(request.endpoint, payload, answer_texts(answer))
@@ -67,10 +72,17 @@ class OpenAICompatibleProvider(HTTPUpstream):
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url, payload, headers = self._prepare(request)
         response = await self.open(url, orjson.dumps(payload))
-        return EventStream(response, self.name, headers, request.endpoint, payload, usage_requested(request.payload))
+        native = request.door is Door.RESPONSES
+        return EventStream(
+            response, self.name, headers, request.endpoint, payload, usage_requested(request.payload),
+            final_events=RESPONSES_FINAL_EVENTS if native else frozenset(),
+        )  # fmt: skip
 
     def offers(self, endpoint: Endpoint) -> bool:
         return endpoint in self._preset.endpoints
+
+    def speaks(self, door: Door) -> bool:
+        return door in self._preset.native_doors
 
     def _prepare(self, request: UpstreamRequest) -> tuple[URL, dict[str, Any], dict[str, str]]:
         """Where to send ``request``, its body as this provider takes it, and headers for the client."""
@@ -78,6 +90,8 @@ class OpenAICompatibleProvider(HTTPUpstream):
         if endpoint not in self._preset.endpoints:
             raise EndpointNotOffered(endpoint.value, self.name)
         payload: dict[str, Any] = request.payload
+        if request.door is Door.RESPONSES:
+            return self._responses_url, payload, {}
         headers: dict[str, str] = {}
         if self._preset.params and endpoint in _MAPPED_ENDPOINTS:
             payload, dropped = adapt(payload, self._preset.params, request.unsupported_params, self.name)
@@ -103,8 +117,10 @@ class EventStream:
         endpoint: Endpoint,
         payload: dict[str, Any],
         usage_chunk_wanted: bool,
+        final_events: frozenset[str] = frozenset(),
     ) -> None:
         self.headers = headers
+        self._final_events = final_events  # a stream in an API without [DONE] ends with one of these
         self._response = response
         self._provider_name = provider_name
         self._finished = False
@@ -156,6 +172,8 @@ class EventStream:
                     return
                 if events:
                     yield self._checked(events)
+                    if self._finished:
+                        return
         except TRANSPORT_ERRORS as exc:
             raise stream_interrupted(self._provider_name, exc) from None
         raise StreamInterrupted(
@@ -172,8 +190,11 @@ class EventStream:
                 raise StreamInterrupted(
                     f"the stream from provider '{self._provider_name}' sent a malformed event", provider=self._provider_name
                 ) from None
-            # Usage, from the same parse: the reported chunk, or the text to count.
-            if isinstance(event, dict):
+            if isinstance(event, dict) and event.get("type") in self._final_events:
+                self._finished = True
+                self._reported = responses_usage(event.get("response"))
+            # Usage, from the same parse: the reported chunk, or the text to count (chat and completions only).
+            elif isinstance(event, dict) and not self._final_events:
                 if event.get("usage") is not None:
                     self._reported = reported_usage(event) or self._reported
                 if event.get("choices"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from providers.params import Rule, Translate, Unsupported
-from providers.wire import Endpoint
+from providers.wire import Door, Endpoint
 
 CHAT_ONLY = frozenset({Endpoint.CHAT})
 
@@ -41,6 +41,8 @@ class ProviderPreset:
     params: Mapping[str, Rule] = field(default_factory=dict)
     # The bundled engine in this process instead of an HTTP upstream (providers/local/).
     local: bool = False
+    # The other APIs the upstream speaks itself: a request through that door is passed through untranslated.
+    native_doors: frozenset[Door] = frozenset()
 
     def key_from(self, environ: Mapping[str, str]) -> str | None:
         """The key in the preset's environment variable, when it has one and it is set (empty is not set)."""
@@ -56,7 +58,9 @@ _MAX_TOKENS = {"max_completion_tokens": Translate("max_tokens")}
 _NO_LOGPROBS = {"logprobs": Unsupported(allowed=(False,)), "top_logprobs": Unsupported()}
 
 PRESETS: dict[str, ProviderPreset] = {
-    "openai": ProviderPreset(base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"),
+    "openai": ProviderPreset(
+        base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY", native_doors=frozenset({Door.RESPONSES})
+    ),
     "groq": ProviderPreset(
         base_url="https://api.groq.com/openai/v1",
         api_key_env="GROQ_API_KEY",
@@ -151,6 +155,7 @@ PRESETS: dict[str, ProviderPreset] = {
         auth="x-api-key",
         protocol="anthropic",
         endpoints=CHAT_ONLY,
+        native_doors=frozenset({Door.MESSAGES}),
         headers={"anthropic-version": "2023-06-01"},
         forwarded_headers=frozenset({"anthropic-beta"}),
         params={

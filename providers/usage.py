@@ -25,6 +25,17 @@ def reported_usage(answer: Any) -> Usage | None:
     return Usage(prompt, completion)
 
 
+def responses_usage(response: Any) -> Usage | None:
+    """The usage of a Responses API object (``input_tokens``, ``output_tokens``), if it has a usable one."""
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion)
+
+
 def answer_texts(answer: Any) -> list[tuple[int, str]]:
     """The generated text in an answer or a stream chunk, per choice index: message or delta content, or text."""
     texts = []

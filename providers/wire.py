@@ -23,6 +23,7 @@ class Endpoint(StrEnum):
 class Door(StrEnum):
     """A URL that speaks another API, translated to and from one of the endpoints above; named as metrics and the ledger label it."""
 
+    RESPONSES = "responses"  # OpenAI's POST /v1/responses, routed as chat/completions
     MESSAGES = "messages"  # Anthropic's POST /v1/messages, routed as chat/completions
 
 

@@ -7,8 +7,8 @@ per request (docs/performance.md). Everything else (models, health, docs,
 unknown URLs) is served by FastAPI behind this dispatcher.
 
 Each URL is a door (``gateway.http.doors``): OpenAI's are relayed as they
-are, another API's (Anthropic's ``/v1/messages``) is translated in and out
-around the same routing, limits and accounting.
+are, another API's (OpenAI's ``/v1/responses``, Anthropic's ``/v1/messages``)
+is translated in and out around the same routing, limits and accounting.
 """
 
 from __future__ import annotations
@@ -16,22 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import InternalError, MethodNotAllowed, RequestTooLarge
-from gateway.http.doors import DOORS, Door
+from gateway.http.doors import DOORS, Door, DoorContext
 from gateway.http.responses import send_error, send_json
 from gateway.http.streaming import relay_event_stream
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting, Outcome
-from gateway.keys.keyring import api_key_of
+from gateway.keys.keyring import ApiKey, api_key_of
 from gateway.routing.deadline import request_timeout
 from gateway.routing.router import Routed, Router
 from providers import OpenAIError
 from providers.presets import FORWARDED_HEADERS
 from providers.wire import Header
+
+if TYPE_CHECKING:
+    from gateway.conversations import ResponseStore
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,12 @@ CLIENT_CLOSED_REQUEST = 499
 class GatewayApp:
     """Sends a POST to each door (``RELAY_PATHS``) to the relay, the rest to ``fallback``."""
 
-    def __init__(self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits) -> None:
+    def __init__(
+        self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits,
+        responses: ResponseStore | None = None,
+    ) -> None:  # fmt: skip
         self._limits = limits
+        self._responses = responses
         self._router = router
         self._fallback = fallback
         self._accounting = accounting
@@ -83,7 +90,8 @@ class GatewayApp:
         limit_headers: list[tuple[bytes, bytes]] = []
         try:
             body = await read_body(scope, receive, self._limits.max_bytes)
-            translated = door.read(body, self._limits, self._router.table.unsupported_params)
+            context = self._context(outcome.key)
+            translated = await door.read(body, context)
             payload = translated.payload
             outcome.model = payload["model"]
             if outcome.key is not None:
@@ -92,39 +100,48 @@ class GatewayApp:
             if payload.get("stream") is True and door.streams:
                 outcome.stream = True
                 routed_stream = await self._router.open_stream(
-                    door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope)
-                )
+                    door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope),
+                    translated.native,
+                )  # fmt: skip
                 outcome.routed(routed_stream, 200)
                 first_event = time.perf_counter() - started
                 self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
                 try:
-                    framing = door.framing(translated)
-                    await relay_event_stream(routed_stream.answer, _dropped(headers, translated.dropped), send, framing)
+                    if routed_stream.native and door.native_framing is not None:
+                        framing, dropped = door.native_framing(translated, context), ()
+                    else:
+                        framing, dropped = door.framing(translated, context), translated.dropped
+                    await relay_event_stream(routed_stream.answer, _dropped(headers, dropped), send, framing)
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
                 return
             routed = await self._router.send(
-                door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope)
-            )
+                door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope),
+                translated.native,
+            )  # fmt: skip
             outcome.routed(routed, routed.answer.status)
             outcome.usage = routed.answer.usage
-            answer = routed.answer.body if door.answer is None else door.answer(routed.answer.body, translated, outcome.usage)
+            answer, dropped = routed.answer.body, translated.dropped
+            if routed.native and door.native_answer is not None:
+                answer, dropped = await door.native_answer(answer, translated, context), ()
+            elif door.answer is not None:
+                answer = await door.answer(answer, translated, outcome.usage, context)
         except Exception as error:  # relay_event_stream never raises after the response started, so none has
             outcome.status = await _refuse(send, door, error, scope["path"])
             return
         headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
         if outcome.usage is not None and outcome.usage.estimated:
             headers.append(ESTIMATED_HEADER)
-        await send_json(send, routed.answer.status, answer, _dropped(headers, translated.dropped))
+        await send_json(send, routed.answer.status, answer, _dropped(headers, dropped))
 
     async def _answer_here(self, scope: Scope, receive: Receive, send: Send, door: Door) -> None:
         """A door the gateway answers itself (count_tokens): read and checked as the others, never routed."""
         assert door.answer_here is not None
         try:
             body = await read_body(scope, receive, self._limits.max_bytes)
-            translated = door.read(body, self._limits, self._router.table.unsupported_params)
             key = api_key_of(scope)
+            translated = await door.read(body, self._context(key))
             if key is not None:
                 key.require(translated.payload["model"])
             answer = await door.answer_here(translated, self._router.table)
@@ -132,6 +149,11 @@ class GatewayApp:
             await _refuse(send, door, error, scope["path"])
             return
         await send_json(send, 200, answer, _dropped([], translated.dropped))
+
+
+    def _context(self, key: ApiKey | None) -> DoorContext:
+        owner = None if key is None else key.name
+        return DoorContext(self._limits, self._responses, owner)
 
 
 async def _refuse(send: Send, door: Door, error: Exception, path: str) -> int:

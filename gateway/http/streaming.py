@@ -38,8 +38,11 @@ class EventFraming(Protocol):
         """The bytes to write for the ``data`` of events read together (may be empty)."""
         ...
 
-    def end(self, stream: UpstreamStream) -> bytes:
-        """The last bytes, once the upstream finished (``stream``'s usage is final by then)."""
+    async def end(self, stream: UpstreamStream) -> bytes:
+        """The last bytes, once the upstream finished (``stream``'s usage is final by then).
+
+        Awaitable: a door may keep the finished answer before the client reads its end (Responses' store).
+        """
         ...
 
     def error(self, error: OpenAIError) -> bytes:
@@ -62,7 +65,7 @@ class OpenAIFraming:
     def events(self, events: list[bytes]) -> bytes:
         return b"".join([encode_event(data) for data in events])
 
-    def end(self, stream: UpstreamStream) -> bytes:
+    async def end(self, stream: UpstreamStream) -> bytes:
         usage_chunk = stream.usage_chunk() if self._include_usage else None
         return DONE_EVENT if usage_chunk is None else encode_event(usage_chunk) + DONE_EVENT
 
@@ -80,7 +83,7 @@ async def relay_event_stream(
             async for events in stream:
                 body = framing.events(events)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-            ending = framing.end(stream)
+            ending = await framing.end(stream)
         except OpenAIError as error:
             logger.warning("stream from %s interrupted: %s", getattr(error, "provider", None), error.message)
             await _end_with_error(send, framing.error(error))

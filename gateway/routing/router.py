@@ -16,6 +16,12 @@ Whether an error is retried or may fall back is an attribute of its class
 text. Every wait and call is bounded by the request's one :class:`Deadline`.
 A stream counts as answered once its first event has arrived: until then a
 failure is retried or falls back unseen by the client.
+
+A request that came through another API's door (Anthropic's Messages,
+OpenAI's Responses) carries its own form too (``NativeForm``): a deployment
+that speaks that API gets it untranslated, any other the chat translation,
+which is refused with a 400 when it would leave something out and the
+model's ``unsupported_params`` is ``reject``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from gateway.config import GatewayConfig
-from gateway.errors import DeadlineExceeded, NoDeploymentAvailable
+from gateway.errors import DeadlineExceeded, NoDeploymentAvailable, Untranslatable
 from gateway.routing.balancer import DeploymentState, order
 from gateway.routing.deadline import Deadline, DeadlineGuard
 from gateway.routing.deployment import Deployment
@@ -44,6 +50,7 @@ from providers import (
     UpstreamResponse,
     UpstreamStream,
 )
+from providers.base import SpeaksDoor
 from providers.errors import (
     ContextWindowExceeded,
     EndpointNotOffered,
@@ -52,7 +59,7 @@ from providers.errors import (
     UpstreamUnreachable,
 )
 from providers.tokens import tokens_needed
-from providers.wire import PROMPT_FIELDS, Header
+from providers.wire import PROMPT_FIELDS, Door, Header
 
 T = TypeVar("T")
 
@@ -77,6 +84,20 @@ class Routed(Generic[T]):
     deployment: Deployment
     answer: T
     trace: Trace
+    native: bool = False  # the answer is in the door's own API: the request's NativeForm was sent
+
+
+@dataclass(frozen=True, slots=True)
+class NativeForm:
+    """A request as its client wrote it in another API, for a deployment that speaks that API (``SpeaksDoor``).
+
+    ``lost``: what its chat translation leaves out, as (param, why); refused
+    for a model whose ``unsupported_params`` is ``reject`` unless sent natively.
+    """
+
+    door: Door
+    payload: dict[str, Any]
+    lost: tuple[tuple[str, str], ...] = ()
 
 
 class Router:
@@ -119,15 +140,17 @@ class Router:
         request_id: str | None = None,
         trace: Trace | None = None,
         headers: Mapping[str, str] | None = None,
+        native: NativeForm | None = None,
     ) -> Awaitable[Routed[UpstreamResponse]]:
         """The first answer; ``trace``, if given, records the attempts and models tried, failure or not.
 
-        ``headers``: client headers a provider may pass on (UpstreamRequest.headers).
+        ``headers``: client headers a provider may pass on (UpstreamRequest.headers);
+        ``native``: the request in its door's own API, for a deployment that speaks it.
         """
         def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
             return state.deployment.provider.send(request)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}))
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}, native))
 
     def open_stream(
         self,
@@ -137,6 +160,7 @@ class Router:
         request_id: str | None = None,
         trace: Trace | None = None,
         headers: Mapping[str, str] | None = None,
+        native: NativeForm | None = None,
     ) -> Awaitable[Routed[GuardedStream]]:
         """An event stream whose first events have arrived (so failing over is still invisible until then)."""
         config = self._config
@@ -153,7 +177,7 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}))
+        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}, native))
 
     async def _route(self, job: _Job[T]) -> Routed[T]:
         requested = job.payload["model"]
@@ -209,14 +233,22 @@ class Router:
             deployment = self.table.states_for(model)[0].deployment
             raise EndpointNotOffered(job.endpoint.value, deployment.provider_name)
         payload = without_routing_fields(job.payload)
+        policy = self.table.unsupported_params(model)
         last_error: ProviderError | None = None
         for state in order(states, self.table.strategy(model), self._rng):
             if not state.breaker.try_acquire():
                 continue
+            body, door = payload, None
+            if (native := job.native) is not None:
+                provider = state.deployment.provider
+                if isinstance(provider, SpeaksDoor) and provider.speaks(native.door):
+                    body, door = without_routing_fields(native.payload), native.door
+                elif native.lost and policy == "reject":
+                    state.breaker.release()  # no call made: no verdict on the deployment
+                    raise Untranslatable(*native.lost[0])
             request = UpstreamRequest(
-                job.endpoint, {**payload, "model": state.deployment.model}, job.request_id,
-                self.table.unsupported_params(model), job.headers,
-            )  # fmt: skip
+                job.endpoint, {**body, "model": state.deployment.model}, job.request_id, policy, job.headers, door
+            )
             try:
                 answer = await self._with_retries(state, request, job)
             except ProviderError as error:
@@ -224,7 +256,7 @@ class Router:
                     raise
                 last_error = error
                 continue
-            return Routed(state.deployment, answer, job.trace)
+            return Routed(state.deployment, answer, job.trace, door is not None)
         if last_error is not None:
             raise last_error
         raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))
@@ -304,6 +336,7 @@ class _Job(Generic[T]):
     call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]]
     trace: Trace
     headers: Mapping[str, str]  # client headers a provider may pass on
+    native: NativeForm | None  # the request in its door's own API, for a deployment that speaks it
 
 
 class _Memo(Generic[T]):

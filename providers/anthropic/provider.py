@@ -42,7 +42,7 @@ from providers.http_upstream import (
 from providers.params import adapt, dropped_header
 from providers.sse import SSEDecoder
 from providers.usage import reported_usage
-from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
+from providers.wire import Door, Endpoint, RequestTimings, Usage, usage_requested
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class AnthropicProvider(HTTPUpstream):
 
     def offers(self, endpoint: Endpoint) -> bool:
         return endpoint in self._preset.endpoints
+
+    def speaks(self, door: Door) -> bool:
+        return door in self._preset.native_doors
 
     def error_from_response(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         return anthropic_error(status, body, headers, provider=self.name)
@@ -70,6 +73,8 @@ class AnthropicProvider(HTTPUpstream):
         if not isinstance(message, dict):
             logger.warning("provider %s: a 2xx answer that is not a Messages API object", self.name)
             raise UpstreamProtocolError(f"provider '{self.name}' answered with a body that is not a message", provider=self.name)
+        if request.door is Door.MESSAGES:  # the client's own Messages request: its answer goes back as it is
+            return UpstreamResponse(status=200, body=answer, headers=headers, usage=_usage(message.get("usage")))
         completion = chat_completion(message)
         return UpstreamResponse(status=200, body=orjson.dumps(completion), headers=headers, usage=reported_usage(completion))
 
@@ -78,20 +83,30 @@ class AnthropicProvider(HTTPUpstream):
         body["stream"] = True
         response = await self.open(self._url, orjson.dumps(body), upstream_headers)
         translator = ChunkTranslator(body.get("model"), usage_requested(request.payload))
-        return MessageStream(response, self.name, headers, translator)
+        return MessageStream(response, self.name, headers, translator, native=request.door is Door.MESSAGES)
 
     def _prepare(self, request: UpstreamRequest) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
         """The Messages API body, the headers for the client, and the client's headers to forward."""
         if request.endpoint not in self._preset.endpoints:
             raise EndpointNotOffered(request.endpoint.value, self.name)
+        forwarded = {name: request.headers[name] for name in self._preset.forwarded_headers if name in request.headers}
+        if request.door is Door.MESSAGES:
+            return dict(request.payload), {}, forwarded
         payload, dropped = adapt(request.payload, self._preset.params, request.unsupported_params, self.name)
         try:
             body = messages_request(payload)
         except UpstreamRejected as error:
             error.provider = self.name
             raise
-        forwarded = {name: request.headers[name] for name in self._preset.forwarded_headers if name in request.headers}
         return body, dropped_header(dropped), forwarded
+
+
+def _usage(reported: Any) -> Usage | None:
+    """Anthropic's usage as the gateway counts it (cache reads and writes are prompt tokens)."""
+    if not isinstance(reported, dict) or "input_tokens" not in reported:
+        return None
+    usage = usage_of(reported)
+    return Usage(usage["prompt_tokens"], usage["completion_tokens"])
 
 
 class MessageStream:
@@ -99,26 +114,25 @@ class MessageStream:
 
     Anthropic reports usage in the stream itself (``message_start`` and
     ``message_delta``): a client that asked for it gets it in a last chunk
-    made from those, never an estimate.
+    made from those, never an estimate. ``native``: the client spoke the
+    Messages API, so its events go out as they came (still read for usage).
     """
 
     timings: tuple[RequestTimings, ...] = ()
 
     def __init__(
-        self, response: aiohttp.ClientResponse, provider_name: str, headers: dict[str, str], translator: ChunkTranslator
-    ) -> None:
+        self, response: aiohttp.ClientResponse, provider_name: str, headers: dict[str, str], translator: ChunkTranslator,
+        *, native: bool = False,
+    ) -> None:  # fmt: skip
         self.headers = headers
         self._response = response
         self._provider_name = provider_name
         self._translator = translator
+        self._native = native
 
     @property
     def usage(self) -> Usage | None:
-        reported = self._translator.usage
-        if "input_tokens" not in reported:
-            return None
-        usage = usage_of(reported)
-        return Usage(usage["prompt_tokens"], usage["completion_tokens"])
+        return _usage(self._translator.usage)
 
     @property
     def usage_reported(self) -> bool:
@@ -136,7 +150,8 @@ class MessageStream:
                 failure: ProviderError | None = None
                 for event in decoder.feed(data):
                     try:
-                        chunks += [orjson.dumps(chunk) for chunk in self._translated(event)]
+                        translated = self._translated(event)
+                        chunks += [event] if self._native else [orjson.dumps(chunk) for chunk in translated]
                     except ProviderError as error:  # what came before the error is relayed first
                         failure = error
                         break

@@ -26,6 +26,8 @@ FORBIDDEN = [
     ("gateway.keys", "gateway.routes"), ("gateway.ledger", "gateway.routes"), ("gateway.ledger", "gateway.http"),
     ("gateway.telemetry", "gateway.routes"), ("gateway.telemetry", "gateway.http"),
     ("gateway.http", "gateway.routes"),
+    ("gateway.conversations", "gateway.http"), ("gateway.conversations", "gateway.routes"),
+    ("gateway.conversations", "gateway.routing"),
 ]  # fmt: skip
 
 

@@ -27,18 +27,17 @@ left out without a word. docs/compatibility.md has the whole table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import InvalidRequest
-from gateway.http.validation import shown_key
+from gateway.http.doors.translation import Losses, Translated, string_field
 from gateway.routing.fallbacks import ROUTING_FIELDS
-from providers.base import UnsupportedPolicy
+from gateway.routing.router import NativeForm
 from providers.errors import OpenAIError, UpstreamProtocolError
-from providers.wire import Usage
+from providers.wire import Door, Usage
 
 # The request fields translated here; ``cache_control`` (prompt caching) is a hint and is ignored.
 TRANSLATED_FIELDS = frozenset({
@@ -60,9 +59,6 @@ _ERROR_TYPES = {
     529: "overloaded_error",
 }
 _STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use", "content_filter": "refusal"}
-
-PolicyOf = Callable[[str], UnsupportedPolicy]
-
 
 class _Strict(BaseModel):
     # strict: "max_tokens": "10" is an error, not a coercion; other fields are looked at by the translation.
@@ -96,38 +92,9 @@ class MessagesRequest(CountTokensRequest):
     metadata: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Translated:
-    """A request as the router takes it (``payload``), the client's own (``request``), and what was left out."""
-
-    payload: dict[str, Any]
-    request: dict[str, Any]
-    dropped: tuple[str, ...] = ()
-
-
-class _Untranslatable:
-    """Where the translation meets a field chat completions has no place for: a 400, or left out and named."""
-
-    def __init__(self, policy: UnsupportedPolicy) -> None:
-        self._policy = policy
-        self.dropped: list[str] = []
-
-    def __call__(self, param: str) -> None:
-        param = shown_key(param)  # a client's key: cut short if long
-        if self._policy == "reject":
-            raise InvalidRequest(
-                f"`{param}` has no equivalent in chat completions, which this gateway's models speak "
-                "(this model's unsupported_params is 'reject'; 'drop' would leave it out and say so in a header).",
-                param=param,
-                code="unsupported_parameter",
-            )
-        # Named in a response header: a client's key may hold any character, a header value may not.
-        self.dropped.append("".join(c if "!" <= c <= "~" and c != "," else "?" for c in param))
-
-
-def messages_to_chat(request: dict[str, Any], policy: UnsupportedPolicy) -> Translated:
+def messages_to_chat(request: dict[str, Any]) -> Translated:
     """A checked Messages request (``MessagesRequest``) as a chat completions payload."""
-    refuse = _Untranslatable(policy)
+    refuse = Losses()
     for name, value in request.items():
         if name in TRANSLATED_FIELDS or name in IGNORED_FIELDS or value is None:
             continue
@@ -151,7 +118,7 @@ def messages_to_chat(request: dict[str, Any], policy: UnsupportedPolicy) -> Tran
     if request.get("stream") is True:
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}  # message_delta carries the usage
-    return Translated(payload, request, tuple(refuse.dropped))
+    return Translated(payload, request, NativeForm(Door.MESSAGES, request, tuple(refuse.lost)))
 
 
 def chat_messages(request: dict[str, Any], refuse: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -181,7 +148,7 @@ def _user_messages(blocks: list[dict[str, Any]], path: str, refuse: Callable[[st
         where = f"{path}.content[{position}]"
         kind = _block_type(block, where)
         if kind == "text":
-            parts.append({"type": "text", "text": _string(block, "text", where)})
+            parts.append({"type": "text", "text": string_field(block, "text", where)})
         elif kind == "image":
             part = _image_part(block, where)
             if part is None:
@@ -206,15 +173,15 @@ def _assistant_message(blocks: list[dict[str, Any]], path: str, refuse: Callable
         where = f"{path}.content[{position}]"
         kind = _block_type(block, where)
         if kind == "text":
-            texts.append(_string(block, "text", where))
+            texts.append(string_field(block, "text", where))
         elif kind == "tool_use":
             arguments = block.get("input", {})
             if not isinstance(arguments, dict):
                 raise InvalidRequest(f"Invalid value for '{where}.input': it must be an object.", param=f"{where}.input")
             calls.append({
-                "id": _string(block, "id", where),
+                "id": string_field(block, "id", where),
                 "type": "function",
-                "function": {"name": _string(block, "name", where), "arguments": orjson.dumps(arguments).decode()},
+                "function": {"name": string_field(block, "name", where), "arguments": orjson.dumps(arguments).decode()},
             })  # fmt: skip
         else:
             refuse(where)  # thinking, redacted_thinking, server tool blocks: nothing in chat carries them
@@ -232,7 +199,7 @@ def _tool_message(block: dict[str, Any], where: str, refuse: Callable[[str], Non
         raise InvalidRequest(f"Invalid value for '{where}.content': a string or text blocks.", param=f"{where}.content")
     if block.get("is_error") is True:
         content = f"Error: {content}"  # chat has no error flag on a tool's answer: say it in the text
-    return {"role": "tool", "tool_call_id": _string(block, "tool_use_id", where), "content": content}
+    return {"role": "tool", "tool_call_id": string_field(block, "tool_use_id", where), "content": content}
 
 
 def _joined_text(blocks: list[Any], path: str, refuse: Callable[[str], None]) -> str:
@@ -243,7 +210,7 @@ def _joined_text(blocks: list[Any], path: str, refuse: Callable[[str], None]) ->
         if not isinstance(block, dict):
             raise InvalidRequest(f"Invalid value for '{where}': a content block object.", param=where)
         if _block_type(block, where) == "text":
-            texts.append(_string(block, "text", where))
+            texts.append(string_field(block, "text", where))
         else:
             refuse(where)
     return "\n\n".join(texts)
@@ -256,10 +223,10 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any] | None:
         raise InvalidRequest(f"Missing required parameter: '{where}.source'.", param=f"{where}.source")
     kind = source.get("type")
     if kind == "base64":
-        media_type = _string(source, "media_type", f"{where}.source")
-        url = f"data:{media_type};base64,{_string(source, 'data', f'{where}.source')}"
+        media_type = string_field(source, "media_type", f"{where}.source")
+        url = f"data:{media_type};base64,{string_field(source, 'data', f'{where}.source')}"
     elif kind == "url":
-        url = _string(source, "url", f"{where}.source")
+        url = string_field(source, "url", f"{where}.source")
     else:
         return None
     return {"type": "image_url", "image_url": {"url": url}}
@@ -276,7 +243,7 @@ def _tool_fields(request: dict[str, Any], refuse: Callable[[str], None]) -> dict
         schema = tool.get("input_schema")
         if not isinstance(schema, dict):
             raise InvalidRequest(f"Missing required parameter: '{where}.input_schema'.", param=f"{where}.input_schema")
-        function: dict[str, Any] = {"name": _string(tool, "name", where), "parameters": schema}
+        function: dict[str, Any] = {"name": string_field(tool, "name", where), "parameters": schema}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
         if tool.get("strict") is True:
@@ -290,7 +257,7 @@ def _tool_fields(request: dict[str, Any], refuse: Callable[[str], None]) -> dict
         return fields
     kind = choice.get("type")
     if kind == "tool":
-        fields["tool_choice"] = {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
+        fields["tool_choice"] = {"type": "function", "function": {"name": string_field(choice, "name", "tool_choice")}}
     elif kind in ("auto", "any", "none"):
         fields["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
     else:
@@ -307,16 +274,6 @@ def _block_type(block: dict[str, Any], where: str) -> str:
     if not isinstance(kind, str):
         raise InvalidRequest(f"Missing required parameter: '{where}.type'.", param=f"{where}.type")
     return kind
-
-
-def _string(value: dict[str, Any], name: str, where: str) -> str:
-    found = value.get(name)
-    if not isinstance(found, str):
-        param = f"{where}.{name}"
-        if found is None:
-            raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-        raise InvalidRequest(f"Invalid value for '{param}': it must be a string.", param=param)
-    return found
 
 
 def chat_to_message(answer: dict[str, Any], request: dict[str, Any], usage: Usage | None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Each chat chunk becomes the events it implies, written as it arrives::
 
-    first chunk                    message_start (usage so far: none; the total comes in message_delta)
+    first chunk                    message_start (usage so far: none; the total comes in message_delta), ping
     delta.content                  content_block_start (text) once, then content_block_delta text_delta
     delta.tool_calls[i] (new)      content_block_stop of the open block, content_block_start (tool_use)
     delta.tool_calls[i].arguments  content_block_delta input_json_delta with partial_json
@@ -61,7 +61,7 @@ class MessageEvents:
             self._chunk(chunk, out)
         return b"".join(out)
 
-    def end(self, stream: UpstreamStream) -> bytes:
+    async def end(self, stream: UpstreamStream) -> bytes:
         """The upstream finished: close the open block and the message, with its usage."""
         out: list[bytes] = []
         self._start(None, out)
@@ -120,6 +120,7 @@ class MessageEvents:
             "usage": {"input_tokens": 0, "output_tokens": 0},
         }  # fmt: skip
         out.append(frame("message_start", {"message": message}))
+        out.append(frame("ping", {}))  # as Anthropic's stream has it after message_start
 
     def _open_block(self, block: dict[str, Any], out: list[bytes]) -> None:
         self._close(out)

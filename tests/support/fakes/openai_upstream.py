@@ -14,6 +14,10 @@ gateway's config:
     broken-stream       streams two chunks, then drops the connection
     json-for-stream     answers a stream request with plain JSON
     tool-caller         with ``tools``, after a user turn: calls the first tool with {"city": <the user's text>}
+
+``POST /v1/responses`` answers as OpenAI's Responses API does (a Response
+quoting the last user text; a stream of typed events with ``event:`` lines,
+ending with ``response.completed`` and no ``[DONE]``); ``status-<code>`` works there too.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class FakeOpenAI:
             await _json(send, 200, _embeddings(payload))
         elif route == ("POST", "/v1/moderations"):
             await _json(send, 200, _moderation(payload))
+        elif route == ("POST", "/v1/responses"):
+            await _responses(payload, send)
         else:
             await _json(send, 404, _error(f"Invalid URL ({scope['method']} {scope['path']})", "invalid_request_error"))
 
@@ -276,3 +282,44 @@ async def _raw(send: Any, status: int, body: bytes, content_type: bytes, headers
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _responses(payload: dict[str, Any], send: Any) -> Any:
+    """OpenAI's Responses API, as its docs show the answer and the stream."""
+    kind, _, argument = payload["model"].partition("-")
+    if kind == "status":
+        return _json(send, int(argument), _error(f"fake upstream error {argument}", "invalid_request_error"))
+    items = payload["input"] if isinstance(payload["input"], list) else [{"role": "user", "content": payload["input"]}]
+    said = next(item["content"] for item in reversed(items) if item.get("role") == "user")
+    text = f"You said: {said if isinstance(said, str) else said[0]['text']}"
+    usage = {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+             "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 13}
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    item = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    response = {"id": "resp_fake_upstream", "object": "response", "created_at": 1, "status": "completed", "error": None,
+                "incomplete_details": None, "instructions": payload.get("instructions"), "model": payload["model"],
+                "output": [item], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0,
+                "top_p": 1.0, "metadata": {}, "usage": usage}
+    if not payload.get("stream"):
+        return _json(send, 200, response)
+
+    async def stream() -> None:
+        at = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        events = [
+            ("response.created", {"response": {**response, "status": "in_progress", "output": [], "usage": None}}),
+            ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+            ("response.content_part.added", {**at, "part": {**part, "text": ""}}),
+            ("response.output_text.delta", {**at, "delta": text, "logprobs": []}),
+            ("response.output_text.done", {**at, "text": text, "logprobs": []}),
+            ("response.content_part.done", {**at, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            ("response.completed", {"response": response}),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for number, (name, data) in enumerate(events):
+            body = orjson.dumps({"type": name, "sequence_number": number, **data})
+            await send({"type": "http.response.body", "body": b"event: " + name.encode() + b"\ndata: " + body + b"\n\n",
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return stream()

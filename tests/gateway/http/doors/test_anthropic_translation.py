@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -72,9 +73,10 @@ REQUESTS: list[tuple[dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("fields", "expected"), REQUESTS)
 def test_a_request_becomes_a_chat_payload(fields: dict[str, Any], expected: dict[str, Any]) -> None:
-    translated = messages_to_chat({**BASE, **fields}, "reject")
+    translated = messages_to_chat({**BASE, **fields})
     assert translated.payload == {**BASE, **expected}
     assert translated.dropped == ()
+    assert translated.native is not None and translated.native.payload == {**BASE, **fields}  # for an anthropic deployment
 
 
 # (Messages request fields, what cannot be translated: the param a reject names, the names drop lists)
@@ -95,17 +97,17 @@ UNTRANSLATABLE: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("fields", "param"), UNTRANSLATABLE)
-def test_what_cannot_be_translated_is_refused_or_dropped(fields: dict[str, Any], param: str) -> None:
+def test_what_cannot_be_translated_is_noted_for_the_router(fields: dict[str, Any], param: str) -> None:
     request = {**BASE, "messages": HI, **fields}
-    with pytest.raises(InvalidRequest) as caught:
-        messages_to_chat(request, "reject")
-    assert caught.value.param == param and caught.value.code == "unsupported_parameter"
-    assert messages_to_chat(request, "drop").dropped == (param,)
+    translated = messages_to_chat(request)
+    assert translated.native is not None and [lost for lost, _ in translated.native.lost] == [param]
+    assert translated.dropped == (param,)
+    assert translated.native.payload == request  # whole, for a deployment that speaks Messages
 
 
 def test_a_dropped_field_is_named_as_a_header_can_carry_it() -> None:
     request = {**BASE, "messages": HI, "\u001f,é": 1, "x" * 100: 2}
-    assert messages_to_chat(request, "drop").dropped == ("???", "x" * 64 + "...")
+    assert messages_to_chat(request).dropped == ("???", "x" * 64 + "...")
 
 
 @pytest.mark.parametrize(
@@ -120,7 +122,7 @@ def test_a_dropped_field_is_named_as_a_header_can_carry_it() -> None:
 )
 def test_a_malformed_request_is_a_400_naming_the_field(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        messages_to_chat({**BASE, "messages": HI, **fields}, "drop")
+        messages_to_chat({**BASE, "messages": HI, **fields})
     assert caught.value.param == param
 
 
@@ -204,11 +206,12 @@ def test_a_chat_stream_becomes_messages_events() -> None:
     written += writer.events([_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x"'}}]}),
                               _chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]})])
     written += writer.events([_chunk({}, "tool_calls"), _chunk(usage={"prompt_tokens": 11, "completion_tokens": 6})])
-    written += writer.end(_Finished())  # type: ignore[arg-type]
+    written += asyncio.run(writer.end(_Finished()))  # type: ignore[arg-type]
     assert [(kind, {k: v for k, v in data.items() if k != "type"}) for kind, data in _events(written)] == [
         ("message_start", {"message": {"id": "msg_s", "type": "message", "role": "assistant", "model": "m",
                                        "content": [], "stop_reason": None, "stop_sequence": None,
                                        "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        ("ping", {}),
         ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
         ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
         ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "lo"}}),
@@ -226,11 +229,12 @@ def test_a_chat_stream_becomes_messages_events() -> None:
 
 def test_a_stream_without_a_usage_chunk_ends_with_the_gateways_count() -> None:
     writer = MessageEvents({**BASE, "messages": HI})
-    written = writer.events([_chunk({"role": "assistant", "content": "ok"}, "stop")]) + writer.end(_Finished())  # type: ignore[arg-type]
+    written = writer.events([_chunk({"role": "assistant", "content": "ok"}, "stop")])
+    written += asyncio.run(writer.end(_Finished()))  # type: ignore[arg-type]
     kinds = [kind for kind, _ in _events(written)]
-    assert kinds == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+    assert kinds == ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
                      "message_delta", "message_stop"]  # fmt: skip
-    assert _events(written)[4][1]["usage"] == {"input_tokens": 7, "output_tokens": 1}
+    assert _events(written)[5][1]["usage"] == {"input_tokens": 7, "output_tokens": 1}
 
 
 def test_a_broken_stream_ends_with_an_error_event() -> None:
