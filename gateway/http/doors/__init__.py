@@ -38,7 +38,7 @@ from gateway.http.doors.native import NativeEvents
 from gateway.http.doors.openai_responses import ResponsesRequest
 from gateway.http.doors.openai_responses_stream import ResponseEvents, error_event
 from gateway.http.doors.token_count import count_input_tokens
-from gateway.http.doors.translation import Translated
+from gateway.http.doors.translation import Translated, upstream_object
 from gateway.http.streaming import EventFraming, OpenAIFraming
 from gateway.http.validation import (
     REQUEST_MODELS,
@@ -48,7 +48,6 @@ from gateway.http.validation import (
     parse_body,
 )
 from providers import Endpoint, OpenAIError
-from providers.errors import UpstreamProtocolError
 from providers.wire import Door as DoorName
 from providers.wire import Usage, usage_requested
 
@@ -104,17 +103,6 @@ def _openai_door(endpoint: Endpoint) -> Door:
     return Door(endpoint, endpoint, REQUEST_MODELS[endpoint], read, framing)
 
 
-def _chat_answer(body: bytes) -> dict[str, Any]:
-    """An upstream's answer as the JSON object it must be (a chat completion, or a door's own answer)."""
-    try:
-        answer: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError("the upstream's answer is not JSON") from None
-    if not isinstance(answer, dict):
-        raise UpstreamProtocolError("the upstream's answer is not a JSON object")
-    return answer
-
-
 def _messages_reader(model: type[BaseModel]) -> Callable[[bytes, DoorContext], Awaitable[Translated]]:
     async def read(body: bytes, context: DoorContext) -> Translated:
         request = check_payload(decode_body(body, context.limits), model)
@@ -124,7 +112,7 @@ def _messages_reader(model: type[BaseModel]) -> Callable[[bytes, DoorContext], A
 
 
 async def _message_answer(body: bytes, translated: Translated, usage: Usage | None, context: DoorContext) -> bytes:
-    return orjson.dumps(anthropic_messages.chat_to_message(_chat_answer(body), translated.request, usage))
+    return orjson.dumps(anthropic_messages.chat_to_message(upstream_object(body, "answer"), translated.request, usage))
 
 
 def _message_events(translated: Translated, context: DoorContext) -> EventFraming:
@@ -163,7 +151,7 @@ def _keeper(translated: Translated, context: DoorContext) -> Callable[[dict[str,
 
 
 async def _response_answer(body: bytes, translated: Translated, usage: Usage | None, context: DoorContext) -> bytes:
-    response = openai_responses.chat_to_response(_chat_answer(body), translated, usage)
+    response = openai_responses.chat_to_response(upstream_object(body, "answer"), translated, usage)
     keep = _keeper(translated, context)
     if keep is not None:
         await keep(response)  # before the answer: the client's next turn may name it at once
@@ -177,7 +165,7 @@ def _response_events(translated: Translated, context: DoorContext) -> EventFrami
 async def _native_response(body: bytes, translated: Translated, context: DoorContext) -> bytes:
     keep = _keeper(translated, context)
     if keep is not None:
-        await keep(_chat_answer(body))  # a Response object, as the upstream wrote it
+        await keep(upstream_object(body, "answer"))  # a Response object, as the upstream wrote it
     return body
 
 

@@ -28,8 +28,9 @@ from gateway.http.doors.anthropic_messages import (
     messages_usage,
     stop_reason_of,
 )
+from gateway.http.doors.translation import upstream_object
 from providers import UpstreamStream
-from providers.errors import OpenAIError, UpstreamProtocolError
+from providers.errors import OpenAIError
 
 
 def frame(kind: str, body: dict[str, Any]) -> bytes:
@@ -52,13 +53,7 @@ class MessageEvents:
     def events(self, chunks: list[bytes]) -> bytes:
         out: list[bytes] = []
         for data in chunks:
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError("the upstream sent an event that is not JSON") from None
-            if not isinstance(chunk, dict):
-                raise UpstreamProtocolError("the upstream sent an event that is not a JSON object")
-            self._chunk(chunk, out)
+            self._chunk(upstream_object(data, "stream event"), out)
         return b"".join(out)
 
     async def end(self, stream: UpstreamStream) -> bytes:

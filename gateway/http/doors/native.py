@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
+from gateway.http.doors.translation import upstream_object
 from providers import UpstreamStream
 from providers.errors import OpenAIError, UpstreamProtocolError
 
@@ -36,11 +35,8 @@ class NativeEvents:
     def events(self, events: list[bytes]) -> bytes:
         out = []
         for data in events:
-            try:
-                event = orjson.loads(data)
-                kind = event.get("type")
-            except (orjson.JSONDecodeError, AttributeError):
-                raise UpstreamProtocolError("the upstream sent an event that is not a JSON object") from None
+            event = upstream_object(data, "stream event")
+            kind = event.get("type")
             if not isinstance(kind, str):
                 raise UpstreamProtocolError("the upstream sent an event without a type")
             if isinstance(event.get("sequence_number"), int):

@@ -38,9 +38,9 @@ from gateway.http.doors.openai_responses import (
     response_object,
     responses_usage,
 )
-from gateway.http.doors.translation import Translated
+from gateway.http.doors.translation import Translated, upstream_object
 from providers import UpstreamStream
-from providers.errors import OpenAIError, UpstreamProtocolError
+from providers.errors import OpenAIError
 
 Keep = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -71,13 +71,7 @@ class ResponseEvents:
     def events(self, chunks: list[bytes]) -> bytes:
         out: list[bytes] = []
         for data in chunks:
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamProtocolError("the upstream sent an event that is not JSON") from None
-            if not isinstance(chunk, dict):
-                raise UpstreamProtocolError("the upstream sent an event that is not a JSON object")
-            self._chunk(chunk, out)
+            self._chunk(upstream_object(data, "stream event"), out)
         return b"".join(out)
 
     async def end(self, stream: UpstreamStream) -> bytes:

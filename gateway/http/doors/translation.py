@@ -15,9 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequest
 from gateway.http.validation import shown_key
 from gateway.routing.router import NativeForm
+from providers.errors import UpstreamProtocolError
 
 _WHY = "has no equivalent in chat completions"
 
@@ -62,4 +65,15 @@ def string_field(value: dict[str, Any], name: str, where: str) -> str:
         if found is None:
             raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
         raise InvalidRequest(f"Invalid value for '{param}': it must be a string.", param=param)
+    return found
+
+
+def upstream_object(data: bytes, what: str) -> dict[str, Any]:
+    """An upstream's answer or event, which must be a JSON object: a 502 (UpstreamProtocolError) otherwise."""
+    try:
+        found = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        found = None
+    if not isinstance(found, dict):
+        raise UpstreamProtocolError(f"the upstream's {what} is not a JSON object")
     return found
