@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import MisdirectedRequest, UnsupportedMediaType
+from gateway.http.doors import error_body_for
 from gateway.http.responses import send_error
 
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -115,12 +116,12 @@ class BrowserGuardMiddleware:
         content_type: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"host" and self._hosts is not None and not self._hosts.allows(value):
-                await send_error(send, MisdirectedRequest(_quotable(value)))
+                await send_error(send, MisdirectedRequest(_quotable(value)), error_body_for(scope["path"]))
                 return
             if name == b"content-type":
                 content_type = value
         if checks_type and not is_json(content_type):
-            await send_error(send, UnsupportedMediaType(scope["path"]))
+            await send_error(send, UnsupportedMediaType(scope["path"]), error_body_for(scope["path"]))
             return
         await self.app(scope, receive, send)
 

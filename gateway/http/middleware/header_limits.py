@@ -16,6 +16,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import HeadersTooLarge, TargetTooLong
+from gateway.http.doors import error_body_for
 from gateway.http.responses import send_error
 
 
@@ -29,7 +30,7 @@ class HeaderLimitsMiddleware:
         if scope["type"] == "http":
             error = self._refusal(scope)
             if error is not None:
-                await send_error(send, error)
+                await send_error(send, error, error_body_for(scope["path"]))  # /v1/messages: Anthropic's shape
                 return
         await self.app(scope, receive, send)
 

@@ -180,6 +180,17 @@ def test_a_bad_x_api_key_is_an_authentication_error(messages_gateway: str) -> No
     assert openai_door.status_code == 401 and "code" in openai_door.json()["error"]  # OpenAI's shape stays there
 
 
+def test_the_edges_refusals_are_in_anthropics_shape_too(messages_gateway: str) -> None:
+    not_json = httpx.post(f"{messages_gateway}/v1/messages", content=b"hi", headers={"content-type": "text/plain"})
+    assert not_json.status_code == 415
+    assert not_json.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": not_json.json()["error"]["message"]}}
+    headers = {f"x-filler-{n}": "x" for n in range(200)}
+    too_many = httpx.post(f"{messages_gateway}/v1/messages", json={}, headers=headers)
+    assert too_many.status_code == 431 and too_many.json()["type"] == "error"
+    elsewhere = httpx.post(f"{messages_gateway}/v1/chat/completions", content=b"hi", headers={"content-type": "text/plain"})
+    assert elsewhere.status_code == 415 and "code" in elsewhere.json()["error"]  # OpenAI's shape on OpenAI's doors
+
+
 def test_past_its_rpm_a_key_gets_a_rate_limit_error(messages_gateway: str) -> None:
     limited = client(messages_gateway, LIMITED_KEY)
     for _ in range(2):
