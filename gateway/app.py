@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
@@ -178,8 +179,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 404:
             return error_response(not_found_error(request.method, request.url.path))
         if error.status_code == 405:
-            allowed = (error.headers or {}).get("Allow", "")  # Starlette's route lists its methods there
-            return error_response(MethodNotAllowed(request.method, request.url.path, allowed))
+            return error_response(MethodNotAllowed(request.method, request.url.path, _allowed(app, request.url.path)))
         return error_response(OpenAIError(str(error.detail), status_code=error.status_code))
 
     async def validation_error(request: Request, error: Exception) -> Response:
@@ -196,6 +196,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+def _allowed(app: FastAPI, path: str) -> str:
+    """Every method some route answers at ``path``, for Allow (Starlette's 405 names only the first route's)."""
+    methods = [
+        method for method in _METHODS
+        if any(route.matches({"type": "http", "path": path, "method": method, "root_path": ""})[0] is Match.FULL
+               for route in app.router.routes)
+    ]  # fmt: skip
+    return ", ".join(methods)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _json_body_paths(api: FastAPI) -> set[str]:

@@ -87,10 +87,13 @@ class UnknownTokenId(InvalidRequest):
 class Untranslatable(InvalidRequest):
     code = "unsupported_parameter"
 
-    def __init__(self, param: str, why: str) -> None:
+    def __init__(self, param: str, why: str, droppable: bool = True) -> None:
+        policy = (
+            "the model's unsupported_params is 'reject'; 'drop' would leave it out and say so in a header"
+            if droppable else "leaving it out would change what the request asks"
+        )  # fmt: skip
         super().__init__(
-            f"`{param}` {why}, which the deployment chosen for this model speaks (the model's unsupported_params "
-            "is 'reject'; 'drop' would leave it out and say so in a header).",
+            f"`{param}` {why}, and the deployment chosen for this model speaks only chat completions ({policy}).",
             param=param,
         )
 

@@ -64,6 +64,7 @@ OWN_STATUSES: dict[str, tuple[str, ...]] = {
     "/v1/detokenize": ("403", "404"),
     "/v1/messages/count_tokens": ("401", "403", "404"),
     "/v1/responses/{response_id}": ("401", "404"),
+    "/v1/responses/{response_id}/input_items": ("401", "404"),
 }
 RELAY_STATUSES = ("401", "403", "404", "429", "502", "504", "4XX", "5XX")
 _HEADERS: dict[str, dict[str, Any]] = {

@@ -91,13 +91,24 @@ class Routed(Generic[T]):
 class NativeForm:
     """A request as its client wrote it in another API, for a deployment that speaks that API (``SpeaksDoor``).
 
-    ``lost``: what its chat translation leaves out, as (param, why); refused
-    for a model whose ``unsupported_params`` is ``reject`` unless sent natively.
+    ``lost``: what its chat translation leaves out, in the order met. Sent
+    translated, the first is refused when the model's ``unsupported_params``
+    is ``reject``, or when it may not be dropped at all.
     """
 
     door: Door
     payload: dict[str, Any]
-    lost: tuple[tuple[str, str], ...] = ()
+    lost: tuple[Lost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A field a translation cannot carry: its param, why (a clause: "has no equivalent in chat completions")."""
+
+    param: str
+    why: str
+    # False for a field whose loss would change what the request means (a conversation held elsewhere).
+    droppable: bool = True
 
 
 class Router:
@@ -243,9 +254,9 @@ class Router:
                 provider = state.deployment.provider
                 if isinstance(provider, SpeaksDoor) and provider.speaks(native.door):
                     body, door = without_routing_fields(native.payload), native.door
-                elif native.lost and policy == "reject":
+                elif refused := next((lost for lost in native.lost if policy == "reject" or not lost.droppable), None):
                     state.breaker.release()  # no call made: no verdict on the deployment
-                    raise Untranslatable(*native.lost[0])
+                    raise Untranslatable(refused.param, refused.why, refused.droppable)
             request = UpstreamRequest(
                 job.endpoint, {**body, "model": state.deployment.model}, job.request_id, policy, job.headers, door
             )

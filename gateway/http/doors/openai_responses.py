@@ -53,19 +53,25 @@ from providers.wire import Door
 
 Refuse = Callable[..., None]
 
+# Fields chat completions has under the same name, sent as they are.
+SAME_FIELDS = ("temperature", "top_p", "user", "service_tier", "safety_identifier", "prompt_cache_key",
+               "prompt_cache_retention", "prompt_cache_options")  # fmt: skip
 # The request fields translated, or kept by the gateway itself (store, metadata, previous_response_id).
 TRANSLATED_FIELDS = frozenset({
     "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "user", "parallel_tool_calls",
     "top_logprobs", "tools", "tool_choice", "text", "reasoning", "include", "stream", "store", "metadata",
-    "previous_response_id",
+    "previous_response_id", *SAME_FIELDS,
 })  # fmt: skip
-# Hints that change no answer of a translated request; ``stream_options`` only asks for obfuscation padding.
-IGNORED_FIELDS = frozenset({"prompt_cache_key", "safety_identifier", "prompt_cache_retention", "stream_options"})
+# ``stream_options`` only asks for obfuscation padding, which changes no answer.
+IGNORED_FIELDS = frozenset({"stream_options"})
 # At these values a field asks for nothing chat completions would not do anyway.
-_DEFAULTS: dict[str, Any] = {"background": False, "truncation": "disabled", "service_tier": "auto"}
+_DEFAULTS: dict[str, Any] = {"background": False, "truncation": "disabled"}
+# State OpenAI keeps (a conversation, a stored prompt): without it the request means something else.
+_HELD_ELSEWHERE = frozenset({"conversation", "prompt"})
 LOGPROBS = "message.output_text.logprobs"
 _IGNORED_INCLUDES = frozenset({"reasoning.encrypted_content"})  # a translated answer has no reasoning items
-_HOSTED_TOOL = "is a tool OpenAI runs itself: it is passed on only to a deployment that speaks the Responses API"
+_HOSTED_TOOL = "is a tool OpenAI runs itself, passed on only to a deployment that speaks the Responses API"
+_ELSEWHERE = "refers to what OpenAI keeps for a deployment that speaks the Responses API"
 
 
 class ResponsesRequest(BaseModel):
@@ -114,7 +120,9 @@ def responses_to_chat(request: dict[str, Any], previous: StoredResponse | None) 
     for name, value in request.items():
         if name in TRANSLATED_FIELDS or name in IGNORED_FIELDS or name in ROUTING_FIELDS or value is None:
             continue
-        if _DEFAULTS.get(name, ...) != value:
+        if name in _HELD_ELSEWHERE:
+            refuse(name, _ELSEWHERE, droppable=False)
+        elif _DEFAULTS.get(name, ...) != value:
             refuse(name)
     items = _input_items(request["input"])
     if previous is not None:
@@ -125,7 +133,7 @@ def responses_to_chat(request: dict[str, Any], previous: StoredResponse | None) 
     messages += chat_messages(items, refuse)
     payload: dict[str, Any] = {"model": request["model"], "messages": messages}
     payload.update({name: request[name] for name in ROUTING_FIELDS if name in request})
-    for name in ("temperature", "top_p", "user"):
+    for name in SAME_FIELDS:
         if request.get(name) is not None:
             payload[name] = request[name]
     if request.get("max_output_tokens") is not None:
@@ -170,7 +178,9 @@ def chat_messages(items: list[dict[str, Any]], refuse: Refuse) -> list[dict[str,
             raise InvalidRequest(f"Invalid value for '{where}': an input item object.", param=where)
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append(_message(item, where, refuse))
+            message = _message(item, where, refuse)
+            if message is not None:
+                messages.append(message)
         elif kind == "function_call":
             call = {
                 "id": string_field(item, "call_id", where),
@@ -186,6 +196,8 @@ def chat_messages(items: list[dict[str, Any]], refuse: Refuse) -> list[dict[str,
             output = item.get("output")
             content = output if isinstance(output, str) else _joined_text(output, f"{where}.output", refuse)
             messages.append({"role": "tool", "tool_call_id": string_field(item, "call_id", where), "content": content})
+        elif kind == "item_reference":
+            refuse(where, _ELSEWHERE, droppable=False)  # the item it names would be missing
         else:
             refuse(where, f"is a `{kind}` item, which has no equivalent in chat completions")
     return messages
@@ -198,7 +210,8 @@ def _follows_tool_results(messages: list[dict[str, Any]]) -> bool:
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
 
-def _message(item: dict[str, Any], where: str, refuse: Refuse) -> dict[str, Any]:
+def _message(item: dict[str, Any], where: str, refuse: Refuse) -> dict[str, Any] | None:
+    """A message item as a chat message; None when every part of it was left out."""
     role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
     if role is None:
         raise InvalidRequest(
@@ -224,6 +237,8 @@ def _message(item: dict[str, Any], where: str, refuse: Refuse) -> dict[str, Any]
             parts.append({"type": "image_url", "image_url": image})
         else:
             refuse(at)  # a file, audio, an image by file_id
+    if not parts:
+        return None  # chat takes no empty content
     if len(parts) == 1 and parts[0]["type"] == "text":
         return {"role": role, "content": parts[0]["text"]}
     return {"role": role, "content": parts}
@@ -289,7 +304,9 @@ def _text_fields(text: dict[str, Any] | None, refuse: Refuse) -> dict[str, Any]:
     """``text.format`` as chat's ``response_format``."""
     fields: dict[str, Any] = {}
     for name, value in (text or {}).items():
-        if name != "format" and value is not None:
+        if name == "verbosity" and value is not None:
+            fields["verbosity"] = value  # chat's top-level field
+        elif name != "format" and value is not None:
             refuse(f"text.{name}")
     form = (text or {}).get("format")
     if form is None:
@@ -377,20 +394,19 @@ def chat_to_response(answer: dict[str, Any], translated: Translated, counted: An
         raise UpstreamProtocolError("the upstream's chat answer has no choices")
     choice = choices[0]
     message = choice.get("message") or {}
+    status, incomplete = finished(choice.get("finish_reason"))
     output: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         logprobs = output_logprobs(choice.get("logprobs")) if translated.state.logprobs else []
-        output.append(message_item(new_id("msg"), message["content"], "completed", logprobs))
+        output.append(message_item(new_id("msg"), message["content"], status, logprobs))
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
-        output.append(function_call_item(new_id("fc"), call.get("id") or new_id("call"), function, "completed"))
-    incomplete = _INCOMPLETE.get(choice.get("finish_reason"))  # type: ignore[arg-type]
-    status: Status = "incomplete" if incomplete else "completed"
+        output.append(function_call_item(new_id("fc"), call.get("id") or new_id("call"), function, status))
     return response_object(translated, status, output, responses_usage(answer.get("usage"), counted), incomplete=incomplete)
 
 
 def finished(finish_reason: Any) -> tuple[Status, str | None]:
-    """(status, incomplete reason) for a chat finish_reason."""
+    """(status, incomplete reason) for a chat finish_reason: a response's, and so its items'."""
     incomplete = _INCOMPLETE.get(finish_reason)
     return ("incomplete" if incomplete else "completed"), incomplete
 

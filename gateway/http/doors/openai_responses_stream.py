@@ -113,8 +113,8 @@ class ResponseEvents:
         for call in delta.get("tool_calls") or ():
             self._tool_delta(call, out)
         if choice.get("finish_reason") is not None:
-            self._close(out)
             self._finish = choice["finish_reason"]
+            self._close(out)
 
     def _text_delta(self, text: str, logprobs: Any, out: list[bytes]) -> None:
         if self._open is None or self._open["type"] != "message":
@@ -173,6 +173,6 @@ class ResponseEvents:
             self._text, self._logprobs = [], []
         else:
             self._emit(out, "response.function_call_arguments.done", **at, name=item["name"], arguments=item["arguments"])
-        item["status"] = "completed"
+        item["status"] = finished(self._finish)[0] if self._finish is not None else "completed"
         self._emit(out, "response.output_item.done", output_index=at["output_index"], item=item)
         self._open = None

@@ -19,7 +19,7 @@ import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.http.validation import shown_key
-from gateway.routing.router import NativeForm
+from gateway.routing.router import Lost, NativeForm
 from providers.errors import UpstreamProtocolError
 
 _WHY = "has no equivalent in chat completions"
@@ -44,17 +44,17 @@ class Translated:
         if self.native is None:
             return ()
         # A client's key may hold any character, a header value may not.
-        return tuple("".join(c if "!" <= c <= "~" and c != "," else "?" for c in param) for param, _ in self.native.lost)
+        return tuple("".join(c if "!" <= c <= "~" and c != "," else "?" for c in lost.param) for lost in self.native.lost)
 
 
 class Losses:
     """What a translation leaves out, as (param, why), in the order met."""
 
     def __init__(self) -> None:
-        self.lost: list[tuple[str, str]] = []
+        self.lost: list[Lost] = []
 
-    def __call__(self, param: str, why: str = _WHY) -> None:
-        self.lost.append((shown_key(param), why))  # a client's key: cut short if long
+    def __call__(self, param: str, why: str = _WHY, *, droppable: bool = True) -> None:
+        self.lost.append(Lost(shown_key(param), why, droppable))  # a client's key: cut short if long
 
 
 def string_field(value: dict[str, Any], name: str, where: str) -> str:

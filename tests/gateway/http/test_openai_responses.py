@@ -213,6 +213,33 @@ def test_retrieve_and_delete_a_kept_response(responses_gateway: str) -> None:
     assert continued.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
 
 
+def test_input_items_list_the_conversation(responses_gateway: str) -> None:
+    api = client(responses_gateway)
+    first = api.responses.create(model="gpt-test", input="one")
+    second = api.responses.create(model="gpt-test", input=[{"role": "user", "content": "two"}], previous_response_id=first.id)
+    raw = httpx.get(f"{responses_gateway}/v1/responses/{second.id}/input_items", params={"order": "asc"},
+                    headers={"authorization": f"Bearer {TEAM_KEY}"})  # fmt: skip
+    validate("ResponseItemList", raw.json())
+    listed = api.responses.input_items.list(second.id, order="asc")
+    assert [item.type for item in listed.data] == ["message", "message", "message"]
+    assert [item.role for item in listed.data] == ["user", "assistant", "user"]  # type: ignore[union-attr]
+    assert listed.data[2].content[0].text == "two"  # type: ignore[union-attr]
+    page = api.responses.input_items.list(second.id, limit=1)  # newest first
+    assert [item.id for item in page.data] == [listed.data[2].id] and page.has_more
+    assert [item.id for item in api.responses.input_items.list(second.id, limit=5, after=page.data[0].id).data] == [
+        listed.data[1].id, listed.data[0].id,
+    ]  # fmt: skip
+
+
+def test_the_apis_other_urls_say_they_are_not_served(responses_gateway: str) -> None:
+    headers = {"authorization": f"Bearer {TEAM_KEY}"}
+    for path in ("/v1/responses/input_tokens", "/v1/responses/compact", "/v1/responses/resp_1/cancel"):
+        answer = httpx.post(f"{responses_gateway}{path}", json={"model": "gpt-test", "input": "x"}, headers=headers)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "unsupported_endpoint", path
+    wrong_method = httpx.put(f"{responses_gateway}/v1/responses/resp_1", headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "DELETE, GET"
+
+
 def test_store_false_keeps_nothing(responses_gateway: str) -> None:
     api = client(responses_gateway)
     unkept = api.responses.create(model="gpt-test", input="forget me", store=False)
@@ -226,10 +253,21 @@ def test_a_hosted_tool_is_refused_or_dropped_as_the_model_says(responses_gateway
     with pytest.raises(openai.BadRequestError) as refused:
         api.responses.create(model="strict-test", input="news?", tools=[{"type": "web_search"}])
     assert refused.value.body["param"] == "tools[0]"  # type: ignore[index]
-    assert "web_search" in refused.value.body["message"]  # type: ignore[index]
+    assert refused.value.body["message"].startswith(  # type: ignore[index]
+        "`tools[0]` (`web_search`) is a tool OpenAI runs itself, passed on only to a deployment that speaks the "
+        "Responses API, and the deployment chosen for this model speaks only chat completions"
+    )
     raw = api.responses.with_raw_response.create(model="gpt-test", input="news?", tools=[{"type": "web_search"}])
     assert raw.headers["x-switchyard-dropped-params"] == "tools[0]"
     assert raw.parse().output_text == "You said: news?"
+
+
+def test_a_conversation_held_at_openai_is_refused_even_with_drop(responses_gateway: str, fake: FakeOpenAI) -> None:
+    sent_before = len(fake.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(responses_gateway).responses.create(model="gpt-test", input="x", conversation="conv_123")
+    assert refused.value.body["param"] == "conversation" and len(fake.requests) == sent_before  # type: ignore[index]
+    assert "leaving it out would change what the request asks" in refused.value.body["message"]  # type: ignore[index]
 
 
 def test_text_format_json_schema_becomes_response_format(responses_gateway: str, fake: FakeOpenAI) -> None:

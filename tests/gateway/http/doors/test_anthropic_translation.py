@@ -100,7 +100,7 @@ UNTRANSLATABLE: list[tuple[dict[str, Any], str]] = [
 def test_what_cannot_be_translated_is_noted_for_the_router(fields: dict[str, Any], param: str) -> None:
     request = {**BASE, "messages": HI, **fields}
     translated = messages_to_chat(request)
-    assert translated.native is not None and [lost for lost, _ in translated.native.lost] == [param]
+    assert translated.native is not None and [lost.param for lost in translated.native.lost] == [param]
     assert translated.dropped == (param,)
     assert translated.native.payload == request  # whole, for a deployment that speaks Messages
 

@@ -53,9 +53,12 @@ REQUESTS: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"input": "x", "reasoning": {"effort": "low"}}, {"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "low"}),
     ({"input": "x", "include": ["message.output_text.logprobs", "reasoning.encrypted_content"], "top_logprobs": 2},
      {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 2}),
-    ({"input": "x", "stream": True, "store": False, "metadata": {"a": "b"}, "prompt_cache_key": "k"},
+    ({"input": "x", "stream": True, "store": False, "metadata": {"a": "b"}, "stream_options": {"include_obfuscation": False}},
      {"messages": [{"role": "user", "content": "x"}], "stream": True, "stream_options": {"include_usage": True}}),
     ({"input": "x", "background": False, "truncation": "disabled"}, {"messages": [{"role": "user", "content": "x"}]}),
+    ({"input": "x", "text": {"verbosity": "low"}, "service_tier": "flex", "prompt_cache_key": "k", "safety_identifier": "s"},
+     {"messages": [{"role": "user", "content": "x"}], "verbosity": "low", "service_tier": "flex", "prompt_cache_key": "k",
+      "safety_identifier": "s"}),
 ]  # fmt: skip
 
 
@@ -75,21 +78,38 @@ UNTRANSLATABLE: list[tuple[dict[str, Any], str]] = [
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0]"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, "input[0].content[0]"),
     ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input[0]"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ({"input": "x", "include": ["file_search_call.results"]}, "include[0]"),
     ({"input": "x", "reasoning": {"summary": "auto"}}, "reasoning.summary"),
-    ({"input": "x", "text": {"verbosity": "low"}}, "text.verbosity"),
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "truncation": "auto"}, "truncation"),
-    ({"input": "x", "conversation": "conv_1"}, "conversation"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("fields", "param"), UNTRANSLATABLE)
 def test_what_cannot_be_translated_is_noted_for_the_router(fields: dict[str, Any], param: str) -> None:
     translated = responses_to_chat({**BASE, **fields}, None)
-    assert translated.native is not None and [lost for lost, _ in translated.native.lost] == [param]
+    assert translated.native is not None and [lost.param for lost in translated.native.lost] == [param]
     assert translated.dropped == (param,)
+    assert translated.native.lost[0].droppable
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"input": "x", "conversation": "conv_1"}, "conversation"),
+    ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+])  # fmt: skip
+def test_state_kept_at_openai_may_not_be_dropped(fields: dict[str, Any], param: str) -> None:
+    translated = responses_to_chat({**BASE, **fields}, None)
+    assert translated.native is not None
+    (lost,) = translated.native.lost
+    assert (lost.param, lost.droppable) == (param, False)
+
+
+def test_a_message_left_with_no_part_is_left_out() -> None:
+    only_a_file = [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}, {"role": "user", "content": "hi"}]
+    translated = responses_to_chat({**BASE, "input": only_a_file}, None)
+    assert translated.payload["messages"] == [{"role": "user", "content": "hi"}]
+    assert translated.dropped == ("input[0].content[0]",)
 
 
 @pytest.mark.parametrize(("item", "param"), [
@@ -143,6 +163,7 @@ def test_an_answer_cut_by_max_tokens_is_incomplete() -> None:
     response = chat_to_response(_answer({"content": "hel"}, "length"), translated, None)
     validate("Response", response)
     assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response["output"][0]["status"] == "incomplete"  # the message was cut too
 
 
 def test_logprobs_come_back_when_asked_for() -> None:
