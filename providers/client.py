@@ -16,6 +16,12 @@ key or its environment variable, the auth style, and the parameter map::
 with an error another provider may not have (connection, timeout, 429, 5xx,
 a rejected key). ``AsyncOpenAICompatibleAPI`` is the same with ``await``:
 both sides share :class:`_Targets`, which does everything but the I/O.
+
+A preset of another protocol (``anthropic``) is the SDK over the gateway's
+own adapter for it (``providers/registry.py``), run in this process by
+:class:`AdapterTransport`: the SDK sends OpenAI's request, the adapter
+translates it both ways, and the SDK parses, retries and raises exactly as
+for an OpenAI server. Chat only: what the preset does not offer is NotOffered.
 """
 
 from __future__ import annotations
@@ -30,19 +36,25 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
+import httpx
 import openai
 from openai import AsyncStream, Stream
 from openai.types import CreateEmbeddingResponse, Moderation
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 
+from providers.adapter_transport import AdapterTransport, SyncAdapterTransport
 from providers.base import UnsupportedPolicy
 from providers.config import HostedProviderConfig, ResolvedProvider
-from providers.errors import MissingAPIKey, NotOffered
+from providers.errors import (
+    MissingAPIKey,
+    NotOffered,
+)  # fmt: skip
 from providers.params import adapt
+from providers.registry import build_provider
 from providers.tokens import count_messages, count_text
 from providers.wire import Endpoint
 
@@ -93,10 +105,25 @@ class Target:
     def api_key(self) -> str | None:
         return self.upstream.api_key
 
+    @property
+    def adapted(self) -> bool:
+        """The SDK reaches this provider through its adapter, in this process: it speaks another protocol than OpenAI's."""
+        return self.upstream.preset.protocol != "openai"
+
+    def adapter_transport(self) -> AdapterTransport:
+        config = self.config
+        if self.api_key and config.api_key is None:
+            # The key came from the environment; the adapter reads it from its config, as the gateway's config module puts it.
+            config = config.model_copy(update={"api_key": SecretStr(self.api_key)})
+        provider = build_provider(config.type, config)
+        return AdapterTransport(provider, config.unsupported_params, secrets=(self.api_key,) if self.api_key else ())
+
     def sdk_options(self) -> dict[str, Any]:
         """Keyword arguments for the SDK's client classes (OpenAI / AzureOpenAI and their async twins)."""
         upstream = self.upstream
         options: dict[str, Any] = {"timeout": self.config.timeout, "max_retries": self.config.max_retries}
+        if self.adapted:  # the SDK's requests stay in this process: the key is the adapter's alone
+            return {**options, "base_url": upstream.base_url, "api_key": "unused"}
         headers = dict(upstream.headers)
         if upstream.url_style == "azure":
             # An Entra ID token goes as a Bearer token, a key in the api-key header.
@@ -110,8 +137,6 @@ class Target:
 def resolve(config: ClientConfig, environ: Mapping[str, str] | None = None) -> Target:
     """``config`` over its preset, the key from ``environ`` (default: the process's) when it names none."""
     upstream = config.resolve(os.environ if environ is None else environ)
-    if upstream.preset.protocol != "openai":  # the client wraps the openai SDK; the gateway translates the others
-        raise NotOffered(f"provider {config.type!r} speaks the {upstream.preset.protocol} protocol: call it through the gateway")
     if upstream.needs_key:
         raise MissingAPIKey(f"provider {config.type!r} needs an API key: set {upstream.preset.api_key_env} or pass api_key")
     return Target(config, upstream)
@@ -149,6 +174,12 @@ class _Targets:
     def default_model(self) -> str | None:
         return self.first.config.default_model
 
+    def check_model_list(self) -> None:
+        """The model list is the first provider's ``GET /models``, which an adapter does not translate."""
+        if self.first.adapted:
+            kind = self.first.config.type
+            raise NotOffered(f"provider {kind!r} does not offer /v1/models in the client (its adapter translates chat only)")
+
 
 def reply_text(completion: ChatCompletion) -> str:
     return completion.choices[0].message.content or ""
@@ -166,11 +197,15 @@ def count_tokens(text_or_messages: str | Messages, model: str | None = None) -> 
 
 
 def _sdk_client(target: Target) -> openai.OpenAI:
+    if target.adapted:
+        return openai.OpenAI(**target.sdk_options(), http_client=httpx.Client(transport=SyncAdapterTransport(target.adapter_transport())))
     cls = openai.AzureOpenAI if target.upstream.url_style == "azure" else openai.OpenAI
     return cls(**target.sdk_options())
 
 
 def _async_sdk_client(target: Target) -> openai.AsyncOpenAI:
+    if target.adapted:
+        return openai.AsyncOpenAI(**target.sdk_options(), http_client=httpx.AsyncClient(transport=target.adapter_transport()))
     cls = openai.AsyncAzureOpenAI if target.upstream.url_style == "azure" else openai.AsyncOpenAI
     return cls(**target.sdk_options())
 
@@ -233,6 +268,7 @@ class OpenAICompatibleAPI:
 
     def validate_credentials(self) -> bool:
         """Whether the first provider accepts the key (one cheap authenticated call); False, not an exception, if not."""
+        self._targets.check_model_list()
         try:
             self._clients[0].models.list()
         except _BAD_KEY_ERRORS:
@@ -240,7 +276,19 @@ class OpenAICompatibleAPI:
         return True
 
     def list_models(self) -> list[str]:
+        self._targets.check_model_list()
         return [model.id for model in self._clients[0].models.list()]
+
+    def close(self) -> None:
+        """Close the connections of every provider (an adapter's, and its event loop, are also closed when collected)."""
+        for client in self._clients:
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _first_answer(
         self, endpoint: Endpoint, model: str | None, body: dict[str, Any], call: Callable[[openai.OpenAI, dict[str, Any]], T]
@@ -307,6 +355,7 @@ class AsyncOpenAICompatibleAPI:
         return count_tokens(text_or_messages, model or self._targets.default_model)
 
     async def validate_credentials(self) -> bool:
+        self._targets.check_model_list()
         try:
             await self._clients[0].models.list()
         except _BAD_KEY_ERRORS:
@@ -314,7 +363,18 @@ class AsyncOpenAICompatibleAPI:
         return True
 
     async def list_models(self) -> list[str]:
+        self._targets.check_model_list()
         return [model.id async for model in self._clients[0].models.list()]
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def _first_answer(
         self,

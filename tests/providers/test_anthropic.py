@@ -384,10 +384,3 @@ def test_a_stream_error_event_or_a_break_ends_the_stream_with_an_error(fake: Fak
             for chunk in client.chat.completions.create(model="claude", messages=HI, stream=True):
                 pieces.append(chunk.choices[0].delta.content or "")
         assert "".join(pieces) == "one "
-
-
-def test_the_python_client_says_to_use_the_gateway() -> None:
-    from providers import NotOffered, OpenAICompatibleAPI
-
-    with pytest.raises(NotOffered, match="anthropic protocol"):
-        OpenAICompatibleAPI({"provider": "anthropic", "api_key": KEY})
