@@ -24,6 +24,7 @@ same way, and labelled in metrics and the ledger by the door's name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from gateway.conversations import ResponseStore
     from gateway.routing.table import ModelTable
 
+logger = logging.getLogger(__name__)
+
 STREAMABLE = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 
 
@@ -65,7 +68,7 @@ class DoorContext:
     """What a door reads and answers one request with, beside its body."""
 
     limits: BodyLimits
-    responses: ResponseStore | None  # where Responses answers are kept; None: nowhere (no ledger)
+    responses: ResponseStore | None  # where Responses answers are kept; None: nowhere (server.store_responses off)
     owner: str | None  # the key's name: a stored response is its key's only
 
 
@@ -145,7 +148,11 @@ def _keeper(translated: Translated, context: DoorContext) -> Callable[[dict[str,
         return None
 
     async def keep(response: dict[str, Any]) -> None:
-        await store.put(openai_responses.stored(translated, response, context.owner))
+        try:
+            await store.put(openai_responses.stored(translated, response, context.owner))
+        except Exception as error:  # the answer matters more than its copy: it still goes out
+            logger.warning("response %s was answered but could not be kept (%s): %s",
+                           response.get("id"), store.description, error.__class__.__name__)  # fmt: skip
 
     return keep
 

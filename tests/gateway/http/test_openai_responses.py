@@ -336,3 +336,18 @@ def test_kept_responses_live_in_the_data_dir(responses_gateway: str, tmp_path_fa
     with sqlite3.connect(path) as db:
         (response,) = db.execute("SELECT response FROM responses WHERE id = ?", (kept.id,)).fetchone()
     assert orjson.loads(response)["output"][0]["content"][0]["text"] == "You said: where am I kept?"
+
+
+def test_an_answer_whose_copy_cannot_be_kept_still_arrives(
+    gateway_config: GatewayConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    server = gateway_config.server.model_copy(update={"data_dir": not_a_directory, "usage_ledger": False})
+    config = gateway_config.model_copy(update={"server": server})
+    with ServedApp(create_app(config), server=config.server) as served:
+        api = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+        assert api.responses.create(model="gpt-test", input="hi").output_text == "You said: hi"
+        with api.responses.stream(model="gpt-test", input="hi") as stream:
+            assert stream.get_final_response().output_text == "You said: hi"
+    assert sum("could not be kept" in record.getMessage() for record in caplog.records) == 2
