@@ -19,9 +19,10 @@ failure is retried or falls back unseen by the client.
 
 A request that came through another API's door (Anthropic's Messages,
 OpenAI's Responses) carries its own form too (``NativeForm``): a deployment
-that speaks that API gets it untranslated, any other the chat translation,
-which is refused with a 400 when it would leave something out and the
-model's ``unsupported_params`` is ``reject``.
+that speaks that API gets it untranslated, any other the chat translation.
+A deployment whose translation would leave out what it may not (anything,
+when the model's ``unsupported_params`` is ``reject``) is skipped; a model
+with no other is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ class Router:
         payload = without_routing_fields(job.payload)
         policy = self.table.unsupported_params(model)
         last_error: ProviderError | None = None
+        refusal: Untranslatable | None = None  # a deployment skipped: the translation would lose what it may not
         for state in order(states, self.table.strategy(model), self._rng):
             if not state.breaker.try_acquire():
                 continue
@@ -256,7 +258,8 @@ class Router:
                     body, door = without_routing_fields(native.payload), native.door
                 elif refused := next((lost for lost in native.lost if policy == "reject" or not lost.droppable), None):
                     state.breaker.release()  # no call made: no verdict on the deployment
-                    raise Untranslatable(refused.param, refused.why, refused.droppable)
+                    refusal = refusal or Untranslatable(refused.param, refused.why, refused.droppable)
+                    continue
             request = UpstreamRequest(
                 job.endpoint, {**body, "model": state.deployment.model}, job.request_id, policy, job.headers, door
             )
@@ -268,6 +271,8 @@ class Router:
                 last_error = error
                 continue
             return Routed(state.deployment, answer, job.trace, door is not None)
+        if refusal is not None:  # what the client can change, before what an upstream did
+            raise refusal
         if last_error is not None:
             raise last_error
         raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))

@@ -39,6 +39,10 @@ models:
     routing: ordered
     unsupported_params: reject
     deployments: [{provider: claude, model: claude-upstream}, {provider: chat-only, model: fake-model}]
+  chat-then-claude:
+    routing: ordered
+    unsupported_params: reject
+    deployments: [{provider: chat-only, model: fake-model}, {provider: claude, model: claude-upstream}]
   claude-then-chat-drop:
     routing: ordered
     deployments: [{provider: claude, model: claude-upstream}, {provider: chat-only, model: fake-model}]
@@ -127,6 +131,15 @@ def test_a_messages_fallback_to_chat_refuses_what_it_cannot_carry(url: str, clau
                                                      messages=[{"role": "user", "content": "hi"}])  # fmt: skip
     assert answered.parse().content[0].text == "You said: hi"  # type: ignore[union-attr]
     assert answered.headers["x-switchyard-provider"] == "chat-only" and gpt.requests[-1].path == "/v1/chat/completions"
+
+
+def test_a_deployment_that_cannot_carry_the_request_is_skipped(url: str, claude: FakeAnthropic, gpt: FakeOpenAI) -> None:
+    message = messages_client(url).messages.create(model="chat-then-claude", max_tokens=64, thinking=THINKING,  # type: ignore[arg-type]
+                                                   messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    assert message.id == "msg_fake01" and not gpt.requests  # chat-only comes first, but could not take `thinking`
+    plain = messages_client(url).messages.create(model="chat-then-claude", max_tokens=64,
+                                                 messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+    assert plain.id != "msg_fake01" and gpt.requests[-1].path == "/v1/chat/completions"  # nothing to lose: in order
 
 
 def test_a_messages_fallback_with_drop_names_what_it_left_out(url: str, claude: FakeAnthropic, gpt: FakeOpenAI) -> None:
