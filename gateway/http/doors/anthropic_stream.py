@@ -28,7 +28,7 @@ from gateway.http.doors.anthropic_messages import (
     messages_usage,
     stop_reason_of,
 )
-from gateway.http.doors.translation import upstream_object
+from gateway.http.doors.translation import ChatChunkEvents
 from providers import UpstreamStream
 from providers.errors import OpenAIError
 
@@ -37,7 +37,7 @@ def frame(kind: str, body: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **body}) + b"\n\n"
 
 
-class MessageEvents:
+class MessageEvents(ChatChunkEvents):
     """Writes one chat stream, as it arrives, as the events of one Messages stream (``EventFraming``)."""
 
     def __init__(self, request: dict[str, Any]) -> None:
@@ -49,12 +49,6 @@ class MessageEvents:
         self._called = False
         self._choice: dict[str, Any] | None = None  # the chunk choice that had the finish_reason
         self._usage: Any = None
-
-    def events(self, chunks: list[bytes]) -> bytes:
-        out: list[bytes] = []
-        for data in chunks:
-            self._chunk(upstream_object(data, "stream event"), out)
-        return b"".join(out)
 
     async def end(self, stream: UpstreamStream) -> bytes:
         """The upstream finished: close the open block and the message, with its usage."""

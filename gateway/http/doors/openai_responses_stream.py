@@ -38,7 +38,7 @@ from gateway.http.doors.openai_responses import (
     response_object,
     responses_usage,
 )
-from gateway.http.doors.translation import Translated, upstream_object
+from gateway.http.doors.translation import ChatChunkEvents, Translated
 from providers import UpstreamStream
 from providers.errors import OpenAIError
 
@@ -52,7 +52,7 @@ def error_event(error: OpenAIError, sequence_number: int) -> bytes:
     return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
-class ResponseEvents:
+class ResponseEvents(ChatChunkEvents):
     """Writes one chat stream, as it arrives, as the events of one Responses stream (``EventFraming``)."""
 
     def __init__(self, translated: Translated, keep: Keep | None) -> None:
@@ -67,12 +67,6 @@ class ResponseEvents:
         self._calls: dict[int, dict[str, Any]] = {}  # a chat tool call's index -> its function_call item
         self._finish: Any = None
         self._usage: Any = None
-
-    def events(self, chunks: list[bytes]) -> bytes:
-        out: list[bytes] = []
-        for data in chunks:
-            self._chunk(upstream_object(data, "stream event"), out)
-        return b"".join(out)
 
     async def end(self, stream: UpstreamStream) -> bytes:
         out: list[bytes] = []

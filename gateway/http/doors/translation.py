@@ -77,3 +77,17 @@ def upstream_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(found, dict):
         raise UpstreamProtocolError(f"the upstream's {what} is not a JSON object")
     return found
+
+
+class ChatChunkEvents:
+    """The part every translating stream shares: each chat chunk read, as the object it must be, into ``_chunk``."""
+
+    def events(self, chunks: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        for data in chunks:
+            self._chunk(upstream_object(data, "stream event"), out)
+        return b"".join(out)
+
+    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
+        """Append to ``out`` the events ``chunk`` implies."""
+        raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -50,6 +51,27 @@ def local_client(local_gateway: ServedApp) -> openai.OpenAI:
     client = openai.OpenAI(base_url=f"{local_gateway.url}/v1", api_key="none", max_retries=0, timeout=60)
     wait_ready(local_gateway.url)
     return client
+
+
+@contextmanager
+def tiny_1k_gateway(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase,
+                    server: str = "{usage_ledger: false}") -> Iterator[str]:
+    """The tiny random Llama with a 1024-token context (the generic tool text alone takes ~250), served; its URL once loaded."""
+    directory: Path = tmp_path_factory.mktemp("tiny-llama-1k")
+    random_llama(VOCAB, context=1024, tokenizer=tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
+    yaml = f"""
+server: {server}
+router: {{retries: {{attempts: 1}}}}
+providers:
+  engine: {{type: local, model: "{directory}", dtype: float32, kv_cache_bytes: {per_block * 1024}, block_size: 4}}
+models:
+  tiny: {{deployments: [{{provider: engine, model: tiny}}]}}
+"""
+    with ServedApp(create_app(parse_config(yaml, environ={}))) as served:
+        wait_ready(served.url)
+        yield served.url
 
 
 def wait_ready(url: str, timeout: float = 60) -> None:

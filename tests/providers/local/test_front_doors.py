@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import jsonschema
@@ -18,12 +17,8 @@ import orjson
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from gateway.app import create_app
-from gateway.config import parse_config
-from tests.local_engine.tiny import random_llama
-from tests.providers.local.conftest import VOCAB, wait_ready
+from tests.providers.local.conftest import tiny_1k_gateway
 from tests.support.openai_spec.spec import validate
-from tests.support.servers import ServedApp
 
 CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
         "additionalProperties": False}  # fmt: skip
@@ -33,21 +28,9 @@ ANSWER = {"type": "object", "properties": {"answer": {"type": "integer"}}, "requ
 
 @pytest.fixture(scope="module")
 def local_url(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Iterator[str]:
-    directory: Path = tmp_path_factory.mktemp("tiny-llama-doors")
-    random_llama(VOCAB, context=1024, tokenizer=smollm2_tokenizer).save_pretrained(directory)
-    smollm2_tokenizer.save_pretrained(directory)
-    per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
-    yaml = f"""
-server: {{ledger_flush_interval: 0.05, data_dir: "{tmp_path_factory.mktemp('doors-data')}"}}
-router: {{retries: {{attempts: 1}}}}
-providers:
-  engine: {{type: local, model: "{directory}", dtype: float32, kv_cache_bytes: {per_block * 1024}, block_size: 4}}
-models:
-  tiny: {{deployments: [{{provider: engine, model: tiny}}]}}
-"""
-    with ServedApp(create_app(parse_config(yaml, environ={}))) as served:
-        wait_ready(served.url)
-        yield served.url
+    server = f'{{ledger_flush_interval: 0.05, data_dir: "{tmp_path_factory.mktemp("doors-data")}"}}'
+    with tiny_1k_gateway(tmp_path_factory, smollm2_tokenizer, server) as url:
+        yield url
 
 
 def responses(url: str) -> openai.OpenAI:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,12 +16,8 @@ import openai
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from gateway.app import create_app
-from gateway.config import parse_config
 from local_engine.tool_calls import ToolPlan, render_prompt
-from tests.local_engine.tiny import random_llama
-from tests.providers.local.conftest import VOCAB, wait_ready
-from tests.support.servers import ServedApp
+from tests.providers.local.conftest import tiny_1k_gateway
 
 CITY = {"type": "string", "maxLength": 6}
 WEATHER = {
@@ -48,22 +43,8 @@ RUN = {"model": "tiny", "temperature": 0, "max_tokens": 320}  # room for 8 paral
 
 @pytest.fixture(scope="module")
 def local_client(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Iterator[openai.OpenAI]:
-    """The conftest's tiny random Llama with a 1024-token context: the generic tool text alone takes ~250."""
-    directory: Path = tmp_path_factory.mktemp("tiny-llama-1k")
-    random_llama(VOCAB, context=1024, tokenizer=smollm2_tokenizer).save_pretrained(directory)
-    smollm2_tokenizer.save_pretrained(directory)
-    per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
-    yaml = f"""
-server: {{usage_ledger: false}}
-router: {{retries: {{attempts: 1}}}}
-providers:
-  engine: {{type: local, model: "{directory}", dtype: float32, kv_cache_bytes: {per_block * 1024}, block_size: 4}}
-models:
-  tiny: {{deployments: [{{provider: engine, model: tiny}}]}}
-"""
-    with ServedApp(create_app(parse_config(yaml, environ={}))) as served:
-        wait_ready(served.url)
-        yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=0, timeout=120)
+    with tiny_1k_gateway(tmp_path_factory, smollm2_tokenizer) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def assert_valid_calls(message: Any, most: int = 8) -> list[Any]:
