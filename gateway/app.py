@@ -52,6 +52,7 @@ from gateway.keys.accounting import Accounting
 from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
 from gateway.keys.limits import KeyLimits, LocalKeyLimits
 from gateway.ledger import LedgerWriter, open_store
+from gateway.pricing import PriceBook
 from gateway.routes.health import health_routes
 from gateway.routes.models import model_routes
 from gateway.routes.responses import response_routes
@@ -120,7 +121,7 @@ def create_app(
     api.include_router(health_routes(router.table, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
-    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger), body_limits, responses)
+    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger, PriceBook(config)), body_limits, responses)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)

@@ -160,6 +160,25 @@ class DeploymentConfig(_Frozen):
 RoutingStrategy = Literal["weighted", "ordered", "least_busy", "lowest_latency"]
 
 
+class ModelPrice(_Frozen):
+    """A model's own price (a negotiated rate, a private deployment's cost); it wins over genai-prices' table."""
+
+    input_per_mtok: float = Field(
+        ge=0, allow_inf_nan=False, description="US dollars per million prompt tokens not read from or written to a cache."
+    )
+    output_per_mtok: float = Field(
+        ge=0, allow_inf_nan=False, description="US dollars per million completion tokens, reasoning tokens included."
+    )
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="US dollars per million prompt tokens read from a cache; "
+        "default: input_per_mtok.",
+    )
+    cache_write_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="US dollars per million prompt tokens written to a cache "
+        "(Anthropic's cache creation); default: input_per_mtok.",
+    )
+
+
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
@@ -168,6 +187,10 @@ class ModelConfig(_Frozen):
     )
     unsupported_params: UnsupportedPolicy = Field(
         "drop", description="A parameter a deployment's provider does not take: drop it (and say so) or answer 400."
+    )
+    price: ModelPrice | None = Field(
+        None, description="This model's price on every one of its deployments, over genai-prices' (and a local "
+        "model's zero); default: genai-prices', or unknown.",
     )
 
 

@@ -22,7 +22,9 @@ def reported_usage(answer: Any) -> Usage | None:
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt, completion)
+    cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+    reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+    return Usage(prompt, completion, cached_tokens=cached, reasoning_tokens=reasoning)
 
 
 def responses_usage(response: Any) -> Usage | None:
@@ -33,7 +35,16 @@ def responses_usage(response: Any) -> Usage | None:
     prompt, completion = usage.get("input_tokens"), usage.get("output_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt, completion)
+    cached = _detail(usage, "input_tokens_details", "cached_tokens")
+    reasoning = _detail(usage, "output_tokens_details", "reasoning_tokens")
+    return Usage(prompt, completion, cached_tokens=cached, reasoning_tokens=reasoning)
+
+
+def _detail(usage: dict[str, Any], details: str, name: str) -> int:
+    """A count inside a usage's details object (0 when absent or not a whole number)."""
+    found = usage.get(details)
+    value = found.get(name) if isinstance(found, dict) else None
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def answer_texts(answer: Any) -> list[tuple[int, str]]:

@@ -38,11 +38,20 @@ PROMPT_FIELDS = {
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token usage of one answer: as the upstream reported it, or counted here and marked estimated."""
+    """Token usage of one answer: as the upstream reported it, or counted here and marked estimated.
+
+    As OpenAI counts: ``prompt_tokens`` include those read from the cache
+    (``cached_tokens``) and those written to it (``cache_write_tokens``,
+    Anthropic's cache creation); ``completion_tokens`` include
+    ``reasoning_tokens``. Each is priced at its own rate.
+    """
 
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -87,6 +96,7 @@ class Header:
     USAGE_ESTIMATED = "x-switchyard-usage-estimated"
     DROPPED_PARAMS = "x-switchyard-dropped-params"
     BUDGET_REMAINING_TOKENS = "x-switchyard-budget-remaining-tokens"
+    COST_USD = "x-switchyard-cost-usd"  # what the answer cost, where a price is known
     RETRY_AFTER = "retry-after"
     SHOULD_RETRY = "x-should-retry"  # read by the OpenAI SDKs
     LIMIT_REQUESTS = "x-ratelimit-limit-requests"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -41,8 +42,9 @@ logger = logging.getLogger(__name__)
 RELAY_PATHS = DOORS
 # On an answer whose token usage the gateway counted because the upstream reported none.
 ESTIMATED_HEADER = (Header.USAGE_ESTIMATED.encode(), b"true")
-_PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED = (
-    name.encode() for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL, Header.DROPPED_PARAMS)
+_PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED, _COST = (
+    name.encode()
+    for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL, Header.DROPPED_PARAMS, Header.COST_USD)
 )
 # Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
 CLIENT_CLOSED_REQUEST = 499
@@ -57,6 +59,7 @@ class GatewayApp:
     ) -> None:  # fmt: skip
         self._limits = limits
         self._responses = responses
+        self._contexts: dict[str | None, DoorContext] = {}  # one per key name: the same for each of its requests
         self._router = router
         self._fallback = fallback
         self._accounting = accounting
@@ -108,6 +111,7 @@ class GatewayApp:
                 self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
                 try:
+                    context = replace(context, price=lambda usage: self._accounting.cost(outcome, usage))
                     if routed_stream.native and door.native_framing is not None:
                         framing, dropped = door.native_framing(translated, context), ()
                     else:
@@ -133,6 +137,8 @@ class GatewayApp:
         headers = routed_headers(routed) + limit_headers + [_process_time(time.perf_counter() - started)]
         if outcome.usage is not None and outcome.usage.estimated:
             headers.append(ESTIMATED_HEADER)
+        if (cost := self._accounting.cost(outcome, outcome.usage)) is not None:
+            headers.append((_COST, usd_text(cost.usd)))
         await send_json(send, routed.answer.status, answer, _dropped(headers, dropped))
 
     async def _answer_here(self, scope: Scope, receive: Receive, send: Send, door: Door) -> None:
@@ -150,10 +156,12 @@ class GatewayApp:
             return
         await send_json(send, 200, answer, _dropped([], translated.dropped))
 
-
     def _context(self, key: ApiKey | None) -> DoorContext:
         owner = None if key is None else key.name
-        return DoorContext(self._limits, self._responses, owner)
+        context = self._contexts.get(owner)
+        if context is None:  # a key's first request (keys are the configured ones: the dict stays that small)
+            context = self._contexts[owner] = DoorContext(self._limits, self._responses, owner)
+        return context
 
 
 async def _refuse(send: Send, door: Door, error: Exception, path: str) -> int:
@@ -181,6 +189,11 @@ def _dropped(headers: list[tuple[bytes, bytes]], dropped: tuple[str, ...]) -> li
     kept = [(name, value) for name, value in headers if name != _DROPPED]
     provider_dropped = [value for name, value in headers if name == _DROPPED]
     return [*kept, (_DROPPED, b",".join([named, *provider_dropped]))]
+
+
+def usd_text(usd: float) -> bytes:
+    """Dollars as a header carries them: fixed point, to a millionth of a cent, never in exponent form."""
+    return f"{usd:.8f}".encode()
 
 
 def _process_time(seconds: float) -> tuple[bytes, bytes]:

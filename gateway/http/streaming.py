@@ -14,13 +14,20 @@ are; another API's door translates them (``doors/anthropic_stream.py``).
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
 
 from starlette.types import Send
 
 from gateway.errors import InternalError
 from providers import OpenAIError, UpstreamStream
 from providers.sse import DONE_EVENT, encode_event
+
+if TYPE_CHECKING:
+    from gateway.pricing import Cost
+    from providers.wire import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +61,51 @@ class OpenAIFraming:
     """The upstream's events as they are, then ``[DONE]``.
 
     ``include_usage``: the client asked for a usage chunk; if the upstream sent
-    none, one with the gateway's estimate goes before ``[DONE]``.
+    none, one with the gateway's estimate goes before ``[DONE]``. With a
+    ``price``, that last usage chunk carries the answer's cost too, as
+    ``usage.cost_usd`` (where a price is known): the upstream's usage chunk,
+    recognised by its empty ``choices``, is held until the end for that.
     """
 
-    __slots__ = ("_include_usage",)
+    __slots__ = ("_held", "_include_usage", "_price")
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, price: Callable[[Usage], Cost | None] | None = None) -> None:
         self._include_usage = include_usage
+        self._price = price if include_usage else None
+        self._held: bytes | None = None
 
     def events(self, events: list[bytes]) -> bytes:
-        return b"".join([encode_event(data) for data in events])
+        framed = []
+        if self._held is not None:  # more came after it: it was not the last
+            framed.append(encode_event(self._held))
+            self._held = None
+        if self._price is not None and _is_usage_chunk(events[-1]):
+            self._held, events = events[-1], events[:-1]
+        framed += [encode_event(data) for data in events]
+        return b"".join(framed)
 
     async def end(self, stream: UpstreamStream) -> bytes:
-        usage_chunk = stream.usage_chunk() if self._include_usage else None
-        return DONE_EVENT if usage_chunk is None else encode_event(usage_chunk) + DONE_EVENT
+        usage_chunk = self._held or (stream.usage_chunk() if self._include_usage else None)
+        if usage_chunk is None:
+            return DONE_EVENT
+        if self._price is not None and stream.usage is not None and (cost := self._price(stream.usage)) is not None:
+            usage_chunk = _with_cost(usage_chunk, cost.usd)
+        return encode_event(usage_chunk) + DONE_EVENT
 
     def error(self, error: OpenAIError) -> bytes:
-        return encode_event(error.to_json())
+        held = encode_event(self._held) if self._held is not None else b""
+        return held + encode_event(error.to_json())
+
+
+def _is_usage_chunk(data: bytes) -> bool:
+    # A byte test first: every other chunk has a choice (Azure's first, with its filter results, has no usage).
+    return b'"choices":[]' in data and b'"usage":{' in data
+
+
+def _with_cost(chunk: bytes, usd: float) -> bytes:
+    event = orjson.loads(chunk)
+    event["usage"]["cost_usd"] = round(usd, 10)
+    return orjson.dumps(event)
 
 
 async def relay_event_stream(

@@ -7,7 +7,7 @@ batch that failed and sends it again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,8 @@ from gateway.ledger.records import (
     SPENT_SQL,
     UsageQuery,
     UsageRecord,
+    added_columns,
+    records_sql,
     schema,
     summary_sql,
 )
@@ -44,6 +46,11 @@ class PostgresStore:
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 self._db.execute(SCHEMA)
+                existing = {row[0] for row in self._db.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'usage_records'"
+                )}  # fmt: skip
+                for statement in added_columns(existing):
+                    self._db.execute(statement)  # type: ignore[arg-type]
         return self._db
 
     def append(self, records: Sequence[UsageRecord]) -> None:
@@ -55,11 +62,17 @@ class PostgresStore:
     def summarize(self, query: UsageQuery) -> list[dict[str, Any]]:
         sql, values, names = summary_sql(query, "%s")
         rows = self._connection().execute(sql, values).fetchall()  # type: ignore[arg-type]
-        # SUM over integers is NUMERIC in PostgreSQL: report it as the integer it is.
+        # SUM over integers is NUMERIC in PostgreSQL: report it as the integer it is (a sum of costs is a float already).
         return [dict(zip(names, (int(v) if isinstance(v, Decimal) else v for v in row))) for row in rows]
 
     def spent_by_key(self) -> dict[str, int]:
         return {name: int(total) for name, total in self._connection().execute(SPENT_SQL)}
+
+    def records(self, since: float | None, until: float | None) -> Iterator[tuple[Any, ...]]:
+        sql, values = records_sql(since, until, "%s")
+        with self._connection().cursor() as cursor:
+            cursor.execute(sql, values)  # type: ignore[arg-type]
+            yield from cursor
 
     def close(self) -> None:
         if self._db is not None:

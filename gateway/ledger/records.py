@@ -32,6 +32,11 @@ class UsageRecord(NamedTuple):
     total_tokens: int
     estimated: bool  # counted by the gateway: the upstream reported no usage
     latency_ms: float
+    cached_tokens: int = 0  # of prompt_tokens, read from the upstream's cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it (Anthropic's cache creation)
+    reasoning_tokens: int = 0  # of completion_tokens
+    cost_usd: float | None = None  # None: no price is known for the deployment (never recorded as 0)
+    price_source: str | None = None  # where the price came from ("genai-prices 0.2.3", "config", "local")
 
 
 COLUMNS = UsageRecord._fields
@@ -51,8 +56,15 @@ COLUMN_TYPES = {
     "total_tokens": "INTEGER NOT NULL",
     "estimated": "BOOLEAN NOT NULL",
     "latency_ms": "DOUBLE PRECISION NOT NULL",
+    "cached_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cost_usd": "DOUBLE PRECISION",
+    "price_source": "TEXT",
 }
 assert tuple(COLUMN_TYPES) == COLUMNS
+# Columns added after the first release: a ledger created before them gains them at start (``added_columns``).
+LATER_COLUMNS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source")
 
 
 def schema(id_column: str) -> str:
@@ -66,6 +78,11 @@ CREATE TABLE IF NOT EXISTS usage_records (
 CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
 CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (api_key, time);
 """
+
+
+def added_columns(existing: set[str]) -> list[str]:
+    """``ALTER TABLE`` statements for the columns an older ledger lacks (both databases take this form)."""
+    return [f"ALTER TABLE usage_records ADD COLUMN {name} {COLUMN_TYPES[name]}" for name in LATER_COLUMNS if name not in existing]
 
 
 def batch_json(records: Sequence[UsageRecord]) -> bytes:
@@ -96,6 +113,10 @@ SUMS = (
     "COALESCE(SUM(completion_tokens), 0) AS completion_tokens",
     "COALESCE(SUM(total_tokens), 0) AS total_tokens",
     "COALESCE(SUM(CASE WHEN estimated THEN 1 ELSE 0 END), 0) AS estimated_requests",
+    "COALESCE(SUM(cached_tokens), 0) AS cached_tokens",
+    "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens",
+    "COALESCE(SUM(cost_usd), 0.0) AS cost_usd",  # of the requests whose cost is known
+    "COALESCE(SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END), 0) AS unpriced_requests",
 )
 SUM_NAMES = tuple(expression.rsplit(" AS ", 1)[1] for expression in SUMS)
 
@@ -124,6 +145,19 @@ def summary_sql(query: UsageQuery, placeholder: str) -> tuple[str, list[Any], li
         order = ", ".join(f"{column} NULLS LAST" for column in groups)  # the same order in both databases
         sql += f" GROUP BY {', '.join(groups)} ORDER BY {order}"
     return sql, values, groups + list(SUM_NAMES)
+
+
+def records_sql(since: float | None, until: float | None, placeholder: str) -> tuple[str, list[float]]:
+    """``SELECT COLUMNS FROM usage_records`` within the time bounds, oldest first, and its values."""
+    conditions, values = [], []
+    if since is not None:
+        conditions.append(f"time >= {placeholder}")
+        values.append(since)
+    if until is not None:
+        conditions.append(f"time < {placeholder}")
+        values.append(until)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT {', '.join(COLUMNS)} FROM usage_records{where} ORDER BY time, id", values
 
 
 SPENT_SQL = "SELECT api_key, COALESCE(SUM(total_tokens), 0) FROM usage_records WHERE api_key IS NOT NULL GROUP BY api_key"

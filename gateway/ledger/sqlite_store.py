@@ -8,7 +8,7 @@ WAL lets ``GET /v1/usage`` read while a batch is written, and with
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from gateway.ledger.records import (
     SPENT_SQL,
     UsageQuery,
     UsageRecord,
+    added_columns,
     batch_json,
+    records_sql,
     schema,
     summary_sql,
 )
@@ -38,6 +40,9 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        existing = {row[1] for row in self._db.execute("PRAGMA table_info(usage_records)")}
+        for statement in added_columns(existing):
+            self._db.execute(statement)
 
     def append(self, records: Sequence[UsageRecord]) -> None:
         self._db.execute(INSERT, (batch_json(records),))  # one statement, one transaction
@@ -48,6 +53,10 @@ class SqliteStore:
 
     def spent_by_key(self) -> dict[str, int]:
         return {name: int(total) for name, total in self._db.execute(SPENT_SQL)}
+
+    def records(self, since: float | None, until: float | None) -> Iterator[tuple[Any, ...]]:
+        sql, values = records_sql(since, until, "?")
+        yield from self._db.execute(sql, values)
 
     def close(self) -> None:
         self._db.close()

@@ -6,7 +6,7 @@ neither database's driver ever runs on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from gateway.config import ServerConfig
@@ -26,6 +26,10 @@ class LedgerStore(Protocol):
 
     def spent_by_key(self) -> dict[str, int]:
         """Total tokens per key name, for budgets."""
+        ...
+
+    def records(self, since: float | None, until: float | None) -> Iterator[tuple[Any, ...]]:
+        """Every record with ``since <= time < until`` (each bound optional), oldest first, as ``COLUMNS`` tuples."""
         ...
 
     def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""``switchyard serve`` and ``switchyard check-config``."""
+"""``switchyard serve``, ``switchyard check-config`` and ``switchyard usage export``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from gateway.config import (
     load_config,
     with_server_overrides,
 )
+from gateway.pricing import PriceBook
+from gateway.process.export import export_usage, moment
 from gateway.process.settings import ModelSettings, ProcessSettings
 from providers import LocalProviderConfig
 from providers.redact import redact
@@ -38,10 +40,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="Validate a config file and say what it configures.")
     check.add_argument("path")
 
+    usage = commands.add_parser("usage", help="The usage ledger.")
+    usage_commands = usage.add_subparsers(dest="usage_command", required=True)
+    export = usage_commands.add_parser(
+        "export", help="Write the ledger's records with their costs (to stdout).",
+        description="One row per request, oldest first: to reconcile with a provider's invoice (docs/usage.md).",
+    )  # fmt: skip
+    export.add_argument("--config", help="providers.yaml whose ledger to read (default: $SWITCHYARD_CONFIG).")
+    export.add_argument("--since", type=moment, help="From this time: ISO 8601 (UTC unless it says) or unix seconds.")
+    export.add_argument("--until", type=moment, help="Up to this time, not included.")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "usage":
+        return _export_usage(args)
     return _serve(args)
+
+
+def _export_usage(args: argparse.Namespace) -> int:
+    path = args.config or ProcessSettings().config
+    if path is None:
+        print("switchyard: usage export needs --config (or SWITCHYARD_CONFIG): the ledger is where it says", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not config.server.usage_ledger:
+        print(f"switchyard: {path} keeps no usage ledger (server.usage_ledger: false)", file=sys.stderr)
+        return 1
+    problem = ledger_problem(config)
+    if problem is not None:
+        print(f"switchyard: {problem}", file=sys.stderr)
+        return 1
+    written = export_usage(config, args.since, args.until, args.format)
+    print(f"switchyard: {written} records", file=sys.stderr)
+    return 0
 
 
 def _check_config(path: str) -> int:
@@ -187,6 +224,9 @@ def describe(config: GatewayConfig) -> str:
     for name, model in config.models.items():
         targets = ", ".join(f"{d.provider}/{d.model}" for d in model.deployments)
         lines.append(f"  {name} -> {targets}")
+    unpriced = PriceBook(config).unpriced()
+    if unpriced:
+        lines.append(f"not priced (cost recorded as unknown): {', '.join(unpriced)}")
     if config.providers:
         lines.append("any configured provider's model is also reachable as provider/model")
     keys = config.server.api_keys

@@ -55,6 +55,10 @@ class GatewayMetrics:
             "switchyard_tokens", "Tokens of finished requests: as the upstream reported, or estimated by the gateway.",
             ["model", "kind", "estimated"], registry=self.registry,
         )  # fmt: skip
+        self.cost = Counter(
+            "switchyard_cost_usd", "US dollars finished requests cost, where a price is known (gateway.pricing).",
+            ["model", "provider", "key"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(_DeploymentCollector(table))
         if ledger is not None:
             self.registry.register(_LedgerCollector(ledger))

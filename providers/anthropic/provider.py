@@ -41,7 +41,6 @@ from providers.http_upstream import (
 )
 from providers.params import adapt, dropped_header
 from providers.sse import SSEDecoder
-from providers.usage import reported_usage
 from providers.wire import Door, Endpoint, RequestTimings, Usage, usage_requested
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class AnthropicProvider(HTTPUpstream):
         if request.door is Door.MESSAGES:  # the client's own Messages request: its answer goes back as it is
             return UpstreamResponse(status=200, body=answer, headers=headers, usage=_usage(message.get("usage")))
         completion = chat_completion(message)
-        return UpstreamResponse(status=200, body=orjson.dumps(completion), headers=headers, usage=reported_usage(completion))
+        return UpstreamResponse(status=200, body=orjson.dumps(completion), headers=headers, usage=_usage(message.get("usage")))
 
     async def open_stream(self, request: UpstreamRequest) -> MessageStream:
         body, headers, upstream_headers = self._prepare(request)
@@ -106,7 +105,11 @@ def _usage(reported: Any) -> Usage | None:
     if not isinstance(reported, dict) or "input_tokens" not in reported:
         return None
     usage = usage_of(reported)
-    return Usage(usage["prompt_tokens"], usage["completion_tokens"])
+    written = reported.get("cache_creation_input_tokens")
+    return Usage(
+        usage["prompt_tokens"], usage["completion_tokens"], cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
+        cache_write_tokens=written if isinstance(written, int) else 0,
+    )  # fmt: skip
 
 
 class MessageStream:

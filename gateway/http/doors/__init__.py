@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from gateway.conversations import ResponseStore
+    from gateway.pricing import Cost
     from gateway.routing.table import ModelTable
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class DoorContext:
     limits: BodyLimits
     responses: ResponseStore | None  # where Responses answers are kept; None: nowhere (server.store_responses off)
     owner: str | None  # the key's name: a stored response is its key's only
+    # Once routed: what a usage cost on the deployment that answered (None: no price known).
+    price: Callable[[Usage], Cost | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ def _openai_door(endpoint: Endpoint) -> Door:
         return Translated(payload, payload)
 
     def framing(translated: Translated, context: DoorContext) -> EventFraming:
-        return OpenAIFraming(usage_requested(translated.payload))
+        return OpenAIFraming(usage_requested(translated.payload), context.price)
 
     return Door(endpoint, endpoint, REQUEST_MODELS[endpoint], read, framing)
 

@@ -87,6 +87,10 @@ def test_every_request_is_recorded_and_summed(ledger_gateway: str) -> None:
 def test_usage_filters_by_key_model_and_time(ledger_gateway: str) -> None:
     team = openai.OpenAI(base_url=f"{ledger_gateway}/v1", api_key=TEAM_KEY, max_retries=0)
     team.chat.completions.create(model="gpt-test", messages=HI)
+    # The record is made once the answer has gone out, so the client can read it first: wait for the record.
+    deadline = time.monotonic() + 5
+    while usage(ledger_gateway, group_by="").json()["totals"]["requests"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     middle = time.time()
     time.sleep(0.01)
     team.chat.completions.create(model="gpt-test", messages=HI)
@@ -163,15 +167,19 @@ def test_stores_sum_alike(store: str, tmp_path: Path, request: pytest.FixtureReq
         base = dict(request_id="r", endpoint="chat/completions", provider="p", deployment="d", stream=False,
                     estimated=False, latency_ms=1.5, status=200)  # fmt: skip
         records = [
-            UsageRecord(time=100.0, api_key="a", model="m1", prompt_tokens=3, completion_tokens=4, total_tokens=7, **base),
-            UsageRecord(time=200.0, api_key="a", model="m2", prompt_tokens=1, completion_tokens=1, total_tokens=2, **base),
+            UsageRecord(time=100.0, api_key="a", model="m1", prompt_tokens=3, completion_tokens=4, total_tokens=7, **base,
+                        cached_tokens=2, reasoning_tokens=1, cost_usd=0.25, price_source="config"),
+            UsageRecord(time=200.0, api_key="a", model="m2", prompt_tokens=1, completion_tokens=1, total_tokens=2, **base,
+                        cost_usd=0.5, price_source="local"),
             UsageRecord(time=300.0, api_key=None, model="m1", prompt_tokens=5, completion_tokens=0, total_tokens=5,
                         **{**base, "status": 502, "estimated": True}),
         ]  # fmt: skip
         ledger.append(records)
         everything = ledger.summarize(UsageQuery(group_by=()))
         assert everything == [{"requests": 3, "failed_requests": 1, "prompt_tokens": 9, "completion_tokens": 5,
-                               "total_tokens": 14, "estimated_requests": 1}]  # fmt: skip
+                               "total_tokens": 14, "estimated_requests": 1, "cached_tokens": 2, "reasoning_tokens": 1,
+                               "cost_usd": 0.75, "unpriced_requests": 1}]  # fmt: skip
+        assert type(everything[0]["cost_usd"]) is float and type(everything[0]["requests"]) is int
         by_key = ledger.summarize(UsageQuery(start_time=150, group_by=("api_key",)))
         assert [(row["api_key"], row["total_tokens"]) for row in by_key] == [("a", 2), (None, 5)]
         assert ledger.summarize(UsageQuery(api_key="a", model="m1"))[0]["total_tokens"] == 7

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -10,8 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
+from gateway.ledger import UsageRecord
+from gateway.ledger.sqlite_store import SqliteStore
+from gateway.process.cli import main
 from tests.conftest import PLANTED_KEY
 from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.processes import GatewayProcess
@@ -28,6 +34,31 @@ def test_check_config_accepts_the_example() -> None:
     result = run_cli("check-config", str(Path(__file__).parents[3] / "config.example.yaml"))
     assert result.returncode == 0, result.stderr
     assert "gpt-4o-mini -> openai/gpt-4o-mini" in result.stdout
+    assert "not priced (cost recorded as unknown): llama-3.1-8b -> my-vllm/meta-llama/Llama-3.1-8B-Instruct\n" in result.stdout
+
+
+def test_check_config_lists_the_models_no_price_covers(tmp_path: Path) -> None:
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        """
+providers:
+  openai: {type: openai, api_key: x}
+  my-vllm: {type: custom, base_url: "http://127.0.0.1:8001/v1"}
+  local: {type: local}
+models:
+  gpt-4o: {deployments: [{provider: openai, model: gpt-4o}]}
+  llama:
+    deployments: [{provider: my-vllm, model: llama-3.1-8b}, {provider: openai, model: no-such-model}]
+  private:
+    price: {input_per_mtok: 0.4, output_per_mtok: 1.6}
+    deployments: [{provider: my-vllm, model: llama-3.1-8b}]
+  smollm2: {deployments: [{provider: local, model: SmolLM2-135M-Instruct}]}
+"""
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    unpriced = [line for line in result.stdout.splitlines() if line.startswith("not priced")]
+    assert unpriced == ["not priced (cost recorded as unknown): llama -> my-vllm/llama-3.1-8b, llama -> openai/no-such-model"]
 
 
 def test_check_config_names_the_field_without_a_traceback(tmp_path: Path) -> None:
@@ -115,3 +146,28 @@ def test_log_lines_carry_the_request_id(served_process: tuple[str, list[str]]) -
             assert record["request_id"] == request_id and record["level"] == "WARNING"
         else:
             assert f"[{request_id}]" in line
+
+
+def test_usage_export_writes_the_ledger_with_costs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = SqliteStore(tmp_path / "usage.sqlite3")
+    day = 1_764_547_200.0  # 2025-12-01T00:00:00Z
+    store.append([
+        UsageRecord(day - 1, "before", "team", "chat/completions", "m", "p", "d", 200, False, 9, 1, 10, False, 1.0),
+        UsageRecord(day + 60, "priced", "team", "chat/completions", "m", "p", "d", 200, False, 1000, 10, 1010, False,
+                    1.0, 200, 0, 4, 0.0000475, "config"),
+        UsageRecord(day + 120, "unknown", None, "messages", "m", "p", "d", 200, True, 5, 5, 10, True, 2.0),
+    ])  # fmt: skip
+    store.close()
+    config = tmp_path / "providers.yaml"
+    config.write_text(f"server: {{data_dir: {tmp_path}}}\nproviders: {{}}\nmodels: {{}}\n")
+    assert main(["usage", "export", "--config", str(config), "--since", "2025-12-01"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["request_id"] for row in rows] == ["priced", "unknown"]
+    assert rows[0]["time_utc"] == "2025-12-01T00:01:00+00:00"
+    assert (rows[0]["cost_usd"], rows[0]["price_source"], rows[0]["cached_tokens"]) == ("0.0000475000", "config", "200")
+    assert rows[1]["cost_usd"] == "" and rows[1]["api_key"] == ""  # unknown stays unknown, not 0
+    assert main(["usage", "export", "--config", str(config), "--until", str(day), "--format", "jsonl"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert orjson.loads(line)["request_id"] == "before" and orjson.loads(line)["cost_usd"] is None
+    config.write_text(f"server: {{data_dir: {tmp_path}, usage_ledger: false}}\nproviders: {{}}\nmodels: {{}}\n")
+    assert main(["usage", "export", "--config", str(config)]) == 1
