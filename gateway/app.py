@@ -22,13 +22,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Match
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from gateway.config import GatewayConfig, ServerConfig
@@ -49,6 +50,7 @@ from gateway.http.relay import GatewayApp
 from gateway.http.responses import error_response
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
+from gateway.keys.budgets import BudgetBook, spent_this_period
 from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
 from gateway.keys.limits import KeyLimits, LocalKeyLimits
 from gateway.ledger import LedgerWriter, open_store
@@ -88,6 +90,7 @@ def create_app(
     limits = _key_limits(server)
     ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
     responses = open_response_store(server) if server.store_responses else None  # opened at first use
+    budgets = BudgetBook(ZoneInfo(server.budget_timezone))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +101,8 @@ def create_app(
             await ledger.start()
             if any(key.budget_tokens is not None for key in keys.limited):
                 await limits.seed_spent(await ledger.spent_by_key())
+            if keys.dollar_budgets:
+                budgets.seed(await spent_this_period(ledger, keys.dollar_budgets, budgets))
         try:
             yield
         finally:
@@ -121,7 +126,10 @@ def create_app(
     api.include_router(health_routes(router.table, metrics))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
-    relay = GatewayApp(router, api, Accounting(metrics, limits, ledger, PriceBook(config)), body_limits, responses)
+    accounting = Accounting(
+        metrics, limits, ledger, PriceBook(config), budgets, router.table, server.reserve_max_tokens
+    )
+    relay = GatewayApp(router, api, accounting, body_limits, responses)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -43,6 +44,19 @@ ADMIN_KEY_NAME = "admin"
 _HOST_NAME = re.compile(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
 
 
+BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
+
+
+class TeamConfig(_Frozen):
+    """Keys that share a budget (and may be held to fewer models together)."""
+
+    name: str = Field(min_length=1, description="Shown in refusals and logs.")
+    keys: list[str] = Field(min_length=1, description="The names of its keys (server.api_keys[].name).")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Models its keys may call; '*' is all.")
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description="US dollars its keys may spend together per budget_period.")
+    budget_period: BudgetPeriod = Field("total", description="daily, weekly (from Monday), monthly, or total.")
+
+
 class ApiKeyConfig(_Frozen):
     """A client key: the key itself (from the environment) or its sha256, what it may call, how often."""
 
@@ -55,6 +69,19 @@ class ApiKeyConfig(_Frozen):
     budget_tokens: int | None = Field(
         None, ge=1, description="Tokens this key may spend in all, counted in the usage ledger."
     )
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description="US dollars this key may spend per budget_period.")
+    budget_period: BudgetPeriod = Field("total", description="daily, weekly (from Monday), monthly, or total (never reset).")
+    model_budgets_usd: dict[str, float] = Field(
+        default_factory=dict, description="Dollars per budget_period this key may spend on each named model."
+    )
+
+    @field_validator("model_budgets_usd")
+    @classmethod
+    def _positive_budgets(cls, budgets: dict[str, float]) -> dict[str, float]:
+        for model, usd in budgets.items():
+            if not (usd > 0 and usd != float("inf")):
+                raise ValueError(f"the budget for {model!r} must be a positive number of dollars")
+        return budgets
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:
@@ -104,6 +131,11 @@ class ServerConfig(_Frozen):
         16384, ge=1024, description="Most bytes in a request's target and header fields together (414 or 431 past it)."
     )
     api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="Client keys; none: the gateway is open.")
+    teams: list[TeamConfig] = Field(default_factory=list, description="Keys that share a budget in dollars.")
+    budget_timezone: str = Field("UTC", description="Where daily, weekly and monthly budgets reset at midnight (IANA name).")
+    reserve_max_tokens: int = Field(
+        4096, ge=1, description="Completion tokens a dollar budget reserves for a request that sets no max_tokens."
+    )
     admin_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys that may read /v1/usage and call every model without limits."
     )
@@ -148,7 +180,31 @@ class ServerConfig(_Frozen):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        self._check_budgets()
         return self
+
+    def _check_budgets(self) -> None:
+        try:
+            ZoneInfo(self.budget_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"budget_timezone {self.budget_timezone!r} is not a time zone name (Europe/Paris, UTC)") from None
+        names = {key.name for key in self.api_keys}
+        teams: dict[str, str] = {}
+        for team in self.teams:
+            for key in team.keys:
+                if key not in names:
+                    raise ValueError(f"team {team.name!r} names key {key!r}, which api_keys does not have")
+                if key in teams:
+                    raise ValueError(f"key {key!r} is in two teams ({teams[key]!r} and {team.name!r})")
+                teams[key] = team.name
+        in_dollars = any(key.budget_usd or key.model_budgets_usd for key in self.api_keys) or any(
+            team.budget_usd for team in self.teams
+        )
+        if in_dollars and self.redis_url is not None:
+            raise ValueError(
+                "budgets in dollars are kept in this process only so far: with redis_url (several replicas) "
+                "each replica would allow the whole budget; use budget_tokens there, or one replica"
+            )
 
 
 class DeploymentConfig(_Frozen):

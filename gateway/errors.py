@@ -28,6 +28,8 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
         ├── MisdirectedRequest     421, a Host this gateway does not answer to (DNS rebinding)
         ├── RateLimitReached       429, the key's rpm or tpm, with Retry-After
         ├── BudgetExhausted        429 insufficient_quota, the key's budget_tokens spent
+        ├── DollarBudgetSpent      429 insufficient_quota, a budget in dollars would pass its limit
+        ├── ModelNotPriced         403, a key with a dollar budget calling a model with no known price
         ├── HeadersTooLarge        431, past server.max_header_count or max_header_bytes
         ├── NoDeploymentAvailable  503, every deployment is cooling down
         ├── TooManyConnections     503, past server.max_connections
@@ -40,6 +42,7 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gateway.keys.limits import format_duration
@@ -349,6 +352,33 @@ class BudgetExhausted(GatewayError):
             f"The API key '{key.name}' has used its budget of {key.budget_tokens} tokens.",
             # Retrying cannot help: the official SDKs read this and stop.
             headers={Header.SHOULD_RETRY: "false", Header.BUDGET_REMAINING_TOKENS: "0"},
+        )
+
+
+class DollarBudgetSpent(GatewayError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, described: str, resets_at: datetime | None) -> None:
+        when = "it does not reset" if resets_at is None else f"it resets at {resets_at.isoformat()}"
+        super().__init__(
+            f"This request would pass the {described} ({when}).",
+            # Retrying now cannot help: the official SDKs read this and stop.
+            headers={Header.SHOULD_RETRY: "false", Header.BUDGET_REMAINING_USD: "0"},
+        )
+
+
+class ModelNotPriced(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_priced"
+
+    def __init__(self, key: str, model: str) -> None:
+        super().__init__(
+            f"The API key '{key}' has a budget in dollars, and `{model}` has no known price, so what it would "
+            "spend cannot be held to it: give the model a `price:` in providers.yaml.",
+            param="model",
         )
 
 

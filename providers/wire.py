@@ -97,6 +97,7 @@ class Header:
     DROPPED_PARAMS = "x-switchyard-dropped-params"
     BUDGET_REMAINING_TOKENS = "x-switchyard-budget-remaining-tokens"
     COST_USD = "x-switchyard-cost-usd"  # what the answer cost, where a price is known
+    BUDGET_REMAINING_USD = "x-switchyard-budget-remaining-usd"  # the least any dollar budget of the key has left
     RETRY_AFTER = "retry-after"
     SHOULD_RETRY = "x-should-retry"  # read by the OpenAI SDKs
     LIMIT_REQUESTS = "x-ratelimit-limit-requests"

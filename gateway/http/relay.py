@@ -99,6 +99,7 @@ class GatewayApp:
             outcome.model = payload["model"]
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
+                limit_headers += await self._accounting.reserve(outcome, door.endpoint, payload)
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and door.streams:
                 outcome.stream = True

@@ -11,27 +11,40 @@ in the background.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
-from gateway.errors import BudgetExhausted, RateLimitReached
+from gateway.errors import (
+    BudgetExhausted,
+    DollarBudgetSpent,
+    ModelNotPriced,
+    RateLimitReached,
+)
+from gateway.keys.budgets import BudgetBook, Refusal, Reservation
 from gateway.keys.keyring import ApiKey
 from gateway.keys.limits import KeyLimits
 from gateway.ledger import LedgerWriter, UsageRecord
 from gateway.pricing import Cost, PriceBook
 from gateway.routing.deployment import Deployment
 from gateway.routing.router import Routed, Trace
+from gateway.routing.table import ModelTable
 from gateway.telemetry.metrics import GatewayMetrics
 from providers import Endpoint, UpstreamResponse, UpstreamStream
-from providers.wire import Door, RequestTimings, Usage
+from providers.tokens import tokens_needed
+from providers.wire import Door, Header, RequestTimings, Usage
+
+_BUDGET_REMAINING_USD = Header.BUDGET_REMAINING_USD.encode()
+# A reservation counts the prompt with tiktoken, which can undercount another tokenizer's tokens: a margin.
+PROMPT_MARGIN = 1.25
 
 
 class Outcome:
     """What one request came to, filled in as it goes."""
 
     __slots__ = (
-        "answer", "answered_by", "deployment", "key", "model", "provider", "request_id", "status", "stream", "trace",
-        "usage",
+        "answer", "answered_by", "deployment", "key", "model", "provider", "request_id", "reservation", "status",
+        "stream", "trace", "usage",
     )  # fmt: skip
 
     def __init__(self, request_id: str, key: ApiKey | None) -> None:
@@ -46,6 +59,7 @@ class Outcome:
         self.usage: Usage | None = None
         self.answer: UpstreamResponse | UpstreamStream | None = None  # its timings are read once it finished
         self.answered_by: Deployment | None = None
+        self.reservation: Reservation | None = None  # what the request holds of its key's dollar budgets
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment
@@ -61,11 +75,44 @@ class Outcome:
 
 
 class Accounting:
-    def __init__(self, metrics: GatewayMetrics, limits: KeyLimits, ledger: LedgerWriter | None, prices: PriceBook) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, limits: KeyLimits, ledger: LedgerWriter | None, prices: PriceBook,
+        budgets: BudgetBook, table: ModelTable, reserve_max_tokens: int,
+    ) -> None:  # fmt: skip
         self._metrics = metrics
         self._limits = limits
         self._ledger = ledger
         self._prices = prices
+        self._budgets = budgets
+        self._table = table
+        self._reserve_max_tokens = reserve_max_tokens
+
+    async def reserve(self, outcome: Outcome, endpoint: Endpoint, payload: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """Hold the request's worst case on its key's dollar budgets, or raise (429, or 403 for an unpriced model).
+
+        The worst case: the prompt (counted, with ``PROMPT_MARGIN``) and the
+        request's max_tokens (else ``server.reserve_max_tokens``) at the dearest
+        deployment of the model. The header for the answer: what is left.
+        """
+        key, model = outcome.key, payload["model"]
+        budgets = () if key is None else key.budgets_for(model)
+        if not budgets:
+            return []
+        assert key is not None
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        completion = limit if isinstance(limit, int) else 0
+        prompt = await tokens_needed(endpoint, payload) - completion
+        if endpoint is not Endpoint.EMBEDDINGS and not completion:
+            completion = self._reserve_max_tokens
+        worst = self._prices.worst_case(model, self._table.deployments_for(model), math.ceil(prompt * PROMPT_MARGIN), completion)
+        if worst is None:
+            raise ModelNotPriced(key.name, model)
+        held = self._budgets.reserve(budgets, worst)
+        if isinstance(held, Refusal):
+            when = self._budgets.reset_time(held)
+            raise DollarBudgetSpent(held.budget.described, when)
+        outcome.reservation = held
+        return [(_BUDGET_REMAINING_USD, f"{max(held.remaining_usd, 0.0):.8f}".encode())]
 
     def cost(self, outcome: Outcome, usage: Usage | None) -> Cost | None:
         """What ``usage`` cost on the deployment that answered; None when no price is known (or nothing answered)."""
@@ -96,6 +143,10 @@ class Accounting:
         usage = outcome.usage
         key = outcome.key
         cost = self.cost(outcome, usage)
+        if outcome.reservation is not None:
+            # Unknown after all (a usage that contradicts itself): the reservation is what it may have cost.
+            spent = 0.0 if usage is None else outcome.reservation.usd if cost is None else cost.usd
+            self._budgets.settle(outcome.reservation, spent)
         if cost is not None and cost.usd:
             key_name = "" if key is None else key.name
             self._metrics.cost.labels(self._metrics.model_label(outcome.model), outcome.provider, key_name).inc(cost.usd)

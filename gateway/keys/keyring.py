@@ -13,8 +13,8 @@ model without limits and are the only keys that read ``/v1/usage``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,19 +22,11 @@ from gateway.config import ADMIN_KEY_NAME, ServerConfig
 from gateway.errors import InvalidApiKey, ModelNotAllowed
 from gateway.http.doors import error_body_for
 from gateway.http.responses import send_error
+from gateway.keys.budgets import DollarBudget
 from gateway.keys.limits import KeyLimitsConfig
 
 # Where ApiKeyMiddleware leaves the identified key: scope["state"][SCOPE_KEY].
 SCOPE_KEY = "api_key"
-
-
-
-
-
-
-
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +35,30 @@ class ApiKey:
     models: frozenset[str]
     limits: KeyLimitsConfig
     admin: bool = False
+    team_models: frozenset[str] = frozenset({"*"})  # its team's models: a key may use what both allow
+    budgets: tuple[DollarBudget, ...] = ()  # its own budget in dollars and its team's
+    model_budgets: Mapping[str, DollarBudget] = field(default_factory=dict)
 
     def may_use(self, model: str) -> bool:
-        """``*`` allows every model, ``provider/*`` every model of that provider."""
-        if "*" in self.models or model in self.models:
-            return True
-        provider, slash, _ = model.partition("/")
-        return bool(slash) and f"{provider}/*" in self.models
+        """``*`` allows every model, ``provider/*`` every model of that provider; the team's list too."""
+        return _allows(self.models, model) and _allows(self.team_models, model)
+
+    def budgets_for(self, model: str) -> tuple[DollarBudget, ...]:
+        """The dollar budgets a request for ``model`` counts against."""
+        per_model = self.model_budgets.get(model)
+        return self.budgets if per_model is None else (*self.budgets, per_model)
 
     def require(self, model: str) -> None:
         """Raise ModelNotAllowed (403) unless this key may use ``model``."""
         if not self.may_use(model):
             raise ModelNotAllowed(self.name, model)
+
+
+def _allows(patterns: frozenset[str], model: str) -> bool:
+    if "*" in patterns or model in patterns:
+        return True
+    provider, slash, _ = model.partition("/")
+    return bool(slash) and f"{provider}/*" in patterns
 
 
 def api_key_of(scope: Scope) -> ApiKey | None:
@@ -66,16 +70,45 @@ class KeyRing:
     def __init__(self, server: ServerConfig) -> None:
         admin = ApiKey(ADMIN_KEY_NAME, frozenset({"*"}), KeyLimitsConfig(ADMIN_KEY_NAME), admin=True)
         self._by_hash = {sha256(key.get_secret_value()): admin for key in server.admin_keys}
+        teams = {key: team for team in server.teams for key in team.keys}
         for config in server.api_keys:
             limits = KeyLimitsConfig(config.name, config.rpm, config.tpm, config.budget_tokens)
             key_hash = config.key_sha256 or sha256(config.key.get_secret_value())  # type: ignore[union-attr]
-            self._by_hash[key_hash] = ApiKey(config.name, frozenset(config.models), limits)
+            team = teams.get(config.name)
+            budgets = [
+                DollarBudget(f"key:{config.name}", config.budget_usd, config.budget_period,
+                             f"{_per(config.budget_period)}budget of ${config.budget_usd:.2f} of key '{config.name}'")
+            ] if config.budget_usd is not None else []  # fmt: skip
+            if team is not None and team.budget_usd is not None:
+                budgets.append(DollarBudget(f"team:{team.name}", team.budget_usd, team.budget_period,
+                                            f"{_per(team.budget_period)}budget of ${team.budget_usd:.2f} of team '{team.name}'"))  # fmt: skip
+            model_budgets = {
+                model: DollarBudget(f"key:{config.name}:model:{model}", usd, config.budget_period,
+                                    f"{_per(config.budget_period)}budget of ${usd:.2f} of key '{config.name}' for `{model}`")
+                for model, usd in config.model_budgets_usd.items()
+            }  # fmt: skip
+            team_models = frozenset(team.models) if team is not None else frozenset({"*"})
+            self._by_hash[key_hash] = ApiKey(
+                config.name, frozenset(config.models), limits, False, team_models, tuple(budgets), model_budgets
+            )
         self.is_open = not server.api_keys
         self.has_admin_keys = bool(server.admin_keys)
 
     @property
     def is_empty(self) -> bool:
         return not self._by_hash
+
+    @property
+    def dollar_budgets(self) -> dict[DollarBudget, tuple[frozenset[str], str | None]]:
+        """Every dollar budget, with what the ledger sums for it: the names of its keys, and its model if it has one."""
+        found: dict[DollarBudget, tuple[frozenset[str], str | None]] = {}
+        for key in self._by_hash.values():
+            for budget in key.budgets:  # a team's budget comes once per key of the team
+                names, _ = found.get(budget, (frozenset(), None))
+                found[budget] = (names | {key.name}, None)
+            for model, budget in key.model_budgets.items():
+                found[budget] = (frozenset({key.name}), model)
+        return found
 
     @property
     def limited(self) -> list[KeyLimitsConfig]:
@@ -88,6 +121,10 @@ class KeyRing:
         if key is None and not self.is_open:
             raise InvalidApiKey(presented is not None)
         return key
+
+
+def _per(period: str) -> str:
+    return "" if period == "total" else f"{period} "
 
 
 def sha256(key: str) -> str:
