@@ -50,7 +50,7 @@ from gateway.http.relay import GatewayApp
 from gateway.http.responses import error_response
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
-from gateway.keys.budgets import BudgetBook, spent_this_period
+from gateway.keys.budgets import BudgetBook, LocalBudgetBook, spent_this_period
 from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
 from gateway.keys.limits import KeyLimits, LocalKeyLimits
 from gateway.ledger import LedgerWriter, open_store
@@ -90,7 +90,7 @@ def create_app(
     limits = _key_limits(server)
     ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
     responses = open_response_store(server) if server.store_responses else None  # opened at first use
-    budgets = BudgetBook(ZoneInfo(server.budget_timezone))
+    budgets = _budget_book(server)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +102,7 @@ def create_app(
             if any(key.budget_tokens is not None for key in keys.limited):
                 await limits.seed_spent(await ledger.spent_by_key())
             if keys.dollar_budgets:
-                budgets.seed(await spent_this_period(ledger, keys.dollar_budgets, budgets))
+                await budgets.seed(await spent_this_period(ledger, keys.dollar_budgets, budgets))
         try:
             yield
         finally:
@@ -113,6 +113,7 @@ def create_app(
             if responses is not None:
                 await responses.aclose()
             await limits.aclose()
+            await budgets.aclose()
             for adapter in adapters.values():
                 await adapter.aclose()
 
@@ -176,6 +177,17 @@ def _key_limits(server: ServerConfig) -> KeyLimits:
     )
 
     return RedisKeyLimits(server.redis_url.get_secret_value())
+
+
+def _budget_book(server: ServerConfig) -> BudgetBook:
+    timezone = ZoneInfo(server.budget_timezone)
+    if server.redis_url is None:
+        return LocalBudgetBook(timezone)
+    from gateway.keys.redis_budgets import (
+        RedisBudgetBook,  # redis is an optional dependency
+    )
+
+    return RedisBudgetBook(server.redis_url.get_secret_value(), timezone)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

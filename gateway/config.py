@@ -197,14 +197,6 @@ class ServerConfig(_Frozen):
                 if key in teams:
                     raise ValueError(f"key {key!r} is in two teams ({teams[key]!r} and {team.name!r})")
                 teams[key] = team.name
-        in_dollars = any(key.budget_usd or key.model_budgets_usd for key in self.api_keys) or any(
-            team.budget_usd for team in self.teams
-        )
-        if in_dollars and self.redis_url is not None:
-            raise ValueError(
-                "budgets in dollars are kept in this process only so far: with redis_url (several replicas) "
-                "each replica would allow the whole budget; use budget_tokens there, or one replica"
-            )
 
 
 class DeploymentConfig(_Frozen):

@@ -4,9 +4,9 @@ Before: the key may use the model and has room under its rpm, tpm and
 budget (``rate_limit.py``), or the request ends in a 403 or 429.
 After, once the answer has gone out: its cost from the price book
 (``gateway.pricing``), the Prometheus metrics, the usage ledger record and
-the key's token charge. None of it waits on I/O: the
-ledger is written in batches on its own thread and a Redis charge is sent
-in the background.
+the key's token charge and the settling of its dollar budgets. None of it
+waits on I/O: the ledger is written in batches on its own thread and a
+Redis charge or settlement is sent in the background.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gateway.errors import (
     ModelNotPriced,
     RateLimitReached,
 )
-from gateway.keys.budgets import BudgetBook, Refusal, Reservation
+from gateway.keys.budgets import BudgetBook, Refusal, Reservation, reset_time
 from gateway.keys.keyring import ApiKey
 from gateway.keys.limits import KeyLimits
 from gateway.ledger import LedgerWriter, UsageRecord
@@ -107,11 +107,12 @@ class Accounting:
         worst = self._prices.worst_case(model, self._table.deployments_for(model), math.ceil(prompt * PROMPT_MARGIN), completion)
         if worst is None:
             raise ModelNotPriced(key.name, model)
-        held = self._budgets.reserve(budgets, worst)
+        held = await self._budgets.reserve(budgets, worst)
         if isinstance(held, Refusal):
-            when = self._budgets.reset_time(held)
-            raise DollarBudgetSpent(held.budget.described, when)
+            raise DollarBudgetSpent(held.budget.described, reset_time(held, self._budgets.timezone))
         outcome.reservation = held
+        if math.isinf(held.remaining_usd):  # let through unheld (Redis unreachable): nothing known is left
+            return []
         return [(_BUDGET_REMAINING_USD, f"{max(held.remaining_usd, 0.0):.8f}".encode())]
 
     def cost(self, outcome: Outcome, usage: Usage | None) -> Cost | None:

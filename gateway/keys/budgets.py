@@ -17,19 +17,25 @@ A period is a calendar day, week (from Monday) or month in
 ``server.budget_timezone``, or ``total`` (never reset); a budget's spend
 and reservations belong to the period they were made in, so a rollover
 starts from nothing while the last period's requests still settle there.
+
+The same arithmetic runs here, in this process (``LocalBudgetBook``), and as
+two Lua scripts in Redis for several replicas (``redis_budgets.py``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.config import BudgetPeriod
 from gateway.ledger import LedgerWriter, UsageQuery
+
+EPSILON_USD = 1e-12  # sums of floats: a request that exactly fills a budget is admitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +69,47 @@ class _Account:
     reserved: float = 0.0
 
 
+class BudgetBook(Protocol):
+    """Where the budgets' state lives: this process, or Redis for several replicas."""
+
+    timezone: ZoneInfo
+    clock: Callable[[], float]
+
+    async def reserve(self, budgets: Sequence[DollarBudget], usd: float) -> Reservation | Refusal:
+        """Reserve ``usd`` on every budget, or none if one would pass its limit."""
+        ...
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """The request ended: its reservation goes, what it really cost stays (never blocks)."""
+        ...
+
+    async def seed(self, spent: Mapping[tuple[str, str], float]) -> None:
+        """Start each (account, period) from what the ledger says it spent (kept where one exists)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
-class BudgetBook:
+class LocalBudgetBook:
     """The budgets' state in this process (the ledger's spend is read into it at start: ``seed``)."""
 
     timezone: ZoneInfo
     clock: Callable[[], float] = time.time
     _accounts: dict[tuple[str, str], _Account] = field(default_factory=dict)
 
-    def reserve(self, budgets: Iterable[DollarBudget], usd: float) -> Reservation | Refusal:
-        """Reserve ``usd`` on every budget, or none if one would pass its limit."""
+    async def reserve(self, budgets: Sequence[DollarBudget], usd: float) -> Reservation | Refusal:
+        return self.reserve_now(budgets, usd)
+
+    def reserve_now(self, budgets: Sequence[DollarBudget], usd: float) -> Reservation | Refusal:
+        """``reserve``, in one synchronous step: nothing can interleave on the event loop."""
         now = self.clock()
         held, remaining = [], math.inf
         for budget in budgets:
             period = period_of(budget.period, now, self.timezone)
             account = self._accounts.setdefault((budget.account, period), _Account())
             left = budget.limit_usd - account.spent - account.reserved - usd
-            if left < -1e-12:
+            if left < -EPSILON_USD:
                 return Refusal(budget, resets_at(budget.period, now, self.timezone))
             held.append((budget.account, period))
             remaining = min(remaining, left)
@@ -88,20 +118,23 @@ class BudgetBook:
         return Reservation(tuple(held), usd, remaining)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        """The request ended: its reservation goes, what it really cost stays, in the periods it was made in."""
+        """In the periods the reservation was made in."""
         for key in reservation.held:
             account = self._accounts[key]
             account.reserved = max(0.0, account.reserved - reservation.usd)
             account.spent += actual_usd
 
-    def reset_time(self, refusal: Refusal) -> datetime | None:
-        """When a refused budget's period ends, in the budgets' time zone (None: a total budget)."""
-        return None if refusal.resets_at is None else datetime.fromtimestamp(refusal.resets_at, self.timezone)
-
-    def seed(self, spent: Mapping[tuple[str, str], float]) -> None:
-        """Start each (account, period) from what the ledger says it spent (kept where one exists)."""
+    async def seed(self, spent: Mapping[tuple[str, str], float]) -> None:
         for key, usd in spent.items():
             self._accounts.setdefault(key, _Account()).spent += usd
+
+    async def aclose(self) -> None:
+        pass
+
+
+def reset_time(refusal: Refusal, timezone: ZoneInfo) -> datetime | None:
+    """When a refused budget's period ends, in the budgets' time zone (None: a total budget)."""
+    return None if refusal.resets_at is None else datetime.fromtimestamp(refusal.resets_at, timezone)
 
 
 async def spent_this_period(

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -90,13 +91,42 @@ def redis_keys(name: str) -> tuple[str, str, str]:
     return f"switchyard:{{{name}}}:requests", f"switchyard:{{{name}}}:tokens", f"switchyard:{{{name}}}:spent"
 
 
-class RedisKeyLimits:
-    def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        self._admit = self._redis.register_script(ADMIT)
-        self._charge = self._redis.register_script(CHARGE)
+class RedisCalls:
+    """What every Redis-backed state shares: one client, calls sent after the answer, a warning per 10 s at most."""
+
+    def __init__(self, url: str, what: str) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._what = what  # "rate limits", "dollar budgets": what the warning says is let through
         self._pending: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
+
+    def in_background(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run ``call`` without waiting for it: the answer has gone out, the request must not be held open."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def warn(self, error: RedisError) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 10:  # one line per 10 s, not one per request
+            self._last_warning = now
+            logger.warning("Redis unreachable for %s, letting requests through: %s", self._what, type(error).__name__)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the calls sent in the background so far."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.drain(timeout=5)
+        await self.redis.aclose()
+
+
+class RedisKeyLimits:
+    def __init__(self, url: str) -> None:
+        self._calls = RedisCalls(url, "rate limits")
+        self._admit = self._calls.redis.register_script(ADMIT)
+        self._charge = self._calls.redis.register_script(CHARGE)
 
     async def admit(self, key: KeyLimitsConfig) -> Admission:
         requests, tokens, spent = redis_keys(key.name)
@@ -104,7 +134,7 @@ class RedisKeyLimits:
         try:
             reply = await self._admit(keys=[requests, tokens, spent], args=args)
         except RedisError as error:
-            self._warn(error)
+            self._calls.warn(error)
             return ALLOWED
         refused_by, retry_after, req_left, req_reset, tok_left, tok_reset, spent_total = (
             part.decode() if isinstance(part, bytes) else str(part) for part in reply
@@ -125,10 +155,7 @@ class RedisKeyLimits:
     def charge(self, key: KeyLimitsConfig, tokens: int) -> None:
         if tokens <= 0 or (key.tpm is None and key.budget_tokens is None):
             return
-        # The answer has gone out; the charge must not hold the request open.
-        task = asyncio.get_running_loop().create_task(self._send_charge(key, tokens))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._calls.in_background(self._send_charge(key, tokens))
 
     async def _send_charge(self, key: KeyLimitsConfig, tokens: int) -> None:
         _, token_key, spent_key = redis_keys(key.name)
@@ -136,22 +163,14 @@ class RedisKeyLimits:
         try:
             await self._charge(keys=[token_key, spent_key], args=args)
         except RedisError as error:
-            self._warn(error)
+            self._calls.warn(error)
 
     async def seed_spent(self, spent: Mapping[str, int]) -> None:
         try:
             for name, tokens in spent.items():
-                await self._redis.set(redis_keys(name)[2], tokens, nx=True)
+                await self._calls.redis.set(redis_keys(name)[2], tokens, nx=True)
         except RedisError as error:
-            self._warn(error)
+            self._calls.warn(error)
 
     async def aclose(self) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=5)
-        await self._redis.aclose()
-
-    def _warn(self, error: RedisError) -> None:
-        now = time.monotonic()
-        if now - self._last_warning > 10:  # one line per 10 s, not one per request
-            self._last_warning = now
-            logger.warning("Redis unreachable for rate limits, letting requests through: %s", type(error).__name__)
+        await self._calls.aclose()

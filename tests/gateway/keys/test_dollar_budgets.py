@@ -19,8 +19,15 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
-from gateway.errors import ConfigError
-from gateway.keys.budgets import BudgetBook, DollarBudget, Refusal, Reservation, period_of, resets_at
+from gateway.keys.budgets import (
+    DollarBudget,
+    LocalBudgetBook,
+    Refusal,
+    Reservation,
+    period_of,
+    reset_time,
+    resets_at,
+)
 from tests.conftest import GATEWAY_YAML
 from tests.support.servers import ServedApp
 
@@ -124,24 +131,19 @@ def test_a_restart_picks_up_the_periods_spend_from_the_ledger(gateway_config: Ga
         assert sum(a.status_code == 200 for a in again) == 6  # the $18 left, not a fresh $30
 
 
-def test_dollar_budgets_with_redis_are_refused_at_load(gateway_config: GatewayConfig, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="budgets in dollars are kept in this process only"):
-        _config(gateway_config, tmp_path, "  redis_url: redis://127.0.0.1:1\n")
-
-
 def test_a_period_rolls_over_at_midnight_where_the_budget_lives() -> None:
     now = [datetime(2026, 3, 28, 23, 59, 30, tzinfo=PARIS).timestamp()]  # the night before the clocks go forward
-    book = BudgetBook(PARIS, clock=lambda: now[0])
+    book = LocalBudgetBook(PARIS, clock=lambda: now[0])
     daily = DollarBudget("key:k", 5.0, "daily", "daily budget of $5.00 of key 'k'")
-    held = book.reserve([daily], 5.0)
+    held = book.reserve_now([daily], 5.0)
     assert isinstance(held, Reservation) and held.remaining_usd == 0.0
-    refused = book.reserve([daily], 0.01)
+    refused = book.reserve_now([daily], 0.01)
     assert isinstance(refused, Refusal)
-    assert book.reset_time(refused) == datetime(2026, 3, 29, tzinfo=PARIS)
+    assert reset_time(refused, PARIS) == datetime(2026, 3, 29, tzinfo=PARIS)
     now[0] = datetime(2026, 3, 29, 0, 0, 1, tzinfo=PARIS).timestamp()
-    assert isinstance(book.reserve([daily], 5.0), Reservation)  # a new day: a new $5
+    assert isinstance(book.reserve_now([daily], 5.0), Reservation)  # a new day: a new $5
     book.settle(held, 4.0)  # yesterday's request settles in yesterday
-    assert isinstance(book.reserve([daily], 0.01), Refusal)  # today's $5 is reserved already
+    assert isinstance(book.reserve_now([daily], 0.01), Refusal)  # today's $5 is reserved already
     assert period_of("monthly", now[0], PARIS) == "2026-03-01"
     assert resets_at("monthly", now[0], PARIS) == datetime(2026, 4, 1, tzinfo=PARIS).timestamp()
     assert period_of("weekly", now[0], PARIS) == "2026-03-23"  # the Monday
@@ -150,10 +152,10 @@ def test_a_period_rolls_over_at_midnight_where_the_budget_lives() -> None:
 
 
 def test_a_settled_request_frees_what_it_did_not_spend() -> None:
-    book = BudgetBook(ZoneInfo("UTC"), clock=lambda: 0.0)
+    book = LocalBudgetBook(ZoneInfo("UTC"), clock=lambda: 0.0)
     total = DollarBudget("key:k", 10.0, "total", "budget of $10.00 of key 'k'")
-    first = book.reserve([total], 8.0)
-    assert isinstance(first, Reservation) and isinstance(book.reserve([total], 3.0), Refusal)
+    first = book.reserve_now([total], 8.0)
+    assert isinstance(first, Reservation) and isinstance(book.reserve_now([total], 3.0), Refusal)
     book.settle(first, 1.0)  # it cost $1 of the $8 it held
-    second = book.reserve([total], 9.0)
+    second = book.reserve_now([total], 9.0)
     assert isinstance(second, Reservation) and second.remaining_usd == pytest.approx(0.0)

@@ -7,7 +7,6 @@ are also shown to refill.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -27,16 +26,16 @@ async def limits(request: pytest.FixtureRequest) -> AsyncIterator[KeyLimits]:
         yield LocalKeyLimits()
         return
     store = RedisKeyLimits(request.getfixturevalue("redis_url"))
-    await store._redis.flushdb()
+    await store._calls.redis.flushdb()
     yield store
     await store.aclose()
 
 
 async def settle(limits: KeyLimits) -> None:
     """Wait for background charges (Redis sends them after the answer)."""
-    pending = getattr(limits, "_pending", set())
-    if pending:
-        await asyncio.wait(set(pending))
+    calls = getattr(limits, "_calls", None)
+    if calls is not None:
+        await calls.drain()
 
 
 async def test_requests_burst_to_the_limit_then_wait_one_interval(limits: KeyLimits) -> None:
