@@ -47,15 +47,14 @@ class MessageEvents(ChatChunkEvents):
         self._blocks = 0  # content blocks started so far
         self._tool_blocks: dict[int, int] = {}  # a chat tool call's index -> its content block's index
         self._called = False
-        self._choice: dict[str, Any] | None = None  # the chunk choice that had the finish_reason
-        self._usage: Any = None
+        self._finished: dict[str, Any] | None = None  # the chunk choice that had the finish_reason
 
     async def end(self, stream: UpstreamStream) -> bytes:
         """The upstream finished: close the open block and the message, with its usage."""
         out: list[bytes] = []
         self._start(None, out)
         self._close(out)
-        choice = self._choice or {}
+        choice = self._finished or {}
         stop_reason, stop_sequence = stop_reason_of(choice, self._request, self._called)
         usage = messages_usage(self._usage, stream.usage)
         out.append(frame("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": usage}))
@@ -65,14 +64,7 @@ class MessageEvents(ChatChunkEvents):
     def error(self, error: OpenAIError) -> bytes:
         return b"event: error\ndata: " + error_body(error) + b"\n\n"
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        self._start(chunk.get("id"), out)
-        if chunk.get("usage") is not None:
-            self._usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return  # the usage chunk, or a keep-alive
-        choice = choices[0]
+    def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta") or {}
         text = delta.get("content")
         if isinstance(text, str) and text:
@@ -83,7 +75,7 @@ class MessageEvents(ChatChunkEvents):
             self._tool_delta(call, out)
         if choice.get("finish_reason") is not None:
             self._close(out)
-            self._choice = choice
+            self._finished = choice
 
     def _tool_delta(self, call: dict[str, Any], out: list[bytes]) -> None:
         position = call.get("index", 0)

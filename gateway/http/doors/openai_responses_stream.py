@@ -66,11 +66,10 @@ class ResponseEvents(ChatChunkEvents):
         self._logprobs: list[dict[str, Any]] = []
         self._calls: dict[int, dict[str, Any]] = {}  # a chat tool call's index -> its function_call item
         self._finish: Any = None
-        self._usage: Any = None
 
     async def end(self, stream: UpstreamStream) -> bytes:
         out: list[bytes] = []
-        self._start(out)
+        self._start(None, out)
         self._close(out)
         status, incomplete = finished(self._finish)
         usage = responses_usage(self._usage, stream.usage)
@@ -92,14 +91,7 @@ class ResponseEvents(ChatChunkEvents):
         self._sequence += 1
         out.append(b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n")
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        self._start(out)
-        if chunk.get("usage") is not None:
-            self._usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return  # the usage chunk, or a keep-alive
-        choice = choices[0]
+    def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta") or {}
         text = delta.get("content")
         if isinstance(text, str) and text:
@@ -134,7 +126,7 @@ class ResponseEvents(ChatChunkEvents):
             item["arguments"] += arguments
             self._emit(out, "response.function_call_arguments.delta", **self._at(), delta=arguments)
 
-    def _start(self, out: list[bytes]) -> None:
+    def _start(self, chat_id: Any, out: list[bytes]) -> None:
         if self._started:
             return
         self._started = True

@@ -80,14 +80,27 @@ def upstream_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 class ChatChunkEvents:
-    """The part every translating stream shares: each chat chunk read, as the object it must be, into ``_chunk``."""
+    """What every translating stream shares: each chat chunk read as the object it must be, its usage kept,
+    and its first choice handed to ``_choice`` once the stream has started (``_start``)."""
+
+    _usage: Any = None  # the usage chunk's usage (include_usage), once it came
 
     def events(self, chunks: list[bytes]) -> bytes:
         out: list[bytes] = []
         for data in chunks:
-            self._chunk(upstream_object(data, "stream event"), out)
+            chunk = upstream_object(data, "stream event")
+            self._start(chunk.get("id"), out)
+            if chunk.get("usage") is not None:
+                self._usage = chunk["usage"]
+            choices = chunk.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                self._choice(choices[0], out)  # else the usage chunk, or a keep-alive
         return b"".join(out)
 
-    def _chunk(self, chunk: dict[str, Any], out: list[bytes]) -> None:
-        """Append to ``out`` the events ``chunk`` implies."""
+    def _start(self, chat_id: Any, out: list[bytes]) -> None:
+        """Append the stream's first events, once."""
+        raise NotImplementedError
+
+    def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
+        """Append the events a chunk's choice implies."""
         raise NotImplementedError
