@@ -43,8 +43,8 @@ class Outcome:
     """What one request came to, filled in as it goes."""
 
     __slots__ = (
-        "answer", "answered_by", "deployment", "key", "model", "provider", "request_id", "reservation", "status",
-        "stream", "trace", "usage",
+        "answer", "answered_by", "deployment", "key", "model", "priced", "provider", "request_id", "reservation",
+        "status", "stream", "trace", "usage",
     )  # fmt: skip
 
     def __init__(self, request_id: str, key: ApiKey | None) -> None:
@@ -60,6 +60,7 @@ class Outcome:
         self.answer: UpstreamResponse | UpstreamStream | None = None  # its timings are read once it finished
         self.answered_by: Deployment | None = None
         self.reservation: Reservation | None = None  # what the request holds of its key's dollar budgets
+        self.priced: tuple[Usage, Cost | None] | None = None  # the last usage priced, and its cost
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment
@@ -119,7 +120,11 @@ class Accounting:
         """What ``usage`` cost on the deployment that answered; None when no price is known (or nothing answered)."""
         if usage is None or outcome.answered_by is None or not isinstance(outcome.model, str):
             return None
-        return self._prices.cost(outcome.model, outcome.answered_by, usage)
+        if outcome.priced is not None and outcome.priced[0] is usage:  # the answer's header priced it already
+            return outcome.priced[1]
+        cost = self._prices.cost(outcome.model, outcome.answered_by, usage)
+        outcome.priced = (usage, cost)
+        return cost
 
     async def admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
