@@ -32,6 +32,7 @@ from gateway.errors import ConfigError
 from providers import PRESETS, ProviderConfig
 from providers.base import UnsupportedPolicy
 from providers.config import PROVIDER_SHAPES, HostedProviderConfig
+from providers.local.config import LocalProviderConfig
 
 
 class _Frozen(BaseModel):
@@ -205,7 +206,19 @@ class DeploymentConfig(_Frozen):
     weight: float = Field(1.0, gt=0, description="Share of traffic under `routing: weighted`.")
 
 
-RoutingStrategy = Literal["weighted", "ordered", "least_busy", "lowest_latency"]
+RoutingStrategy = Literal["weighted", "ordered", "least_busy", "lowest_latency", "local_first"]
+
+
+class LocalFirstConfig(_Frozen):
+    """When a local engine has room under ``routing: local_first`` (docs/resilience.md, "Local first")."""
+
+    max_running: int = Field(
+        4, ge=1, description="Requests in flight on the local engine that still run at once; past it, the next "
+        "goes to the next deployment.",
+    )
+    max_waiting: int = Field(
+        0, ge=0, description="Requests that may wait in the local engine's queue once max_running are in flight.",
+    )
 
 
 class ModelPrice(_Frozen):
@@ -230,6 +243,9 @@ class ModelPrice(_Frozen):
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
+    local_first: LocalFirstConfig = Field(
+        LocalFirstConfig(), description="Under routing local_first: how much the local engine takes before overflow.",
+    )
     context_window: int | None = Field(
         None, gt=0, description="Prompt + max_tokens limit; larger requests go to context_window_fallbacks."
     )
@@ -391,6 +407,10 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{model_name}.deployments[{index}].provider: unknown provider "
                     f"{deployment.provider!r}; expected one of: {known_providers}"
                 )
+        if model.routing == "local_first" and not any(
+            isinstance(config.providers.get(d.provider), LocalProviderConfig) for d in model.deployments
+        ):
+            problems.append(f"models.{model_name}.routing: local_first needs a deployment on a `type: local` provider")
     names = [key.name for key in config.server.api_keys]
     for index, key in enumerate(config.server.api_keys):
         if names.count(key.name) > 1:

@@ -93,6 +93,7 @@ class Header:
     MODEL = "x-switchyard-model"
     ATTEMPTS = "x-switchyard-attempts"
     FALLBACK_CHAIN = "x-switchyard-fallback-chain"
+    ROUTE_REASON = "x-switchyard-route-reason"  # routing local_first: why the request started where it did
     USAGE_ESTIMATED = "x-switchyard-usage-estimated"
     DROPPED_PARAMS = "x-switchyard-dropped-params"
     BUDGET_REMAINING_TOKENS = "x-switchyard-budget-remaining-tokens"

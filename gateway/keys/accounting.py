@@ -170,6 +170,8 @@ class Accounting:
             metrics.attempts.labels(model).inc(outcome.trace.attempts)
         if len(outcome.trace.models) > 1:
             metrics.fallbacks.labels(model).inc()
+        if outcome.trace.route_reason is not None:
+            metrics.route_reasons.labels(model, outcome.trace.route_reason).inc()
         usage = outcome.usage
         if usage is not None:
             estimated = "true" if usage.estimated else "false"

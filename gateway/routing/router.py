@@ -41,6 +41,7 @@ from gateway.routing.balancer import DeploymentState, order
 from gateway.routing.deadline import Deadline, DeadlineGuard
 from gateway.routing.deployment import Deployment
 from gateway.routing.fallbacks import FallbackPolicy, without_routing_fields
+from gateway.routing.local_first import RouteReason, local_first_order
 from gateway.routing.stream_guard import GuardedStream
 from gateway.routing.table import ModelTable
 from providers import (
@@ -73,9 +74,13 @@ class Trace:
 
     attempts: int = 0  # upstream calls made
     models: list[str] = field(default_factory=list)  # models tried, in order
+    route_reason: RouteReason | None = None  # routing local_first: where the request started, and why
 
     def headers(self) -> dict[str, str]:
-        return {Header.ATTEMPTS: str(self.attempts), Header.FALLBACK_CHAIN: ",".join(self.models)}
+        headers = {Header.ATTEMPTS: str(self.attempts), Header.FALLBACK_CHAIN: ",".join(self.models)}
+        if self.route_reason is not None:
+            headers[Header.ROUTE_REASON] = self.route_reason
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +253,7 @@ class Router:
         policy = self.table.unsupported_params(model)
         last_error: ProviderError | None = None
         refusal: Untranslatable | None = None  # a deployment skipped: the translation would lose what it may not
-        for state in order(states, self.table.strategy(model), self._rng):
+        for state in self._order(model, states, job.trace):
             if not state.breaker.try_acquire():
                 continue
             body, door = payload, None
@@ -276,6 +281,16 @@ class Router:
         if last_error is not None:
             raise last_error
         raise NoDeploymentAvailable(model, min(s.breaker.seconds_until_probe() for s in states))
+
+    def _order(self, model: str, states: list[DeploymentState], trace: Trace) -> list[DeploymentState]:
+        """The model's deployments in the order to try them (local_first reads the engine's room, and says why)."""
+        strategy = self.table.strategy(model)
+        if strategy != "local_first":
+            return order(states, strategy, self._rng)
+        ordered, reason = local_first_order(states, self.table.local_first(model), self.table.in_flight_on_engine)
+        if trace.route_reason is None:  # the requested model's verdict, not a fallback's
+            trace.route_reason = reason
+        return ordered
 
     async def _with_retries(self, state: DeploymentState, request: UpstreamRequest, job: _Job[T]) -> T:
         """Call one deployment until it answers, fails for good, or retrying would outlast the deadline.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from gateway.config import GatewayConfig, RoutingStrategy
+from gateway.config import GatewayConfig, LocalFirstConfig, RoutingStrategy
 from gateway.errors import ModelNotFound
 from gateway.routing.balancer import DeploymentState
 from gateway.routing.breaker import CircuitBreaker
@@ -22,6 +22,7 @@ from providers.base import LoadsModel, ReportsEngineStats, UnsupportedPolicy
 
 # ``provider/model`` names whose deployment state is kept (oldest dropped first).
 MAX_DIRECT_MODELS = 1024
+LOCAL_FIRST_DEFAULTS = LocalFirstConfig()
 
 
 class ModelTable:
@@ -35,6 +36,9 @@ class ModelTable:
         self._strategies = {name: model.routing or config.router.routing for name, model in config.models.items()}
         self._context_windows = {name: m.context_window for name, m in config.models.items() if m.context_window}
         self._unsupported = {name: m.unsupported_params for name, m in config.models.items()}
+        self._local_first = {name: m.local_first for name, m in config.models.items()}
+        # The deployments on each engine in this process: their requests in flight are the engine's (local_first).
+        self._on_engine: dict[str, list[DeploymentState]] = {}
         self._routes = {
             name: tuple(
                 self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
@@ -68,7 +72,10 @@ class ModelTable:
             raise ModelNotFound(model)
         states = (self._state(Deployment(provider_name, upstream_model, provider), 1.0),)
         if len(self._direct) >= MAX_DIRECT_MODELS:  # the names come from clients: keep the table bounded
-            del self._direct[next(iter(self._direct))]
+            evicted = self._direct.pop(next(iter(self._direct)))
+            for state in evicted:
+                if (on_engine := self._on_engine.get(state.deployment.provider_name)) is not None:
+                    on_engine.remove(state)
         self._direct[model] = states
         return states
 
@@ -86,6 +93,14 @@ class ModelTable:
     def unsupported_params(self, model: str) -> UnsupportedPolicy:
         return self._unsupported.get(model, "drop")
 
+    def local_first(self, model: str) -> LocalFirstConfig:
+        """How much a model's local engine takes before overflow, under ``routing: local_first``."""
+        return self._local_first.get(model) or LOCAL_FIRST_DEFAULTS
+
+    def in_flight_on_engine(self, state: DeploymentState) -> int:
+        """Requests in flight on ``state``'s provider for every model it serves (an engine in this process)."""
+        return sum(other.in_flight for other in self._on_engine.get(state.deployment.provider_name, (state,)))
+
     def context_window(self, model: str) -> int | None:
         """The ``context_window`` configured for a public model, if any."""
         return self._context_windows.get(model)
@@ -99,4 +114,7 @@ class ModelTable:
         return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
 
     def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
-        return DeploymentState(deployment, weight, CircuitBreaker(self._cooldown, self._clock))
+        state = DeploymentState(deployment, weight, CircuitBreaker(self._cooldown, self._clock))
+        if isinstance(deployment.provider, ReportsEngineStats):
+            self._on_engine.setdefault(deployment.provider_name, []).append(state)
+        return state

@@ -55,6 +55,11 @@ class GatewayMetrics:
             "switchyard_tokens", "Tokens of finished requests: as the upstream reported, or estimated by the gateway.",
             ["model", "kind", "estimated"], registry=self.registry,
         )  # fmt: skip
+        self.route_reasons = Counter(
+            "switchyard_route_decisions", "routing local_first: requests by where they started and why "
+            "(local, local_queued, local_full, local_kv_full, local_not_ready).",
+            ["model", "reason"], registry=self.registry,
+        )  # fmt: skip
         self.cost = Counter(
             "switchyard_cost_usd", "US dollars finished requests cost, where a price is known (gateway.pricing).",
             ["model", "provider", "key"], registry=self.registry,
