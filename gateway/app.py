@@ -32,9 +32,11 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp
 
+from gateway.cache import Embedder, ResponseCache
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.conversations import open_response_store
 from gateway.errors import (
+    ConfigError,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
@@ -47,6 +49,7 @@ from gateway.http.middleware.redaction import RedactSecretsMiddleware
 from gateway.http.middleware.request_id import RequestIdMiddleware
 from gateway.http.openapi import openapi_schema
 from gateway.http.relay import GatewayApp
+from gateway.http.shadow import ShadowTraffic
 from gateway.http.responses import error_response
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
@@ -91,6 +94,7 @@ def create_app(
     ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
     responses = open_response_store(server) if server.store_responses else None  # opened at first use
     budgets = _budget_book(server)
+    cache = _response_cache(config, adapters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +116,10 @@ def create_app(
                 await ledger.aclose()
             if responses is not None:
                 await responses.aclose()
+            if cache is not None:
+                await cache.aclose()
+            if shadows is not None:
+                await shadows.aclose()
             await limits.aclose()
             await budgets.aclose()
             for adapter in adapters.values():
@@ -130,7 +138,9 @@ def create_app(
     accounting = Accounting(
         metrics, limits, ledger, PriceBook(config), budgets, router.table, server.reserve_max_tokens
     )
-    relay = GatewayApp(router, api, accounting, body_limits, responses)
+    shadowed = {name: model.shadow for name, model in config.models.items() if model.shadow}
+    shadows = ShadowTraffic(shadowed, router, accounting, _embedder(adapters)) if shadowed else None
+    relay = GatewayApp(router, api, accounting, body_limits, responses, cache, shadows)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
@@ -177,6 +187,41 @@ def _key_limits(server: ServerConfig) -> KeyLimits:
     )
 
     return RedisKeyLimits(server.redis_url.get_secret_value())
+
+
+def _response_cache(config: GatewayConfig, adapters: Mapping[str, Provider]) -> ResponseCache | None:
+    """The models' response caches, in this process or Redis (None: no model has one).
+
+    Raises ConfigError when a semantic cache has no local embedding model to embed with.
+    """
+    configs = {name: model.cache for name, model in config.models.items() if model.cache is not None}
+    if not configs:
+        return None
+    from gateway.cache.store import MemoryStore
+
+    embedders: dict[str, Embedder] = {}
+    for name, cache in configs.items():
+        if cache.mode != "semantic":
+            continue
+        embedder = _embedder(adapters, cache.embedder)
+        if embedder is None:
+            wanted = f"provider {cache.embedder!r}" if cache.embedder else "a `type: local` provider"
+            raise ConfigError("providers.yaml", [
+                f"models.{name}.cache: semantic mode needs {wanted} with an embedding model "
+                "(such as `{type: local, model: all-minilm-l6-v2}`)"
+            ])  # fmt: skip
+        embedders[name] = embedder
+    if config.server.redis_url is None:
+        return ResponseCache(configs, MemoryStore(), embedders)
+    from gateway.cache.redis_store import RedisStore  # redis is an optional dependency
+
+    return ResponseCache(configs, RedisStore(config.server.redis_url.get_secret_value()), embedders)
+
+
+def _embedder(adapters: Mapping[str, Provider], name: str | None = None) -> Embedder | None:
+    """The embedding model of provider ``name``, or of the first local embedding provider; None if there is none."""
+    candidates = [name] if name is not None else list(adapters)
+    return next((found for n in candidates if (found := getattr(adapters.get(n), "embedder", None)) is not None), None)
 
 
 def _budget_book(server: ServerConfig) -> BudgetBook:

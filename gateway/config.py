@@ -157,7 +157,7 @@ class ServerConfig(_Frozen):
         "SQLite (several replicas).",
     )
     redis_url: SecretStr | None = Field(
-        None, description="redis://... : keep rate limits and budgets in Redis, shared by every replica."
+        None, description="redis://... : keep rate limits, budgets and response caches in Redis, shared by every replica."
     )
 
     @field_validator("allowed_hosts")
@@ -240,6 +240,36 @@ class ModelPrice(_Frozen):
     )
 
 
+class CacheConfig(_Frozen):
+    """A model's response cache (docs/caching.md): off unless a model has one."""
+
+    mode: Literal["exact", "semantic"] = Field(
+        description="exact: the same request; semantic: the same conversation with a last user message that "
+        "means the same (embedded by a local embedding model).",
+    )
+    ttl: float = Field(3600.0, gt=0, allow_inf_nan=False, description="Seconds an answer is kept.")
+    max_entries: int = Field(10000, ge=1, description="Answers kept for this model at most (the oldest go first).")
+    similarity: float = Field(
+        0.95, gt=0, le=1, description="semantic: the least cosine similarity between two last user messages "
+        "for one to be answered with the other's answer.",
+    )
+    sampled: bool = Field(
+        False, description="Also cache requests that sample (temperature above 0 and no seed); by default only "
+        "deterministic ones are.",
+    )
+    embedder: str | None = Field(
+        None, description="semantic: the `type: local` provider with the embedding model; default: the first "
+        "such provider.",
+    )
+
+
+class ShadowConfig(_Frozen):
+    """A model that gets a sampled copy of this model's requests, after the real answer (docs/caching.md)."""
+
+    model: str = Field(description="A name under `models:`.")
+    sample: float = Field(gt=0, le=1, description="Share of requests copied, 0 to 1.")
+
+
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
@@ -251,6 +281,10 @@ class ModelConfig(_Frozen):
     )
     unsupported_params: UnsupportedPolicy = Field(
         "drop", description="A parameter a deployment's provider does not take: drop it (and say so) or answer 400."
+    )
+    cache: CacheConfig | None = Field(None, description="A response cache for this model; default: none.")
+    shadow: list[ShadowConfig] = Field(
+        default_factory=list, description="Models that get a sampled copy of this model's requests (shadow traffic).",
     )
     price: ModelPrice | None = Field(
         None, description="This model's price on every one of its deployments, over genai-prices' (and a local "
@@ -407,6 +441,12 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{model_name}.deployments[{index}].provider: unknown provider "
                     f"{deployment.provider!r}; expected one of: {known_providers}"
                 )
+        for index, shadow in enumerate(model.shadow):
+            if shadow.model not in config.models or shadow.model == model_name:
+                problems.append(f"models.{model_name}.shadow[{index}].model: {shadow.model!r} is not another model under `models:`")
+        embedder = None if model.cache is None else model.cache.embedder
+        if embedder is not None and not isinstance(config.providers.get(embedder), LocalProviderConfig):
+            problems.append(f"models.{model_name}.cache.embedder: {embedder!r} is not a `type: local` provider")
         if model.routing == "local_first" and not any(
             isinstance(config.providers.get(d.provider), LocalProviderConfig) for d in model.deployments
         ):

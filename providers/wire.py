@@ -98,6 +98,8 @@ class Header:
     DROPPED_PARAMS = "x-switchyard-dropped-params"
     BUDGET_REMAINING_TOKENS = "x-switchyard-budget-remaining-tokens"
     COST_USD = "x-switchyard-cost-usd"  # what the answer cost, where a price is known
+    CACHE = "x-switchyard-cache"  # a model with a response cache: hit, miss or bypass
+    CACHE_SIMILARITY = "x-switchyard-cache-similarity"  # a semantic hit: how close the two questions were
     BUDGET_REMAINING_USD = "x-switchyard-budget-remaining-usd"  # the least any dollar budget of the key has left
     RETRY_AFTER = "retry-after"
     SHOULD_RETRY = "x-should-retry"  # read by the OpenAI SDKs

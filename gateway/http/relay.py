@@ -17,22 +17,30 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.cache import BYPASS, CACHE_PROVIDER, CachedAnswer, CacheLookup, ResponseCache
+from gateway.cache.replay import FoldingStream, ReplayedStream
 from gateway.errors import InternalError, MethodNotAllowed, RequestTooLarge
 from gateway.http.doors import DOORS, Door, DoorContext
+from gateway.http.doors.translation import Translated
 from gateway.http.responses import send_error, send_json
+from gateway.http.shadow import ShadowTraffic, answer_text
 from gateway.http.streaming import relay_event_stream
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting, Outcome
 from gateway.keys.keyring import ApiKey, api_key_of
+from gateway.pricing import Cost
 from gateway.routing.deadline import request_timeout
 from gateway.routing.router import Routed, Router
-from providers import OpenAIError
+from providers import Endpoint, OpenAIError
 from providers.presets import FORWARDED_HEADERS
-from providers.wire import Header
+from providers.wire import Header, Usage, usage_requested
 
 if TYPE_CHECKING:
     from gateway.conversations import ResponseStore
@@ -42,10 +50,13 @@ logger = logging.getLogger(__name__)
 RELAY_PATHS = DOORS
 # On an answer whose token usage the gateway counted because the upstream reported none.
 ESTIMATED_HEADER = (Header.USAGE_ESTIMATED.encode(), b"true")
-_PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED, _COST = (
+_PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED, _COST, _CACHE, _CACHE_SIMILARITY = (
     name.encode()
-    for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL, Header.DROPPED_PARAMS, Header.COST_USD)
-)
+    for name in (Header.PROCESS_TIME, Header.PROVIDER, Header.MODEL, Header.DROPPED_PARAMS, Header.COST_USD,
+                 Header.CACHE, Header.CACHE_SIMILARITY)
+)  # fmt: skip
+# An answer from the response cache costs nothing.
+FREE = Cost(0.0, "cache")
 # Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -55,9 +66,11 @@ class GatewayApp:
 
     def __init__(
         self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits,
-        responses: ResponseStore | None = None,
+        responses: ResponseStore | None = None, cache: ResponseCache | None = None, shadows: ShadowTraffic | None = None,
     ) -> None:  # fmt: skip
         self._limits = limits
+        self._cache = cache
+        self._shadows = shadows
         self._responses = responses
         self._contexts: dict[str | None, DoorContext] = {}  # one per key name: the same for each of its requests
         self._router = router
@@ -100,6 +113,14 @@ class GatewayApp:
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
                 limit_headers += await self._accounting.reserve(outcome, door.endpoint, payload)
+            lookup = await self._look_up(scope, door, translated, outcome)
+            if lookup is not None:
+                limit_headers.append((_CACHE, lookup.status.encode()))
+                if lookup.similarity is not None:
+                    limit_headers.append((_CACHE_SIMILARITY, f"{lookup.similarity:.4f}".encode()))
+                if lookup.hit is not None:
+                    await self._answer_from_cache(send, door, translated, context, outcome, lookup.hit, limit_headers, started)
+                    return
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and door.streams:
                 outcome.stream = True
@@ -111,15 +132,23 @@ class GatewayApp:
                 first_event = time.perf_counter() - started
                 self._accounting.first_event(outcome, first_event)
                 headers = routed_headers(routed_stream) + limit_headers + [_process_time(first_event)]
+                stream = routed_stream.answer
+                keep = lookup is not None and lookup.keep
+                shadows = self._shadows.drawn(outcome.model) if self._shadows is not None else ()
+                folded: list[dict[str, Any]] = []  # the whole answer, once the stream finished
+                if (keep or shadows) and not routed_stream.native:
+                    stream = FoldingStream(stream, partial(self._folded, lookup if keep else None, outcome, folded))
                 try:
                     context = replace(context, price=lambda usage: self._accounting.cost(outcome, usage))
                     if routed_stream.native and door.native_framing is not None:
                         framing, dropped = door.native_framing(translated, context), ()
                     else:
                         framing, dropped = door.framing(translated, context), translated.dropped
-                    await relay_event_stream(routed_stream.answer, _dropped(headers, dropped), send, framing)
+                    await relay_event_stream(stream, _dropped(headers, dropped), send, framing)
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
+                if shadows and folded:  # the answer is out: only now may the copies go
+                    self._shadows.send(shadows, payload, outcome, answer_text(folded[0]))  # type: ignore[union-attr]
                 return
             routed = await self._router.send(
                 door.endpoint, payload, deadline, outcome.request_id, outcome.trace, _forwarded(scope),
@@ -128,6 +157,10 @@ class GatewayApp:
             outcome.routed(routed, routed.answer.status)
             outcome.usage = routed.answer.usage
             answer, dropped = routed.answer.body, translated.dropped
+            if lookup is not None and lookup.keep and not routed.native and routed.answer.status == 200:
+                self._keep(lookup, outcome, orjson.loads(answer), outcome.usage)  # a provider's 2xx body is JSON
+            shadows = () if self._shadows is None or routed.answer.status != 200 else self._shadows.drawn(outcome.model)
+            real_text = answer_text(answer) if shadows and not routed.native else None
             if routed.native and door.native_answer is not None:
                 answer, dropped = await door.native_answer(answer, translated, context), ()
             elif door.answer is not None:
@@ -141,6 +174,60 @@ class GatewayApp:
         if (cost := self._accounting.cost(outcome, outcome.usage)) is not None:
             headers.append((_COST, usd_text(cost.usd)))
         await send_json(send, routed.answer.status, answer, _dropped(headers, dropped))
+        if shadows:  # the answer is out: only now may the copies go
+            self._shadows.send(shadows, payload, outcome, real_text)  # type: ignore[union-attr]
+
+    async def _look_up(self, scope: Scope, door: Door, translated: Translated, outcome: Outcome) -> CacheLookup | None:
+        """The cache's verdict on a chat request for a model with a cache; None when the model has none."""
+        cache, model = self._cache, outcome.model
+        if cache is None or door.endpoint is not Endpoint.CHAT or not cache.covers(model):  # type: ignore[arg-type]
+            return None
+        if translated.native is not None and translated.native.lost:  # the chat answer is not the one asked for
+            outcome.cache = BYPASS.status
+            return BYPASS
+        owner = "" if outcome.key is None else outcome.key.cache_owner
+        cache_control = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"cache-control"), "")
+        lookup = await cache.lookup(model, translated.payload, owner, cache_control)  # type: ignore[arg-type]
+        outcome.cache = lookup.status
+        return lookup
+
+    def _folded(
+        self, lookup: CacheLookup | None, outcome: Outcome, folded: list[dict[str, Any]], answer: dict[str, Any],
+        usage: Usage | None,
+    ) -> None:  # fmt: skip
+        """A stream finished whole: its answer kept for the cache (with ``lookup``) and for the shadow copies."""
+        folded.append(answer)
+        if lookup is not None:
+            self._keep(lookup, outcome, answer, usage)
+
+    def _keep(self, lookup: CacheLookup, outcome: Outcome, answer: dict[str, Any], usage: Usage | None) -> None:
+        """Keep a fresh chat answer (its usage filled in, if a stream carried none) for the cache's next hit."""
+        assert self._cache is not None and outcome.answered_by is not None
+        if usage is not None and "usage" not in answer:
+            answer["usage"] = usage.to_openai()
+        deployment = outcome.answered_by
+        self._cache.keep(outcome.model, lookup, CachedAnswer(answer, usage, deployment.provider_name, deployment.model))  # type: ignore[arg-type]
+
+    async def _answer_from_cache(
+        self, send: Send, door: Door, translated: Translated, context: DoorContext, outcome: Outcome,
+        hit: CachedAnswer, headers: list[tuple[bytes, bytes]], started: float,
+    ) -> None:  # fmt: skip
+        """A kept answer, through the door as a fresh one would go (replayed as a stream when one was asked for)."""
+        outcome.from_cache(hit)
+        headers = [(_PROVIDER, CACHE_PROVIDER.encode()), (_MODEL, hit.deployment.encode()), *headers, (_COST, usd_text(0.0))]
+        if translated.payload.get("stream") is True and door.streams:
+            outcome.stream = True
+            headers.append(_process_time(time.perf_counter() - started))
+            context = replace(context, price=lambda usage: FREE)
+            include_usage = usage_requested(translated.payload)
+            replayed = ReplayedStream(hit.answer, hit.usage, include_usage)
+            await relay_event_stream(replayed, _dropped(headers, translated.dropped), send, door.framing(translated, context))
+            return
+        answer = orjson.dumps(hit.answer)
+        if door.answer is not None:
+            answer = await door.answer(answer, translated, hit.usage, context)
+        headers.append(_process_time(time.perf_counter() - started))
+        await send_json(send, 200, answer, _dropped(headers, translated.dropped))
 
     async def _answer_here(self, scope: Scope, receive: Receive, send: Send, door: Door) -> None:
         """A door the gateway answers itself (count_tokens): read and checked as the others, never routed."""

@@ -15,6 +15,7 @@ import math
 import time
 from typing import Any
 
+from gateway.cache import CACHE_PROVIDER, CachedAnswer
 from gateway.errors import (
     BudgetExhausted,
     DollarBudgetSpent,
@@ -43,8 +44,8 @@ class Outcome:
     """What one request came to, filled in as it goes."""
 
     __slots__ = (
-        "answer", "answered_by", "deployment", "key", "model", "priced", "provider", "request_id", "reservation",
-        "status", "stream", "trace", "usage",
+        "answer", "answered_by", "cache", "deployment", "key", "model", "priced", "provider", "request_id",
+        "reservation", "saved", "shadow_of", "similarity", "status", "stream", "trace", "usage",
     )  # fmt: skip
 
     def __init__(self, request_id: str, key: ApiKey | None) -> None:
@@ -61,6 +62,10 @@ class Outcome:
         self.answered_by: Deployment | None = None
         self.reservation: Reservation | None = None  # what the request holds of its key's dollar budgets
         self.priced: tuple[Usage, Cost | None] | None = None  # the last usage priced, and its cost
+        self.cache: str | None = None  # a model with a response cache: hit, miss or bypass
+        self.saved: Usage | None = None  # a cache hit: what the kept answer used when it was fresh
+        self.shadow_of: str | None = None  # a shadow copy: the real request's id
+        self.similarity: float | None = None  # a shadow copy: its answer's similarity to the real one
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment
@@ -68,6 +73,11 @@ class Outcome:
         self.deployment = routed.deployment.model
         self.status = status
         self.answer = routed.answer
+
+    def from_cache(self, hit: CachedAnswer) -> None:
+        """Answered by the response cache: nothing used, the kept answer's usage saved."""
+        self.provider, self.deployment, self.status = CACHE_PROVIDER, hit.deployment, 200
+        self.saved = hit.usage
 
     @property
     def timings(self) -> tuple[RequestTimings, ...]:
@@ -161,6 +171,20 @@ class Accounting:
         if self._ledger is not None:
             self._ledger.record(_record(endpoint, outcome, elapsed, cost))
 
+    def finish_shadow(self, outcome: Outcome, started: float) -> None:
+        """Count a shadow copy apart: in the ledger (marked) and its own metrics, never in the key's limits or budgets."""
+        cost = self.cost(outcome, outcome.usage)
+        model = self._metrics.model_label(outcome.model)
+        self._metrics.shadow_requests.labels(model, str(outcome.status)).inc()
+        if cost is not None and cost.usd:
+            self._metrics.shadow_cost.labels(model, outcome.provider).inc(cost.usd)
+        if self._ledger is not None:
+            self._ledger.record(_record(Endpoint.CHAT, outcome, time.perf_counter() - started, cost))
+
+    def shadow_skipped(self, model: str) -> None:
+        """A shadow copy not sent: too many were in flight."""
+        self._metrics.shadow_skipped.labels(self._metrics.model_label(model)).inc()
+
     def _observe(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> None:
         metrics = self._metrics
         model = metrics.model_label(outcome.model)
@@ -203,4 +227,8 @@ def _record(endpoint: Endpoint | Door, outcome: Outcome, elapsed: float, cost: C
         # Nothing used costs nothing; something used at no known price is unknown, never 0.
         cost_usd=0.0 if usage is None else None if cost is None else cost.usd,
         price_source=None if cost is None else cost.source,
+        cache=outcome.cache,
+        saved_tokens=0 if outcome.saved is None else outcome.saved.total_tokens,
+        shadow_of=outcome.shadow_of,
+        similarity=outcome.similarity,
     )

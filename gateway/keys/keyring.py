@@ -38,6 +38,12 @@ class ApiKey:
     team_models: frozenset[str] = frozenset({"*"})  # its team's models: a key may use what both allow
     budgets: tuple[DollarBudget, ...] = ()  # its own budget in dollars and its team's
     model_budgets: Mapping[str, DollarBudget] = field(default_factory=dict)
+    team: str | None = None  # its team's name: cached answers are shared within a team
+
+    @property
+    def cache_owner(self) -> str:
+        """Whose cached answers this key sees: its team's, else its own."""
+        return f"team:{self.team}" if self.team is not None else f"key:{self.name}"
 
     def may_use(self, model: str) -> bool:
         """``*`` allows every model, ``provider/*`` every model of that provider; the team's list too."""
@@ -89,7 +95,8 @@ class KeyRing:
             }  # fmt: skip
             team_models = frozenset(team.models) if team is not None else frozenset({"*"})
             self._by_hash[key_hash] = ApiKey(
-                config.name, frozenset(config.models), limits, False, team_models, tuple(budgets), model_budgets
+                config.name, frozenset(config.models), limits, False, team_models, tuple(budgets), model_budgets,
+                None if team is None else team.name,
             )
         self.is_open = not server.api_keys
         self.has_admin_keys = bool(server.admin_keys)

@@ -94,8 +94,8 @@ def redis_keys(name: str) -> tuple[str, str, str]:
 class RedisCalls:
     """What every Redis-backed state shares: one client, calls sent after the answer, a warning per 10 s at most."""
 
-    def __init__(self, url: str, what: str) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    def __init__(self, url: str, what: str, timeout: float = 2.0) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._what = what  # "rate limits", "dollar budgets": what the warning says is let through
         self._pending: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0

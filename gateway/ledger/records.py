@@ -37,6 +37,10 @@ class UsageRecord(NamedTuple):
     reasoning_tokens: int = 0  # of completion_tokens
     cost_usd: float | None = None  # None: no price is known for the deployment (never recorded as 0)
     price_source: str | None = None  # where the price came from ("genai-prices 0.2.3", "config", "local")
+    cache: str | None = None  # a model with a response cache: hit, miss or bypass
+    saved_tokens: int = 0  # a cache hit: the tokens the kept answer used when it was fresh
+    shadow_of: str | None = None  # a shadow request: the request id of the real one it copied
+    similarity: float | None = None  # a shadow answer: its cosine similarity to the real answer
 
 
 COLUMNS = UsageRecord._fields
@@ -61,10 +65,17 @@ COLUMN_TYPES = {
     "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
     "cost_usd": "DOUBLE PRECISION",
     "price_source": "TEXT",
+    "cache": "TEXT",
+    "saved_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "shadow_of": "TEXT",
+    "similarity": "DOUBLE PRECISION",
 }
 assert tuple(COLUMN_TYPES) == COLUMNS
 # Columns added after the first release: a ledger created before them gains them at start (``added_columns``).
-LATER_COLUMNS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source")
+LATER_COLUMNS = (
+    "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source",
+    "cache", "saved_tokens", "shadow_of", "similarity",
+)  # fmt: skip
 
 
 def schema(id_column: str) -> str:
@@ -106,18 +117,31 @@ class UsageQuery:
     group_by: tuple[str, ...] = ("api_key", "model")
 
 
+def _real(value: str, zero: str = "0") -> str:
+    """``value`` for a real request, ``zero`` for a shadow copy (counted apart, in the ``shadow_`` sums)."""
+    return f"CASE WHEN shadow_of IS NULL THEN {value} ELSE {zero} END"
+
+
 SUMS = (
-    "COUNT(*) AS requests",
-    "COALESCE(SUM(CASE WHEN status < 400 THEN 0 ELSE 1 END), 0) AS failed_requests",
-    "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens",
-    "COALESCE(SUM(completion_tokens), 0) AS completion_tokens",
-    "COALESCE(SUM(total_tokens), 0) AS total_tokens",
-    "COALESCE(SUM(CASE WHEN estimated THEN 1 ELSE 0 END), 0) AS estimated_requests",
-    "COALESCE(SUM(cached_tokens), 0) AS cached_tokens",
-    "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens",
-    "COALESCE(SUM(cost_usd), 0.0) AS cost_usd",  # of the requests whose cost is known
-    "COALESCE(SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END), 0) AS unpriced_requests",
+    f"COALESCE(SUM({_real('1')}), 0) AS requests",
+    f"COALESCE(SUM({_real('CASE WHEN status < 400 THEN 0 ELSE 1 END')}), 0) AS failed_requests",
+    f"COALESCE(SUM({_real('prompt_tokens')}), 0) AS prompt_tokens",
+    f"COALESCE(SUM({_real('completion_tokens')}), 0) AS completion_tokens",
+    f"COALESCE(SUM({_real('total_tokens')}), 0) AS total_tokens",
+    f"COALESCE(SUM({_real('CASE WHEN estimated THEN 1 ELSE 0 END')}), 0) AS estimated_requests",
+    f"COALESCE(SUM({_real('cached_tokens')}), 0) AS cached_tokens",
+    f"COALESCE(SUM({_real('reasoning_tokens')}), 0) AS reasoning_tokens",
+    f"COALESCE(SUM({_real('cost_usd', '0.0')}), 0.0) AS cost_usd",  # of the requests whose cost is known
+    f"COALESCE(SUM({_real('CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END')}), 0) AS unpriced_requests",
+    "COALESCE(SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END), 0) AS cache_hits",
+    "COALESCE(SUM(saved_tokens), 0) AS saved_tokens",
+    "COALESCE(SUM(CASE WHEN shadow_of IS NULL THEN 0 ELSE 1 END), 0) AS shadow_requests",
+    "COALESCE(SUM(CASE WHEN shadow_of IS NULL THEN 0.0 ELSE cost_usd END), 0.0) AS shadow_cost_usd",
+    "COALESCE(SUM(CASE WHEN shadow_of IS NOT NULL AND similarity IS NOT NULL THEN 1 ELSE 0 END), 0) AS shadow_scored",
+    "AVG(CASE WHEN shadow_of IS NULL THEN NULL ELSE similarity END) AS shadow_similarity",  # null: none scored
 )
+# Sums that are means: over several rows, each weighs by the count named here.
+MEANS = {"shadow_similarity": "shadow_scored"}
 SUM_NAMES = tuple(expression.rsplit(" AS ", 1)[1] for expression in SUMS)
 
 
@@ -160,4 +184,7 @@ def records_sql(since: float | None, until: float | None, placeholder: str) -> t
     return f"SELECT {', '.join(COLUMNS)} FROM usage_records{where} ORDER BY time, id", values
 
 
-SPENT_SQL = "SELECT api_key, COALESCE(SUM(total_tokens), 0) FROM usage_records WHERE api_key IS NOT NULL GROUP BY api_key"
+SPENT_SQL = (
+    "SELECT api_key, COALESCE(SUM(total_tokens), 0) FROM usage_records"
+    " WHERE api_key IS NOT NULL AND shadow_of IS NULL GROUP BY api_key"
+)

@@ -138,7 +138,11 @@ def _serve(args: argparse.Namespace) -> int:
         http.should_exit = True
 
     serves_only_local = args.config is None and settings.config is None
-    app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
+    try:
+        app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
+    except ConfigError as exc:  # what only the built providers can tell (a semantic cache with no embedder)
+        print(exc, file=sys.stderr)
+        return 1
     shortfall = open_file_shortfall(server.max_connections)
     if shortfall:
         print(f"switchyard: warning: {shortfall}", file=sys.stderr)

@@ -22,7 +22,7 @@ from gateway.errors import (
 from gateway.http.responses import json_response
 from gateway.keys.keyring import api_key_of, presented_key
 from gateway.ledger import LedgerWriter, UsageQuery
-from gateway.ledger.records import GROUPABLE, SUM_NAMES
+from gateway.ledger.records import GROUPABLE, MEANS, SUM_NAMES
 
 
 def usage_routes(ledger: LedgerWriter | None, admin_keys_configured: bool) -> APIRouter:
@@ -47,7 +47,10 @@ def usage_routes(ledger: LedgerWriter | None, admin_keys_configured: bool) -> AP
             raise LedgerDisabled()
         query = UsageQuery(api_key, model, start_time, end_time, _groups(group_by))
         rows = await ledger.summarize(query)
-        totals = {name: sum(row[name] for row in rows) for name in SUM_NAMES}
+        totals = {name: sum(row[name] for row in rows) for name in SUM_NAMES if name not in MEANS}
+        for name, weight in MEANS.items():
+            scored = sum(row[weight] for row in rows)
+            totals[name] = sum(row[name] * row[weight] for row in rows if row[weight]) / scored if scored else None
         body: dict[str, Any] = {
             "object": "usage.summary",
             "filters": {"api_key": api_key, "model": model, "start_time": start_time, "end_time": end_time},

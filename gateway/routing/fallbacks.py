@@ -26,7 +26,7 @@ from gateway.errors import InvalidRequest
 from providers.errors import ContentPolicyViolation, ContextWindowExceeded, OpenAIError
 
 # Body fields for the gateway itself: read here, never sent upstream.
-ROUTING_FIELDS = frozenset({"fallbacks", "disable_fallbacks", "stream_resume"})
+ROUTING_FIELDS = frozenset({"fallbacks", "disable_fallbacks", "stream_resume", "cache"})
 
 
 def without_routing_fields(payload: dict[str, Any]) -> dict[str, Any]:

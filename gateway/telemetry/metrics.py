@@ -60,6 +60,18 @@ class GatewayMetrics:
             "(local, local_queued, local_full, local_kv_full, local_not_ready).",
             ["model", "reason"], registry=self.registry,
         )  # fmt: skip
+        self.shadow_requests = Counter(
+            "switchyard_shadow_requests", "Shadow copies of requests sent to another model, by outcome.",
+            ["model", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.shadow_skipped = Counter(
+            "switchyard_shadow_skipped", "Shadow copies not sent: too many were in flight.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.shadow_cost = Counter(
+            "switchyard_shadow_cost_usd", "US dollars shadow copies cost (apart from switchyard_cost_usd).",
+            ["model", "provider"], registry=self.registry,
+        )  # fmt: skip
         self.cost = Counter(
             "switchyard_cost_usd", "US dollars finished requests cost, where a price is known (gateway.pricing).",
             ["model", "provider", "key"], registry=self.registry,

@@ -173,13 +173,23 @@ def test_stores_sum_alike(store: str, tmp_path: Path, request: pytest.FixtureReq
                         cost_usd=0.5, price_source="local"),
             UsageRecord(time=300.0, api_key=None, model="m1", prompt_tokens=5, completion_tokens=0, total_tokens=5,
                         **{**base, "status": 502, "estimated": True}),
+            # A cache hit (no tokens, what it saved) and two shadow copies: counted apart, never in the sums above.
+            UsageRecord(time=310.0, api_key="a", model="m1", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+                        **{**base, "provider": "cache"}, cost_usd=0.0, cache="hit", saved_tokens=7),
+            UsageRecord(time=320.0, api_key="a", model="m2", prompt_tokens=3, completion_tokens=3, total_tokens=6, **base,
+                        cost_usd=2.0, shadow_of="r", similarity=0.5),
+            UsageRecord(time=330.0, api_key="a", model="m2", prompt_tokens=3, completion_tokens=3, total_tokens=6, **base,
+                        cost_usd=1.0, shadow_of="r", similarity=0.75),
         ]  # fmt: skip
         ledger.append(records)
         everything = ledger.summarize(UsageQuery(group_by=()))
-        assert everything == [{"requests": 3, "failed_requests": 1, "prompt_tokens": 9, "completion_tokens": 5,
+        assert everything == [{"requests": 4, "failed_requests": 1, "prompt_tokens": 9, "completion_tokens": 5,
                                "total_tokens": 14, "estimated_requests": 1, "cached_tokens": 2, "reasoning_tokens": 1,
-                               "cost_usd": 0.75, "unpriced_requests": 1}]  # fmt: skip
+                               "cost_usd": 0.75, "unpriced_requests": 1, "cache_hits": 1, "saved_tokens": 7,
+                               "shadow_requests": 2, "shadow_cost_usd": 3.0, "shadow_scored": 2,
+                               "shadow_similarity": 0.625}]  # fmt: skip
         assert type(everything[0]["cost_usd"]) is float and type(everything[0]["requests"]) is int
+        assert type(everything[0]["shadow_cost_usd"]) is float
         by_key = ledger.summarize(UsageQuery(start_time=150, group_by=("api_key",)))
         assert [(row["api_key"], row["total_tokens"]) for row in by_key] == [("a", 2), (None, 5)]
         assert ledger.summarize(UsageQuery(api_key="a", model="m1"))[0]["total_tokens"] == 7
