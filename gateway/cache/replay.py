@@ -50,6 +50,7 @@ class ChunkFolder:
             choice = self._choices[index]
             message = {"role": choice["role"], **{name: "".join(parts) for name, parts in choice["text"].items()}}
             message.setdefault("content", None)
+            message.setdefault("refusal", None)  # the spec requires it, null when the model did not refuse
             if choice["tool_calls"]:
                 message["tool_calls"] = [choice["tool_calls"][i] for i in sorted(choice["tool_calls"])]
             folded: dict[str, Any] = {"index": index, "message": message, "finish_reason": choice["finish_reason"]}
