@@ -112,14 +112,14 @@ def create_app(
         finally:
             if watch is not None:
                 watch.cancel()
+            if shadows is not None:  # before the ledger closes: a copy cut short is still recorded
+                await shadows.aclose()
             if ledger is not None:
                 await ledger.aclose()
             if responses is not None:
                 await responses.aclose()
             if cache is not None:
                 await cache.aclose()
-            if shadows is not None:
-                await shadows.aclose()
             await limits.aclose()
             await budgets.aclose()
             for adapter in adapters.values():

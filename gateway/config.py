@@ -32,7 +32,7 @@ from gateway.errors import ConfigError
 from providers import PRESETS, ProviderConfig
 from providers.base import UnsupportedPolicy
 from providers.config import PROVIDER_SHAPES, HostedProviderConfig
-from providers.local.config import LocalProviderConfig
+from providers.local import LocalProviderConfig, serves_embeddings
 
 
 class _Frozen(BaseModel):
@@ -273,8 +273,9 @@ class ShadowConfig(_Frozen):
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
-    local_first: LocalFirstConfig = Field(
-        LocalFirstConfig(), description="Under routing local_first: how much the local engine takes before overflow.",
+    local_first: LocalFirstConfig | None = Field(
+        None, description="Under routing local_first: how much the local engine takes before overflow; default: "
+        "max_running 4, max_waiting 0.",
     )
     context_window: int | None = Field(
         None, gt=0, description="Prompt + max_tokens limit; larger requests go to context_window_fallbacks."
@@ -444,9 +445,9 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         for index, shadow in enumerate(model.shadow):
             if shadow.model not in config.models or shadow.model == model_name:
                 problems.append(f"models.{model_name}.shadow[{index}].model: {shadow.model!r} is not another model under `models:`")
-        embedder = None if model.cache is None else model.cache.embedder
-        if embedder is not None and not isinstance(config.providers.get(embedder), LocalProviderConfig):
-            problems.append(f"models.{model_name}.cache.embedder: {embedder!r} is not a `type: local` provider")
+        problems += _cache_problems(model_name, model, config)
+        if model.local_first is not None and (model.routing or config.router.routing) != "local_first":
+            problems.append(f"models.{model_name}.local_first: only read under `routing: local_first`")
         if model.routing == "local_first" and not any(
             isinstance(config.providers.get(d.provider), LocalProviderConfig) for d in model.deployments
         ):
@@ -476,6 +477,20 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
             problems.append(f"{policy}: the chains loop: {' -> '.join(cycle)}")
     problems += _chain_problems("default_fallbacks", config.default_fallbacks, config.models)
     return problems
+
+
+def _cache_problems(model_name: str, model: ModelConfig, config: GatewayConfig) -> list[str]:
+    """A semantic cache needs a local embedding model: the one named, else any."""
+    if model.cache is None or model.cache.mode != "semantic":
+        return []
+    encoders = [name for name, p in config.providers.items() if isinstance(p, LocalProviderConfig) and serves_embeddings(p)]
+    named = model.cache.embedder
+    if named is not None and named not in encoders:
+        return [f"models.{model_name}.cache.embedder: {named!r} is not a `type: local` provider with an embedding model"]
+    if not encoders:
+        return [f"models.{model_name}.cache: semantic mode needs a `type: local` provider with an embedding model "
+                "(such as `encoder: {type: local, model: all-minilm-l6-v2}` under providers)"]  # fmt: skip
+    return []
 
 
 def _chain_problems(path: str, chain: list[str], models: Mapping[str, Any]) -> list[str]:

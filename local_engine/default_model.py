@@ -11,6 +11,7 @@ Torch-free, so settings and the CLI can name these without loading the engine.
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def package_directories(package: str) -> list[Path]:
     if spec is None or not spec.submodule_search_locations:
         return []
     return [Path(location) for location in spec.submodule_search_locations]
+
+
+# Model types read as sentence encoders (embeddings), not causal LMs.
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert", "modernbert"})
+
+
+def is_embedding_model(source: str | None) -> bool:
+    """Whether ``source`` names a sentence encoder rather than a causal LM."""
+    if source == EMBEDDING_ALIAS:
+        return True
+    if source is None or not Path(source).is_dir():
+        return False
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") in ENCODER_TYPES

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from .default_model import EMBEDDING_ALIAS, MINILM, default_embedding_model_path
+from .default_model import EMBEDDING_ALIAS, MINILM, default_embedding_model_path, is_embedding_model
 from .device import resolve_device, resolve_dtype
 from .errors import InvalidInput
 from .inputs import check_token_ids, describe, is_token_ids
@@ -39,22 +39,8 @@ from .worker import ModelThread, settle
 
 logger = logging.getLogger(__name__)
 
-ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert", "modernbert"})
 MAX_BATCH_INPUTS = 64  # inputs per forward pass: its memory is bounded by this, whatever a request holds
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's own limit on one embeddings request
-
-
-def is_embedding_model(source: str | None) -> bool:
-    """Whether ``source`` names a sentence encoder rather than a causal LM."""
-    if source == EMBEDDING_ALIAS:
-        return True
-    if source is None or not Path(source).is_dir():
-        return False
-    try:
-        config = json.loads((Path(source) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return config.get("model_type") in ENCODER_TYPES
 
 
 def _resolve(source: str) -> Path:

@@ -37,6 +37,7 @@ import orjson
 from gateway.cache.keys import CacheKeys, cache_keys, deterministic
 from gateway.cache.store import CacheStore
 from gateway.config import CacheConfig
+from gateway.errors import InvalidRequest
 from providers.wire import Usage
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ CACHE_PROVIDER = "cache"
 
 
 class Embedder(Protocol):
-    """Text to unit vectors (``local_engine.embeddings.AsyncEmbedder``)."""
+    """Text to unit vectors (``local_engine.embeddings.AsyncEmbedder``); ``model.max_length`` once loaded."""
 
     @property
     def state(self) -> str: ...
+
+    model: Any
 
     async def embed(self, inputs: list[str]) -> Any: ...
 
@@ -88,6 +91,7 @@ class CacheLookup:
     keys: CacheKeys | None = None
     vector: bytes | None = None  # semantic: the last user message's embedding, kept beside the answer
     keep: bool = False  # the fresh answer may be kept
+    embed_later: bool = False  # semantic mode, but the embedder was not ready: embedded when kept
     similarity: float | None = None  # semantic hit: how close the two last user messages were
 
 
@@ -109,13 +113,16 @@ class ResponseCache:
         """Before routing: a kept answer for this request, or what keeping its answer needs."""
         config = self._configs[model]
         directives = {part.strip().lower() for part in cache_control.split(",")}
+        if not isinstance(payload.get("cache", True), bool):
+            raise InvalidRequest("`cache` must be true or false (false: neither read nor keep this answer).", param="cache")
         if payload.get("cache") is False or "no-store" in directives:
             return BYPASS
         if not (config.sampled or deterministic(payload)):
             return BYPASS
         keys = cache_keys(owner, model, payload)
+        later = self._embedder_loading(model)
         if "no-cache" in directives:  # fetched fresh, then kept
-            return CacheLookup("bypass", keys=keys, keep=True, vector=await self._embed(model, keys))
+            return CacheLookup("bypass", keys=keys, keep=True, vector=await self._embed(model, keys), embed_later=later)
         held = await self._store.get(keys.exact)
         if held is not None:
             return CacheLookup("hit", CachedAnswer.decode(held), keys, similarity=1.0 if config.mode == "semantic" else None)
@@ -124,18 +131,22 @@ class ResponseCache:
             found = await self._nearest(keys.scope, vector, config.similarity)
             if found is not None:
                 return CacheLookup("hit", found[0], keys, similarity=found[1])
-        return CacheLookup("miss", keys=keys, vector=vector, keep=True)
+        return CacheLookup("miss", keys=keys, vector=vector, keep=True, embed_later=later)
 
     def keep(self, model: str, lookup: CacheLookup, answer: CachedAnswer) -> None:
         """After a fresh answer: keep it, in the background (the client never waits on the store)."""
         if not lookup.keep or lookup.keys is None:
             return
-        config = self._configs[model]
-        put = self._store.put(model, lookup.keys.exact, answer.encode(), config.ttl, config.max_entries,
-                              lookup.keys.scope if lookup.vector is not None else None, lookup.vector)  # fmt: skip
-        task = asyncio.ensure_future(put)
+        task = asyncio.ensure_future(self._put(model, lookup, lookup.keys, answer))
         self._pending.add(task)
         task.add_done_callback(self._kept)
+
+    async def _put(self, model: str, lookup: CacheLookup, keys: CacheKeys, answer: CachedAnswer) -> None:
+        config = self._configs[model]
+        # Not embedded at lookup (the embedder was loading): now, so the answer can be found by meaning too.
+        vector = await self._embed(model, keys) if lookup.embed_later else lookup.vector
+        await self._store.put(model, keys.exact, answer.encode(), config.ttl, config.max_entries,
+                              keys.scope if vector is not None else None, vector)  # fmt: skip
 
     async def settled(self) -> None:
         """Until every put started has finished (tests, and a clean shutdown)."""
@@ -151,6 +162,10 @@ class ResponseCache:
         if not task.cancelled() and (error := task.exception()) is not None:
             logger.warning("a cached answer could not be kept: %s: %s", type(error).__name__, error)
 
+    def _embedder_loading(self, model: str) -> bool:
+        embedder = self._embedders.get(model)
+        return embedder is not None and embedder.state == "loading"
+
     async def _embed(self, model: str, keys: CacheKeys) -> bytes | None:
         """The last user message's embedding (float32 bytes); None for exact mode, no text, or no embedder ready."""
         embedder = self._embedders.get(model)
@@ -163,6 +178,8 @@ class ResponseCache:
         except Exception as error:  # the embedder's failure is a miss, never the request's failure
             logger.warning("the cache's embedder failed: %s: %s", type(error).__name__, error)
             return None
+        if embedded.token_counts[0] >= embedder.model.max_length:
+            return None  # cut to the embedder's length: two long texts alike at the start would look the same
         return embedded.vectors[0].numpy().astype(np.float32).tobytes()
 
     async def _nearest(self, scope: str, vector: bytes, threshold: float) -> tuple[CachedAnswer, float] | None:

@@ -41,7 +41,9 @@ def deterministic(payload: dict[str, Any]) -> bool:
 
 def cache_keys(owner: str, model: str, payload: dict[str, Any]) -> CacheKeys:
     """The keys of ``payload`` for ``model`` in ``owner``'s scope (a team, a key, or everyone on an open gateway)."""
-    request = {name: value for name, value in payload.items() if name not in IGNORED}
+    request = {name: _number(value) for name, value in payload.items() if name not in IGNORED}
+    if isinstance(request.get("messages"), list):
+        request["messages"] = [_text_parts_joined(message) for message in request["messages"]]
     exact = _digest(owner, model, request)
     messages = request.get("messages")
     text = _last_user_text(messages)
@@ -49,6 +51,21 @@ def cache_keys(owner: str, model: str, payload: dict[str, Any]) -> CacheKeys:
         return CacheKeys(exact, None, None)
     before = {**request, "messages": messages[:-1]}
     return CacheKeys(exact, _digest(owner, model, before), text)
+
+
+def _number(value: Any) -> Any:
+    """``0.0`` as ``0``: one JSON number however a client spells it (LangChain sends 0.0, the openai SDK 0)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _text_parts_joined(message: Any) -> Any:
+    """A message whose content is text parts only, as the same message with one string (OpenAI reads them alike)."""
+    if not isinstance(message, dict) or not isinstance(content := message.get("content"), list):
+        return message
+    if not content or not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                              for p in content):  # fmt: skip
+        return message
+    return {**message, "content": "".join(part["text"] for part in content)}
 
 
 def _digest(owner: str, model: str, request: dict[str, Any]) -> str:
@@ -65,6 +82,4 @@ def _last_user_text(messages: Any) -> str | None:
     content = last.get("content")
     if isinstance(content, str):
         return content or None
-    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
-        return "\n".join(str(part.get("text", "")) for part in content) or None
-    return None  # an image or audio part: only the exact key can match it
+    return None  # an image or audio part (text parts are joined by now): only the exact key can match it

@@ -33,7 +33,7 @@ from gateway.http.responses import send_error, send_json
 from gateway.http.shadow import ShadowTraffic, answer_text
 from gateway.http.streaming import relay_event_stream
 from gateway.http.validation import BodyLimits
-from gateway.keys.accounting import Accounting, Outcome
+from gateway.keys.accounting import CLIENT_CLOSED_REQUEST, Accounting, Outcome
 from gateway.keys.keyring import ApiKey, api_key_of
 from gateway.pricing import Cost
 from gateway.routing.deadline import request_timeout
@@ -57,8 +57,6 @@ _PROCESS_TIME, _PROVIDER, _MODEL, _DROPPED, _COST, _CACHE, _CACHE_SIMILARITY = (
 )  # fmt: skip
 # An answer from the response cache costs nothing.
 FREE = Cost(0.0, "cache")
-# Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
-CLIENT_CLOSED_REQUEST = 499
 
 
 class GatewayApp:
@@ -112,15 +110,16 @@ class GatewayApp:
             outcome.model = payload["model"]
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
-                limit_headers += await self._accounting.reserve(outcome, door.endpoint, payload)
             lookup = await self._look_up(scope, door, translated, outcome)
             if lookup is not None:
                 limit_headers.append((_CACHE, lookup.status.encode()))
                 if lookup.similarity is not None:
                     limit_headers.append((_CACHE_SIMILARITY, f"{lookup.similarity:.4f}".encode()))
-                if lookup.hit is not None:
+                if lookup.hit is not None:  # free: no dollar budget is held for it
                     await self._answer_from_cache(send, door, translated, context, outcome, lookup.hit, limit_headers, started)
                     return
+            if outcome.key is not None:
+                limit_headers += await self._accounting.reserve(outcome, door.endpoint, payload)
             deadline = self._router.deadline(request_timeout(scope["headers"], self._router.default_timeout))
             if payload.get("stream") is True and door.streams:
                 outcome.stream = True

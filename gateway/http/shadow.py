@@ -29,13 +29,15 @@ import orjson
 
 from gateway.cache import Embedder
 from gateway.config import ShadowConfig
-from gateway.keys.accounting import Accounting, Outcome
+from gateway.keys.accounting import CLIENT_CLOSED_REQUEST, Accounting, Outcome
 from gateway.routing.router import Router
 from providers import Endpoint, OpenAIError
 
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 16
+# A copy whose client set no max_tokens gets twice the real answer's completion tokens, and at least this.
+MIN_SHADOW_TOKENS = 64
 
 
 class ShadowTraffic:
@@ -83,6 +85,9 @@ class ShadowTraffic:
         outcome.model, outcome.shadow_of = model, real.request_id
         copy = {name: value for name, value in payload.items() if name not in ("stream", "stream_options")}
         copy.update(model=model, fallbacks=[])  # the shadow model's own answer, or its failure
+        if not any(name in payload for name in ("max_tokens", "max_completion_tokens")) and real.usage is not None:
+            # Bounded by the real answer's length: a rambling shadow must not hold its engine for minutes.
+            copy["max_tokens"] = max(MIN_SHADOW_TOKENS, 2 * real.usage.completion_tokens)
         try:
             routed = await self._router.send(
                 Endpoint.CHAT, copy, self._router.deadline(self._router.default_timeout), outcome.request_id, outcome.trace
@@ -92,6 +97,9 @@ class ShadowTraffic:
             outcome.similarity = await self._similarity(real_text, answer_text(routed.answer.body))
         except OpenAIError as error:
             outcome.status = error.status_code
+        except asyncio.CancelledError:  # the gateway is stopping: counted as a request cut short
+            outcome.status = CLIENT_CLOSED_REQUEST
+            raise
         except Exception as error:  # a bug here must not reach the event loop's exception handler
             logger.error("a shadow request to %s failed: %s: %s", model, type(error).__name__, error)
         finally:

@@ -38,6 +38,8 @@ from providers.wire import Door, Header, RequestTimings, Usage
 _BUDGET_REMAINING_USD = Header.BUDGET_REMAINING_USD.encode()
 # A reservation counts the prompt with tiktoken, which can undercount another tokenizer's tokens: a margin.
 PROMPT_MARGIN = 1.25
+# Recorded for a request whose client went away before its answer ended (nginx's code; never sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class Outcome:

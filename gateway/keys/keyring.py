@@ -60,6 +60,12 @@ class ApiKey:
             raise ModelNotAllowed(self.name, model)
 
 
+def dollars(usd: float) -> str:
+    """An amount as people write it: to the cent (2.50), finer only when it has more (0.025)."""
+    cents = f"{usd:.2f}"
+    return cents if float(cents) == usd else f"{usd:.10f}".rstrip("0")
+
+
 def _allows(patterns: frozenset[str], model: str) -> bool:
     if "*" in patterns or model in patterns:
         return True
@@ -83,14 +89,14 @@ class KeyRing:
             team = teams.get(config.name)
             budgets = [
                 DollarBudget(f"key:{config.name}", config.budget_usd, config.budget_period,
-                             f"{_per(config.budget_period)}budget of ${config.budget_usd:.2f} of key '{config.name}'")
+                             f"{_per(config.budget_period)}budget of ${dollars(config.budget_usd)} of key '{config.name}'")
             ] if config.budget_usd is not None else []  # fmt: skip
             if team is not None and team.budget_usd is not None:
                 budgets.append(DollarBudget(f"team:{team.name}", team.budget_usd, team.budget_period,
-                                            f"{_per(team.budget_period)}budget of ${team.budget_usd:.2f} of team '{team.name}'"))  # fmt: skip
+                                            f"{_per(team.budget_period)}budget of ${dollars(team.budget_usd)} of team '{team.name}'"))  # fmt: skip
             model_budgets = {
                 model: DollarBudget(f"key:{config.name}:model:{model}", usd, config.budget_period,
-                                    f"{_per(config.budget_period)}budget of ${usd:.2f} of key '{config.name}' for `{model}`")
+                                    f"{_per(config.budget_period)}budget of ${dollars(usd)} of key '{config.name}' for `{model}`")
                 for model, usd in config.model_budgets_usd.items()
             }  # fmt: skip
             team_models = frozenset(team.models) if team is not None else frozenset({"*"})

@@ -128,7 +128,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(server.log_level, config.secrets, server.log_format)
     print(describe(config), file=sys.stderr)
-    print(f"switchyard: listening on http://{server.host}:{server.port}/v1", file=sys.stderr)
     # Serving one model (no --config): if it cannot load there is nothing to serve, so end the process,
     # as `vllm serve` does. With a config, the other providers keep being served.
     load_failure: list[str] = []
@@ -140,9 +139,10 @@ def _serve(args: argparse.Namespace) -> int:
     serves_only_local = args.config is None and settings.config is None
     try:
         app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
-    except ConfigError as exc:  # what only the built providers can tell (a semantic cache with no embedder)
+    except ConfigError as exc:  # what only the built providers can tell
         print(exc, file=sys.stderr)
         return 1
+    print(f"switchyard: listening on http://{server.host}:{server.port}/v1", file=sys.stderr)
     shortfall = open_file_shortfall(server.max_connections)
     if shortfall:
         print(f"switchyard: warning: {shortfall}", file=sys.stderr)

@@ -1,16 +1,20 @@
 """``routing: local_first``: the engine in this process while it has room, the next deployment once it has not.
 
-Room is read when a request is routed, from two counts that cannot lag
-each other into a burst: the requests in flight on the engine's provider
-(the router's own count, raised before the call is made, so a hundred
-requests arriving together see each other), and the engine's counters
-(running, waiting, KV cache in use) after its last step.
+Room is read when a request is routed: how many requests are in flight on
+the engine's provider is the router's own count, raised before the call is
+made, so a hundred requests arriving together see each other (the
+engine's counters lag a burst by a step); whether the engine is already
+queueing or short of KV cache is read from its counters after its last step.
 
-    not loaded yet                                -> local_not_ready
-    KV cache in use >= KV_CACHE_FULL              -> local_kv_full
-    in flight < max_running, engine queue empty   -> local         (it runs at once)
-    queued (in flight - running) < max_waiting    -> local_queued  (it waits its turn)
-    otherwise                                     -> local_full
+    not loaded yet                                     -> local_not_ready
+    KV cache in use >= KV_CACHE_FULL                   -> local_kv_full
+    in flight < max_running, nothing waits in it       -> local         (it runs at once)
+    in flight < max_running + max_waiting              -> local_queued  (past max_running)
+    otherwise                                          -> local_full
+
+A ``local_queued`` request joins the engine past ``max_running``: it waits
+in the engine's queue once the engine runs its own ``max_num_seqs``, and
+until then runs in its batch (every token of the batch a little slower).
 
 A local deployment with room goes first; the others keep their listed
 order; a local one without room goes last, so a request is queued locally
@@ -42,7 +46,7 @@ def room(in_flight: int, stats: EngineStats | None, limits: LocalFirstConfig) ->
         return "local_kv_full"
     if in_flight < limits.max_running and stats.waiting == 0:
         return "local"
-    if in_flight - min(stats.running, in_flight) < limits.max_waiting:
+    if in_flight < limits.max_running + limits.max_waiting:
         return "local_queued"
     return "local_full"
 

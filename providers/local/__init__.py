@@ -18,20 +18,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from local_engine.default_model import MINILM, SMOLLM2, BundledModel, default_model_path
+from local_engine.default_model import MINILM, SMOLLM2, BundledModel, default_model_path, is_embedding_model
 from providers.local.config import LocalProviderConfig
 
 if TYPE_CHECKING:
     from providers.local.provider import LocalProvider
 
-__all__ = ["MINILM", "SMOLLM2", "BundledModel", "LocalProviderConfig", "build_local_provider", "default_model_path"]
+__all__ = [
+    "MINILM", "SMOLLM2", "BundledModel", "LocalProviderConfig", "build_local_provider", "default_model_path",
+    "serves_embeddings",
+]  # fmt: skip
+
+
+def serves_embeddings(config: LocalProviderConfig) -> bool:
+    """Whether the configured model is a sentence encoder (read without loading it, or torch)."""
+    return is_embedding_model(config.model)
 
 
 def build_local_provider(name: str, config: LocalProviderConfig) -> LocalProvider:
     """A sentence encoder serves embeddings, any other model chat and completions."""
-    from local_engine.embeddings import is_embedding_model
-
-    if is_embedding_model(config.model):
+    if serves_embeddings(config):
         from providers.local.embeddings import LocalEmbeddingProvider
 
         return LocalEmbeddingProvider(name, config)

@@ -17,7 +17,8 @@ from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ServedApp
 
 ADMIN = "sk-admin-cache-tests-0123456789"
-KEYS = {"a1": "sk-team-a-first-0123456789", "a2": "sk-team-a-second-0123456789", "b": "sk-solo-b-0123456789"}
+KEYS = {"a1": "sk-team-a-first-0123456789", "a2": "sk-team-a-second-0123456789", "b": "sk-solo-b-0123456789",
+        "usd": "sk-dollar-budget-0123456789"}  # fmt: skip
 CONFIG = """
 server:
   data_dir: "{data}"
@@ -27,6 +28,7 @@ server:
     - {{key: "{a1}", name: a1}}
     - {{key: "{a2}", name: a2}}
     - {{key: "{b}", name: b}}
+    - {{key: "{usd}", name: usd, budget_usd: 0.03}}
   teams: [{{name: team-a, keys: [a1, a2]}}]
 router: {{retries: {{attempts: 1}}}}
 providers:
@@ -44,6 +46,10 @@ models:
   broken:
     cache: {{mode: exact}}
     deployments: [{{provider: fake, model: broken-stream}}]
+  priced:
+    cache: {{mode: exact}}
+    price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
+    deployments: [{{provider: fake, model: gpt-4o-mini}}]
   plain:
     deployments: [{{provider: fake, model: gpt-4o-mini}}]
 """
@@ -283,3 +289,33 @@ models: {{shared: {{cache: {{mode: exact}}, deployments: [{{provider: fake, mode
             time.sleep(0.05)
         assert status == "hit" and on(0) == "hit"
     assert len(fake.requests) <= 2 and fake.requests[0].body["messages"][0]["content"] == text
+
+
+def test_a_number_is_one_key_however_it_is_spelled(gateway: str, fake: FakeOpenAI) -> None:
+    text = unique("zero")
+    assert ask(gateway, text, temperature=0.0)[0].headers["x-switchyard-cache"] == "miss"  # LangChain sends 0.0
+    assert ask(gateway, text, temperature=0)[0].headers["x-switchyard-cache"] == "hit"
+    parts = [{"type": "text", "text": text}]  # the same message as text parts
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=[{"role": "user", "content": parts}], temperature=0  # type: ignore[list-item]
+    )
+    assert raw.headers["x-switchyard-cache"] == "hit"
+
+
+def test_a_cache_field_that_is_not_a_boolean_is_a_400_naming_it(gateway: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(gateway, unique("bad"), extra_body={"cache": "no"})
+    assert refused.value.body["param"] == "cache"  # type: ignore[index]
+
+
+def test_a_hit_is_answered_when_the_dollar_budget_would_refuse_a_fresh_call(gateway: str, fake: FakeOpenAI) -> None:
+    text = unique("budget")
+    assert ask(gateway, text, model="priced", key="usd", max_tokens=5)[0].headers["x-switchyard-cache"] == "miss"
+    deadline = time.monotonic() + 5  # the first answer's cost is settled once it finished
+    while True:
+        raw, _ = ask(gateway, text, model="priced", key="usd", max_tokens=5)
+        if raw.headers["x-switchyard-cache"] == "hit" or time.monotonic() > deadline:
+            break
+    assert raw.headers["x-switchyard-cache"] == "hit" and raw.headers["x-switchyard-cost-usd"] == "0.00000000"
+    with pytest.raises(openai.RateLimitError, match=r"budget of \$0.03 of key 'usd'"):
+        ask(gateway, unique("fresh"), model="priced", key="usd", max_tokens=5)

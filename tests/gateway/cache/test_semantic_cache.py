@@ -75,3 +75,13 @@ def test_the_exact_question_is_a_hit_of_similarity_one(gateway: str) -> None:
     ask(gateway, "Name three rivers of Europe.", system)
     again = ask(gateway, "Name three rivers of Europe.", system)
     assert again.headers["x-switchyard-cache"] == "hit" and again.headers["x-switchyard-cache-similarity"] == "1.0000"
+
+
+def test_a_message_longer_than_the_embedder_reads_is_matched_exactly_only(gateway: str) -> None:
+    """all-MiniLM-L6-v2 reads 256 tokens: two long messages alike at the start would embed the same."""
+    system = f"contracts {time.monotonic_ns()}"
+    contract = "The seller delivers the goods to the buyer's warehouse within thirty days. " * 40
+    first = ask(gateway, contract + "Question: what is the delivery deadline?", system)
+    other = ask(gateway, contract + "Question: who pays the shipping insurance?", system)
+    assert (first.headers["x-switchyard-cache"], other.headers["x-switchyard-cache"]) == ("miss", "miss")
+    assert ask(gateway, contract + "Question: who pays the shipping insurance?", system).headers["x-switchyard-cache"] == "hit"

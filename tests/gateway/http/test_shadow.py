@@ -106,10 +106,10 @@ def test_a_copy_goes_after_the_answer_and_is_counted_apart(gateway: str, upstrea
     again = api.chat.completions.with_raw_response.create(model="main", messages=[{"role": "user", "content": "ok"}])
     assert again.http_response.status_code == 200
     assert float(again.headers["x-switchyard-budget-remaining-usd"]) > 0.005  # less only this request's hold
-    upstream_models = [request.body["model"] for request in upstream.requests]
-    assert upstream_models.count("slow-3") >= 2 and all(
-        request.body.get("stream") is not True for request in upstream.requests if request.body["model"] == "slow-3"
-    )
+    copies = [request.body for request in upstream.requests if request.body["model"] == "slow-3"]
+    assert len(copies) >= 2 and all(copy.get("stream") is not True for copy in copies)
+    # The client set no max_tokens: each copy is bounded by the real answer's length (at least 64 tokens).
+    assert all(copy["max_tokens"] == 64 for copy in copies)
 
 
 def test_a_shadow_record_names_the_request_it_copied(gateway: str, data_dir: Path) -> None:

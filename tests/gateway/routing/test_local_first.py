@@ -183,6 +183,17 @@ def test_max_waiting_lets_requests_queue_on_the_engine(tiny_model_dir: Path, hos
                 assert route(queued) == ("engine", "local_queued")
                 for stream in streams:
                     await stream.aclose()
+                await drained(client)
+                # A burst: max_running at once, max_waiting past them, the rest to the hosted deployment.
+                requests = [client.send(client.build_request("POST", "/v1/chat/completions", json=ENDLESS), stream=True)
+                            for _ in range(6)]  # fmt: skip
+                responses = await asyncio.gather(*requests)
+                try:
+                    reasons = sorted(response.headers["x-switchyard-route-reason"] for response in responses)
+                finally:
+                    for response in responses:
+                        await response.aclose()
+                assert reasons == ["local", "local", "local_full", "local_full", "local_full", "local_queued"]
 
         asyncio.run(scenario())
 
@@ -216,11 +227,14 @@ LIMITS = LocalFirstConfig(max_running=2, max_waiting=1)
         (1, EngineStats(running=1, kv_blocks_total=100, kv_blocks_used=10), "local"),
         (2, EngineStats(running=2, kv_blocks_total=100, kv_blocks_used=10), "local_queued"),
         (3, EngineStats(running=2, waiting=1, kv_blocks_total=100), "local_full"),
-        # The engine's counters lag a burst by a step: the in-flight count alone keeps the queue bounded.
+        # The engine's counters lag a burst by a step: the in-flight count alone decides.
+        (2, EngineStats(running=0, kv_blocks_total=100), "local_queued"),
         (3, EngineStats(running=0, kv_blocks_total=100), "local_full"),
         # The KV cache nearly full: a new sequence would preempt a running one.
         (1, EngineStats(running=1, waiting=0, kv_blocks_total=100, kv_blocks_used=95), "local_kv_full"),
-        (1, EngineStats(running=0, waiting=1, kv_blocks_total=100), "local_full"),
+        # The engine queues already (its max_num_seqs, or KV blocks): only max_waiting lets one more in.
+        (1, EngineStats(running=1, waiting=1, kv_blocks_total=100), "local_queued"),
+        (0, EngineStats(running=0, waiting=3, kv_blocks_total=100), "local_queued"),
     ],
 )
 def test_room(in_flight: int, stats: EngineStats | None, expected: str) -> None:
