@@ -56,7 +56,7 @@ STREAM = [
     chunk([{"index": 0, "delta": {"content": "check."}, "finish_reason": None}]),
     chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                                  "function": {"name": "get_weather", "arguments": ""}}]},
-            "finish_reason": None}]),  # fmt: skip
+            "finish_reason": None}]),
     chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}, "finish_reason": None}]),
     chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}, "finish_reason": None}]),
     chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]),

@@ -56,13 +56,6 @@ models:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[FakeOpenAI, ServedApp]]:
-    fake = FakeOpenAI()
-    with ServedApp(fake) as served:
-        yield fake, served
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: tuple[FakeOpenAI, ServedApp]) -> Iterator[str]:
     yaml = CONFIG.format(data=tmp_path_factory.mktemp("cache-data"), admin=ADMIN, upstream=upstream[1].url, **KEYS)
     with ServedApp(create_app(parse_config(yaml, environ={}))) as served:
@@ -137,7 +130,7 @@ def test_a_streamed_answer_is_kept_whole_and_answers_a_plain_request(gateway: st
         model="cached", messages=[{"role": "user", "content": text}], temperature=0, stream=True
     )
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    raw, kept = _settled_hit(gateway, text)
+    _, kept = _settled_hit(gateway, text)
     assert kept.choices[0].message.content == streamed and kept.usage is not None
     assert len(fake.requests) == 1
 

@@ -29,13 +29,6 @@ models:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[FakeOpenAI, ServedApp]]:
-    fake = FakeOpenAI()
-    with ServedApp(fake) as served:
-        yield fake, served
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: tuple[FakeOpenAI, ServedApp]) -> Iterator[str]:
     with ServedApp(create_app(parse_config(CONFIG.format(upstream=upstream[1].url), environ={}))) as served:
         wait_ready(served.url)
