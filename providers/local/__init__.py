@@ -16,6 +16,7 @@ loads only when a local provider is built.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from local_engine.default_model import MINILM, SMOLLM2, BundledModel, default_model_path, is_embedding_model
@@ -37,6 +38,10 @@ def serves_embeddings(config: LocalProviderConfig) -> bool:
 
 def build_local_provider(name: str, config: LocalProviderConfig) -> LocalProvider:
     """A sentence encoder serves embeddings, any other model chat and completions."""
+    # Before torch is imported: OpenMP's worker threads otherwise spin on every core between the
+    # engine's steps, and the event loop, on one of those cores, relays other answers late
+    # (bench/local_first.py: hosted streams 4-7 ms later while the engine ran). The user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if serves_embeddings(config):
         from providers.local.embeddings import LocalEmbeddingProvider
 
