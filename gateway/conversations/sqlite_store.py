@@ -1,8 +1,8 @@
 """Stored responses in SQLite, one file in the data directory, for a single gateway.
 
 WAL mode lets a read go on while another request's response is written,
-and ``busy_timeout`` makes a write wait for another writer (a second
-process on the same file) instead of failing at once.
+and a write waits for another writer (a second process on the same file)
+instead of failing at once (gateway/sqlite.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from gateway.sqlite import connect
 
 
 class SqliteDatabase:
@@ -31,12 +33,7 @@ class SqliteDatabase:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            # Worker threads take turns with it; none of them opened it.
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
+            db = connect(self._path)  # worker threads take turns with it; none of them opened it
             db.execute(self._schema)
             self._db = db
         return self._db

@@ -7,7 +7,6 @@ WAL lets ``GET /v1/usage`` read while a batch is written, and with
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from gateway.ledger.records import (
     schema,
     summary_sql,
 )
+from gateway.sqlite import connect
 
 SCHEMA = schema("INTEGER PRIMARY KEY")
 
@@ -32,13 +32,8 @@ INSERT = f"INSERT INTO usage_records ({', '.join(COLUMNS)}) SELECT {_FIELDS} FRO
 
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.description = f"SQLite {path}"
-        # One writer thread uses it, but not the thread that opened it.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = connect(path)  # one writer thread uses it, but not the thread that opened it
         self._db.executescript(SCHEMA)
         existing = {row[1] for row in self._db.execute("PRAGMA table_info(usage_records)")}
         for statement in added_columns(existing):
