@@ -34,6 +34,11 @@ source can be measured against itself with a feature on and off::
 
     bench/overhead.py --server 'usage_ledger: false' --compare-server 'usage_ledger: true'
 
+``{otlp}`` in either is the URL of a stand-in OTLP collector (``otlp_sink.py``,
+its own process), started when some gateway names it: tracing off against on::
+
+    bench/overhead.py --compare-server 'otel: {endpoint: "{otlp}"}'
+
 ``--provider YAML`` / ``--compare-provider YAML`` do the same for the fake's
 provider entry. A provider key turns on the masking of keys in every answer
 (gateway/http/middleware/redaction.py); sending the same key as a plain header in A leaves
@@ -234,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         servers = Servers(Path(tmp), args.chunk_delay_ms, lifetime)
         try:
             servers.start_upstream()
+            if "{otlp}" in args.server + args.compare_server:
+                sink = servers.start_otlp_sink()
+                args.server, args.compare_server = (extra.replace("{otlp}", sink) for extra in (args.server, args.compare_server))
             servers.start_gateway("gateway", args.log_level, args.gateway_src, args.server, args.provider)
             if args.compare:
                 servers.start_gateway("B", args.log_level, args.compare_src or args.gateway_src, args.compare_server,

@@ -57,6 +57,20 @@ class Servers:
             raise RuntimeError(f"fake upstream did not start: {line!r}; see {self.workdir / 'upstream.log'}")
         self.upstream_port = int(line.split()[-1])
 
+    def start_otlp_sink(self) -> str:
+        """A stand-in collector (``otlp_sink.py``) in its own process; its URL, for ``server.otel.endpoint``."""
+        log = self._log("otlp-sink.log")
+        sink = subprocess.Popen(
+            [sys.executable, str(HERE / "otlp_sink.py"), "--host", HOST, "--port", "0", "--lifetime", str(self.lifetime)],
+            stdout=subprocess.PIPE, stderr=log, env=_environment(),
+        )  # fmt: skip
+        self._children.append(sink)
+        assert sink.stdout is not None
+        line = _read_line(sink.stdout, timeout=15)
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the OTLP sink did not start: {line!r}; see {self.workdir / 'otlp-sink.log'}")
+        return f"http://{HOST}:{int(line.split()[-1])}"
+
     def _own_directory(self, name: str) -> Path:
         """The gateway's working directory: what it writes there (its usage ledger) goes with the bench."""
         directory = self.workdir / name

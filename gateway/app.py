@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from zoneinfo import ZoneInfo
@@ -49,8 +50,8 @@ from gateway.http.middleware.redaction import RedactSecretsMiddleware
 from gateway.http.middleware.request_id import RequestIdMiddleware
 from gateway.http.openapi import openapi_schema
 from gateway.http.relay import GatewayApp
-from gateway.http.shadow import ShadowTraffic
 from gateway.http.responses import error_response
+from gateway.http.shadow import ShadowTraffic
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
 from gateway.keys.budgets import BudgetBook, LocalBudgetBook, spent_this_period
@@ -66,7 +67,9 @@ from gateway.routes.usage import usage_routes
 from gateway.routing.router import Router
 from gateway.routing.table import ModelTable
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Tracing, tracing_config
 from providers import LoadsModel, OpenAIError, Provider, build_providers
+from providers.config import HostedProviderConfig
 from providers.redact import MIN_MASKED_LENGTH, SecretMask
 from providers.wire import EXPOSED_HEADERS
 
@@ -95,6 +98,7 @@ def create_app(
     responses = open_response_store(server) if server.store_responses else None  # opened at first use
     budgets = _budget_book(server)
     cache = _response_cache(config, adapters)
+    tracing = router.tracing = _tracing(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +128,8 @@ def create_app(
             await budgets.aclose()
             for adapter in adapters.values():
                 await adapter.aclose()
+            if tracing is not None:  # last: the spans of requests cut short at shutdown go out too
+                await tracing.aclose()
 
     metrics = GatewayMetrics(router.table, ledger)
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
@@ -140,7 +146,7 @@ def create_app(
     )
     shadowed = {name: model.shadow for name, model in config.models.items() if model.shadow}
     shadows = ShadowTraffic(shadowed, router, accounting, _embedder(adapters)) if shadowed else None
-    relay = GatewayApp(router, api, accounting, body_limits, responses, cache, shadows)
+    relay = GatewayApp(router, api, accounting, body_limits, responses, cache, shadows, tracing)
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
@@ -177,6 +183,24 @@ async def _report_load_failure(table: ModelTable, report: Callable[[str], None])
         if provider.state == "failed":
             report(provider.error or f"the model of provider '{provider.name}' could not be loaded")
             return
+
+
+def _tracing(config: GatewayConfig) -> Tracing | None:
+    """Traces over OTLP, when ``server.otel`` or the OTEL_EXPORTER_OTLP_* variables ask for them."""
+    otel = tracing_config(config.server, os.environ)
+    if otel is None:
+        return None
+    kinds = {name: provider.type for name, provider in config.providers.items()}
+    urls = {
+        name: provider.base_url or provider.preset.base_url or ""
+        for name, provider in config.providers.items() if isinstance(provider, HostedProviderConfig)
+    }  # fmt: skip
+    try:
+        return Tracing(otel, kinds, urls, config.secrets, VERSION)
+    except ImportError:
+        raise ConfigError("providers.yaml", [
+            "server.otel: traces need the OpenTelemetry SDK: pip install 'switchyard[otel]'"
+        ]) from None  # fmt: skip
 
 
 def _key_limits(server: ServerConfig) -> KeyLimits:

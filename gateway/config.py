@@ -58,6 +58,29 @@ class TeamConfig(_Frozen):
     budget_period: BudgetPeriod = Field("total", description="daily, weekly (from Monday), monthly, or total.")
 
 
+class OtelConfig(_Frozen):
+    """OpenTelemetry traces over OTLP/HTTP (docs/observability.md); the OTEL_EXPORTER_OTLP_* variables fill what is unset."""
+
+    endpoint: str | None = Field(
+        None, description="The collector's OTLP/HTTP URL (http://collector:4318; /v1/traces is added to a URL without "
+        "a path); unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318.",
+    )
+    service_name: str = Field("switchyard", min_length=1, description="The traces' service.name.")
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of requests traced; a client's traceparent decides for its own (parent-based)."
+    )
+    record_content: bool = Field(
+        False, description="Record prompts and answers in the spans (gen_ai.input.messages, gen_ai.output.messages)."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+
 class ApiKeyConfig(_Frozen):
     """A client key: the key itself (from the environment) or its sha256, what it may call, how often."""
 
@@ -151,6 +174,9 @@ class ServerConfig(_Frozen):
     )
     ledger_flush_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between ledger writes; a kill -9 loses at most this much."
+    )
+    otel: OtelConfig | None = Field(
+        None, description="Traces over OTLP; unset, they are on only when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set."
     )
     database_url: SecretStr | None = Field(
         None, description="postgresql://... : keep the ledger and the Responses answers in PostgreSQL instead of "

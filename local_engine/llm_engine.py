@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,7 @@ from .kv_cache import KVCache
 from .loader import LoadedModel, load_model
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
-from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from .quantization import quantize
 from .sampler import SampledToken, Sampler
 from .sampling_params import SamplingParams
@@ -56,6 +57,7 @@ class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
     tracks: list[_Track]
+    metrics: RequestMetrics
     # Filled by the first sequence while params.prompt_logprobs asks (Sequence.wants_prompt_logprobs).
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
 
@@ -123,7 +125,7 @@ class LLMEngine:
         # Nothing below can raise: the request is queued whole or not at all.
         for track in tracks:
             self.scheduler.add(track.seq)
-        self._requests[request_id] = _Request(request_id, text, list(token_ids), tracks)
+        self._requests[request_id] = _Request(request_id, text, list(token_ids), tracks, RequestMetrics(time.time()))
 
     @property
     def vocab_size(self) -> int:
@@ -198,6 +200,7 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return []
+        scheduled_at = time.time()
         for seq in scheduled.preempted:
             logger.debug("preempted request %s (sequence %d)", seq.request_id, seq.index)
         try:
@@ -207,9 +210,13 @@ class LLMEngine:
             for request_id in failed:
                 self.abort_request(request_id)
             raise StepFailed(failed, error) from error
+        now = time.time()
         for item in scheduled.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.cache_full_blocks(item.seq)
+            metrics = self._requests[item.seq.request_id].metrics
+            if metrics.first_scheduled_time is None:  # its step began when schedule() returned, close enough to now
+                metrics.first_scheduled_time = scheduled_at
         progressed: dict[str, _Request] = {}
         for seq, scored in result.prompt_logprobs:
             self._append_prompt_logprobs(self._requests[seq.request_id], seq, scored)
@@ -224,10 +231,13 @@ class LLMEngine:
                 progressed[item.seq.request_id] = self._requests[item.seq.request_id]
         # An output carries complete prompt logprobs: none goes out while the first sequence still scores.
         ready = [request for request in progressed.values() if not request.tracks[0].seq.wants_prompt_logprobs]
+        for request in ready:
+            if request.metrics.first_token_time is None:
+                request.metrics.first_token_time = now
         outputs = [self._output(request) for request in ready]
         for output in outputs:
             if output.finished:
-                del self._requests[output.request_id]
+                self._requests.pop(output.request_id).metrics.finished_time = time.time()
         return outputs
 
     def _append_prompt_logprobs(self, request: _Request, seq: Sequence, scored: list[TokenLogprob]) -> None:
@@ -276,6 +286,7 @@ class LLMEngine:
             num_cached_tokens=request.tracks[0].seq.num_cached_tokens,
             # Not copied: outputs go out only once it is complete, and it never changes after.
             prompt_logprobs=None if request.tracks[0].seq.params.prompt_logprobs is None else request.prompt_logprobs,
+            metrics=request.metrics,
         )
 
     def _num_kv_blocks(self, model: LlamaForCausalLM) -> int:

@@ -28,6 +28,23 @@ class CompletionOutput:
 
 
 @dataclass(slots=True)
+class RequestMetrics:
+    """When a request passed each stage, as vLLM's ``RequestMetrics``: wall-clock seconds (``time.time()``).
+
+    Read off by tracing (queue, prefill and decode as span events); set on the engine's thread.
+    """
+
+    arrival_time: float
+    first_scheduled_time: float | None = None  # its prefill began
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def time_in_queue(self) -> float | None:
+        return None if self.first_scheduled_time is None else self.first_scheduled_time - self.arrival_time
+
+
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -37,6 +54,7 @@ class RequestOutput:
     # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (nothing precedes
     # it). Complete in every output: a request that asks has no output until its whole prompt is scored.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    metrics: RequestMetrics | None = None  # the engine's, shared: final once the output is finished
 
     @property
     def finished(self) -> bool:

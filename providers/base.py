@@ -32,6 +32,9 @@ class UpstreamRequest:
     # through untranslated: the router sends it so only to a provider that speaks it (``SpeaksDoor``),
     # whose answer and events are then in that API too.
     door: Door | None = None
+    # Headers the gateway sends on this call as they are, to any HTTP upstream: W3C trace context
+    # (traceparent, tracestate) when tracing is on.
+    propagated: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class OpenAICompatibleProvider(HTTPUpstream):
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         url, payload, headers = self._prepare(request)
-        response, body = await self.post(url, orjson.dumps(payload))
+        response, body = await self.post(url, orjson.dumps(payload), request.propagated or None)
         try:
             answer = orjson.loads(body)  # a 2xx the client's SDK cannot parse is a failure another deployment may not have
         except orjson.JSONDecodeError:
@@ -71,7 +71,7 @@ class OpenAICompatibleProvider(HTTPUpstream):
 
     async def open_stream(self, request: UpstreamRequest) -> EventStream:
         url, payload, headers = self._prepare(request)
-        response = await self.open(url, orjson.dumps(payload))
+        response = await self.open(url, orjson.dumps(payload), request.propagated or None)
         native = request.door is Door.RESPONSES
         return EventStream(
             response, self.name, headers, request.endpoint, payload, usage_requested(request.payload),

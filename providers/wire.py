@@ -75,6 +75,12 @@ class RequestTimings:
 
     first_token_seconds: float  # from the request's arrival at the engine to its first token
     between_tokens_seconds: float | None  # the mean time between later tokens; None for a single token
+    # The engine's own clock (wall-clock seconds) for tracing: when it took the request, how long it
+    # waited for a batch, its prefill (to the first token) and its decode (first token to the last).
+    arrived_at: float | None = None
+    queued_seconds: float | None = None
+    prefill_seconds: float | None = None
+    decode_seconds: float | None = None
 
 
 def usage_requested(payload: dict[str, Any]) -> bool:

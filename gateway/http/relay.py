@@ -44,6 +44,7 @@ from providers.wire import Header, Usage, usage_requested
 
 if TYPE_CHECKING:
     from gateway.conversations import ResponseStore
+    from gateway.telemetry.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class GatewayApp:
     def __init__(
         self, router: Router, fallback: ASGIApp, accounting: Accounting, limits: BodyLimits,
         responses: ResponseStore | None = None, cache: ResponseCache | None = None, shadows: ShadowTraffic | None = None,
+        tracing: Tracing | None = None,
     ) -> None:  # fmt: skip
         self._limits = limits
+        self._tracing = tracing
         self._cache = cache
         self._shadows = shadows
         self._responses = responses
@@ -90,6 +93,8 @@ class GatewayApp:
         started = time.perf_counter()
         state = scope["state"]
         outcome = Outcome(state["request_id"], api_key_of(scope))
+        if self._tracing is not None:
+            outcome.span = self._tracing.start(scope["headers"], "POST", scope["path"])
         try:
             await self._answer(scope, receive, send, door, started, outcome)
         except asyncio.CancelledError:
@@ -97,6 +102,8 @@ class GatewayApp:
             raise
         finally:
             self._accounting.finish(door.label, outcome, started)
+            if outcome.span is not None:
+                outcome.span.finish(outcome)
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, door: Door, started: float, outcome: Outcome
@@ -108,6 +115,8 @@ class GatewayApp:
             translated = await door.read(body, context)
             payload = translated.payload
             outcome.model = payload["model"]
+            if outcome.span is not None:
+                outcome.span.read(door.endpoint, payload)
             if outcome.key is not None:
                 limit_headers = await self._accounting.admit(outcome.key, payload["model"])
             lookup = await self._look_up(scope, door, translated, outcome)
@@ -134,8 +143,9 @@ class GatewayApp:
                 stream = routed_stream.answer
                 keep = lookup is not None and lookup.keep
                 shadows = self._shadows.drawn(outcome.model) if self._shadows is not None else ()
+                traced = outcome.span is not None and outcome.span.records_content and door.endpoint is Endpoint.CHAT
                 folded: list[dict[str, Any]] = []  # the whole answer, once the stream finished
-                if (keep or shadows) and not routed_stream.native:
+                if (keep or shadows or traced) and not routed_stream.native:
                     stream = FoldingStream(stream, partial(self._folded, lookup if keep else None, outcome, folded))
                 try:
                     context = replace(context, price=lambda usage: self._accounting.cost(outcome, usage))
@@ -146,6 +156,8 @@ class GatewayApp:
                     await relay_event_stream(stream, _dropped(headers, dropped), send, framing)
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
+                if traced and folded:
+                    outcome.span.answered(folded[0])  # type: ignore[union-attr]
                 if shadows and folded:  # the answer is out: only now may the copies go
                     self._shadows.send(shadows, payload, outcome, answer_text(folded[0]))  # type: ignore[union-attr]
                 return
@@ -158,6 +170,8 @@ class GatewayApp:
             answer, dropped = routed.answer.body, translated.dropped
             if lookup is not None and lookup.keep and not routed.native and routed.answer.status == 200:
                 self._keep(lookup, outcome, orjson.loads(answer), outcome.usage)  # a provider's 2xx body is JSON
+            if outcome.span is not None and outcome.span.records_content and not routed.native:
+                outcome.span.answered(orjson.loads(answer))
             shadows = () if self._shadows is None or routed.answer.status != 200 else self._shadows.drawn(outcome.model)
             real_text = answer_text(answer) if shadows and not routed.native else None
             if routed.native and door.native_answer is not None:

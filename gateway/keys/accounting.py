@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cache import CACHE_PROVIDER, CachedAnswer
 from gateway.errors import (
@@ -35,6 +35,9 @@ from providers import Endpoint, UpstreamResponse, UpstreamStream
 from providers.tokens import tokens_needed
 from providers.wire import Door, Header, RequestTimings, Usage
 
+if TYPE_CHECKING:
+    from gateway.telemetry.tracing import RequestSpan
+
 _BUDGET_REMAINING_USD = Header.BUDGET_REMAINING_USD.encode()
 # A reservation counts the prompt with tiktoken, which can undercount another tokenizer's tokens: a margin.
 PROMPT_MARGIN = 1.25
@@ -47,7 +50,7 @@ class Outcome:
 
     __slots__ = (
         "answer", "answered_by", "cache", "deployment", "key", "model", "priced", "provider", "request_id",
-        "reservation", "saved", "shadow_of", "similarity", "status", "stream", "trace", "usage",
+        "reservation", "saved", "shadow_of", "similarity", "span", "status", "stream", "trace", "usage",
     )  # fmt: skip
 
     def __init__(self, request_id: str, key: ApiKey | None) -> None:
@@ -68,6 +71,7 @@ class Outcome:
         self.saved: Usage | None = None  # a cache hit: what the kept answer used when it was fresh
         self.shadow_of: str | None = None  # a shadow copy: the real request's id
         self.similarity: float | None = None  # a shadow copy: its answer's similarity to the real one
+        self.span: RequestSpan | None = None  # its trace, when tracing is on
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment

@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.errors import DeadlineExceeded, NoDeploymentAvailable, Untranslatable
@@ -62,6 +62,9 @@ from providers.errors import (
 )
 from providers.tokens import tokens_needed
 from providers.wire import PROMPT_FIELDS, Door, Header
+
+if TYPE_CHECKING:
+    from gateway.telemetry.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -135,6 +138,7 @@ class Router:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._fallbacks = FallbackPolicy(config)
+        self.tracing: Tracing | None = None  # set by the app when traces are on: a span per upstream call
 
     @property
     def default_timeout(self) -> float:
@@ -167,7 +171,7 @@ class Router:
         def call(state: DeploymentState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
             return state.deployment.provider.send(request)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}, native))
+        return self._route(self._job(endpoint, payload, request_id, deadline, call, trace, headers, native))
 
     def open_stream(
         self,
@@ -194,7 +198,17 @@ class Router:
 
             return GuardedStream(first, rest, upstream, config.stream_stall_timeout, deadline, finished)
 
-        return self._route(_Job(endpoint, payload, request_id, deadline, call, trace or Trace(), headers or {}, native))
+        return self._route(self._job(endpoint, payload, request_id, deadline, call, trace, headers, native))
+
+    def _job(
+        self, endpoint: Endpoint, payload: dict[str, Any], request_id: str | None, deadline: Deadline,
+        call: Callable[[DeploymentState, UpstreamRequest], Awaitable[T]], trace: Trace | None,
+        headers: Mapping[str, str] | None, native: NativeForm | None,
+    ) -> _Job[T]:  # fmt: skip
+        trace = trace or Trace()
+        if self.tracing is not None:
+            call = self.tracing.traced(call, trace, endpoint)
+        return _Job(endpoint, payload, request_id, deadline, call, trace, headers or {}, native)
 
     async def _route(self, job: _Job[T]) -> Routed[T]:
         requested = job.payload["model"]

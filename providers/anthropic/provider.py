@@ -85,10 +85,14 @@ class AnthropicProvider(HTTPUpstream):
         return MessageStream(response, self.name, headers, translator, native=request.door is Door.MESSAGES)
 
     def _prepare(self, request: UpstreamRequest) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
-        """The Messages API body, the headers for the client, and the client's headers to forward."""
+        """The Messages API body, the headers for the client, and the headers to send upstream.
+
+        Those are the client's forwarded ones and the gateway's trace context.
+        """
         if request.endpoint not in self._preset.endpoints:
             raise EndpointNotOffered(request.endpoint.value, self.name)
         forwarded = {name: request.headers[name] for name in self._preset.forwarded_headers if name in request.headers}
+        forwarded.update(request.propagated)
         if request.door is Door.MESSAGES:
             return dict(request.payload), {}, forwarded
         payload, dropped = adapt(request.payload, self._preset.params, request.unsupported_params, self.name)

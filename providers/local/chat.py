@@ -154,7 +154,15 @@ def _timings(started: float, first: float, finished: RequestOutput) -> RequestTi
     """A finished request's time to its first output, and the mean time between its later tokens."""
     tokens = max(len(choice.token_ids) for choice in finished.outputs)
     between = (time.perf_counter() - first) / (tokens - 1) if tokens > 1 else None
-    return RequestTimings(first - started, between)
+    stages = finished.metrics
+    if stages is None or stages.first_scheduled_time is None or stages.first_token_time is None:
+        return RequestTimings(first - started, between)
+    # finished_time is set just after this output is made, on the engine's thread: the last token's step is near enough.
+    done = stages.finished_time or stages.first_token_time
+    return RequestTimings(
+        first - started, between, stages.arrival_time, stages.first_scheduled_time - stages.arrival_time,
+        stages.first_token_time - stages.first_scheduled_time, max(0.0, done - stages.first_token_time),
+    )
 
 
 async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
