@@ -140,6 +140,10 @@ class Tracing:
         failed: list[tuple[str, str, float]] = []  # the last failure: (provider/model, why, when it ended)
 
         async def traced_call(state: DeploymentState, request: UpstreamRequest) -> T:
+            if not otel.get_current_span().is_recording():  # not sampled: only its context goes upstream (flag 00)
+                unsampled: dict[str, str] = {}
+                propagator.inject(unsampled)
+                return await call(state, replace(request, propagated={**request.propagated, **unsampled}))
             deployment = state.deployment
             name = deployment.provider_name
             attributes: dict[str, Any] = {
@@ -205,15 +209,17 @@ class RequestSpan:
     def read(self, endpoint: Endpoint, payload: dict[str, Any]) -> None:
         """The request as the router gets it: what it asks for (and, with record_content, its messages)."""
         self._operation = OPERATIONS[endpoint]
-        span = self.span
-        span.set_attribute("gen_ai.operation.name", self._operation)
+        if not self.span.is_recording():  # not sampled: nothing is set on it
+            return
+        attributes: dict[str, Any] = {"gen_ai.operation.name": self._operation}
         for field, attribute in _REQUEST_FIELDS.items():
             value = payload.get(field)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                span.set_attribute(attribute, value)
+                attributes[attribute] = value
         if self._tracing.record_content:
             asked = payload.get("messages", payload.get("input", payload.get("prompt")))
-            span.set_attribute("gen_ai.input.messages", _json(asked))
+            attributes["gen_ai.input.messages"] = _json(asked)
+        self.span.set_attributes(attributes)  # at once: each set_attribute takes the span's lock
 
     def answered(self, answer: dict[str, Any]) -> None:
         """With record_content: the answer's messages (a chat answer, whole or folded from its stream)."""
@@ -227,36 +233,44 @@ class RequestSpan:
         from opentelemetry import context
         from opentelemetry.trace import StatusCode
 
-        span, tracing = self.span, self._tracing
+        span = self.span
+        if not span.is_recording():
+            span.end()
+            context.detach(self._token)
+            return
+        names = self._tracing._provider_names
+        trace = outcome.trace
+        attributes: dict[str, Any] = {
+            "switchyard.request_id": outcome.request_id,
+            "switchyard.attempts": trace.attempts,
+            "switchyard.stream": outcome.stream,
+            "http.response.status_code": outcome.status,
+        }
         model = outcome.model if isinstance(outcome.model, str) else ""
         if model:
             span.update_name(f"{self._operation} {model}")
-            span.set_attribute("gen_ai.request.model", model)
+            attributes["gen_ai.request.model"] = model
         if outcome.deployment:
-            span.set_attribute("gen_ai.response.model", outcome.deployment)
+            attributes["gen_ai.response.model"] = outcome.deployment
         if outcome.provider:
-            span.set_attribute("gen_ai.provider.name", tracing._provider_names.get(outcome.provider, outcome.provider))
-            span.set_attribute("switchyard.provider", outcome.provider)
+            attributes["gen_ai.provider.name"] = names.get(outcome.provider, outcome.provider)
+            attributes["switchyard.provider"] = outcome.provider
         if (usage := outcome.usage) is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
-        trace = outcome.trace
-        span.set_attribute("switchyard.request_id", outcome.request_id)
-        span.set_attribute("switchyard.attempts", trace.attempts)
+            attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
         if trace.models:
-            span.set_attribute("switchyard.fallback_chain", list(trace.models))
+            attributes["switchyard.fallback_chain"] = list(trace.models)
         if trace.route_reason is not None:
-            span.set_attribute("switchyard.route_reason", trace.route_reason)
+            attributes["switchyard.route_reason"] = trace.route_reason
         if outcome.cache is not None:
-            span.set_attribute("switchyard.cache", outcome.cache)
+            attributes["switchyard.cache"] = outcome.cache
         if outcome.key is not None:
-            span.set_attribute("switchyard.key", outcome.key.name)
+            attributes["switchyard.key"] = outcome.key.name
         if outcome.priced is not None and (cost := outcome.priced[1]) is not None:
-            span.set_attribute("switchyard.cost_usd", cost.usd)
-        span.set_attribute("switchyard.stream", outcome.stream)
-        span.set_attribute("http.response.status_code", outcome.status)
+            attributes["switchyard.cost_usd"] = cost.usd
         if outcome.status >= 400:
-            span.set_attribute("error.type", str(outcome.status))
+            attributes["error.type"] = str(outcome.status)
+        span.set_attributes(attributes)
         if outcome.status >= 500:  # a server span's error is the server's (semantic conventions for HTTP)
             span.set_status(StatusCode.ERROR)
         for timings in outcome.timings:

@@ -183,6 +183,10 @@ def test_sampling_follows_the_clients_decision_and_the_ratio(upstreams) -> None:
     spans = receiver.wait_for(lambda spans: len(spans) >= 2)
     assert {span.trace_id for span in spans} == {CLIENT_TRACE}
     assert len(spans) == 2
+    # An unsampled request still passes its trace context on, marked unsampled (W3C flags: bit 0 clear).
+    sampled = [int(received.headers["traceparent"][-2:], 16) & 1 for received in upstreams[1].requests]
+    assert sampled == [0, 1, 0]
+    assert upstreams[1].requests[2].headers["traceparent"].split("-")[1] == CLIENT_TRACE[::-1]
 
 
 def test_traces_are_on_only_when_configured_or_named_by_the_standard_variables() -> None:
