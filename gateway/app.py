@@ -62,6 +62,7 @@ from gateway.pricing import PriceBook
 from gateway.routes.health import health_routes
 from gateway.routes.models import model_routes
 from gateway.routes.responses import response_routes
+from gateway.routes.status import status_routes
 from gateway.routes.tokenize import tokenize_routes
 from gateway.routes.usage import usage_routes
 from gateway.routing.router import Router
@@ -139,6 +140,7 @@ def create_app(
     body_limits = BodyLimits.of(server)
     api.include_router(tokenize_routes(router.table, body_limits))
     api.include_router(health_routes(router.table, metrics))
+    api.include_router(status_routes(router.table, ledger, keys, server.status_page))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     accounting = Accounting(

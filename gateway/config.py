@@ -185,6 +185,14 @@ class ServerConfig(_Frozen):
     redis_url: SecretStr | None = Field(
         None, description="redis://... : keep rate limits, budgets and response caches in Redis, shared by every replica."
     )
+    status_page: Literal["public", "admin", "off"] = Field(
+        "admin", description="GET /status (a live page) and /status.json: for anyone, for admin keys only, or not served."
+    )
+
+    @field_validator("status_page", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
     @field_validator("allowed_hosts")
     @classmethod

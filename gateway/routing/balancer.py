@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.config import RoutingStrategy
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.deployment import Deployment
+from gateway.routing.window import OutcomeWindow
 
 # Weight of the newest sample in the latency moving average.
 LATENCY_SMOOTHING = 0.2
@@ -28,16 +29,28 @@ class DeploymentState:
     breaker: CircuitBreaker
     in_flight: int = 0
     latency: float | None = None  # moving average of seconds to the first byte of the answer
-    # Outcome counters, shown at /health/ready.
+    # Outcome counters since start, shown at /health/ready; ``recent`` counts the last minutes (/status).
     successes: int = 0
     failures: int = 0
     last_error: str | None = field(default=None)
+    recent: OutcomeWindow = field(default_factory=OutcomeWindow)
 
     def observe_latency(self, seconds: float) -> None:
         if self.latency is None:
             self.latency = seconds
         else:
             self.latency += LATENCY_SMOOTHING * (seconds - self.latency)
+        self.recent.record_latency(seconds)
+
+    def record_success(self) -> None:
+        """It answered, or refused a request for the request's own fault (the deployment is fine)."""
+        self.successes += 1
+        self.recent.record_success()
+
+    def record_failure(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        self.recent.record_failure()
 
 
 def order(states: Sequence[DeploymentState], strategy: RoutingStrategy, rng: random.Random) -> list[DeploymentState]:

@@ -361,12 +361,11 @@ class Router:
         return self._rng.uniform(0, min(retries.backoff_max, retries.backoff_initial * 2 ** (attempt - 1)))
 
     def _record_success(self, state: DeploymentState) -> None:
-        state.successes += 1
+        state.record_success()
         state.breaker.record_success()
 
     def _record_failure(self, state: DeploymentState, error: ProviderError) -> None:
-        state.failures += 1
-        state.last_error = f"{error.status_code} {error.message}"
+        state.record_failure(f"{error.status_code} {error.message}")
         state.breaker.record_failure()
 
 
