@@ -130,3 +130,18 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     folder = Path(spec.origin).parent
     gguf = next(folder.glob("*.gguf"))
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+
+
+# SmolLM2's tokenizer's vocabulary, so that a tiny random model's outputs decode to text.
+TINY_VOCAB = 49152
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a model directory (tests/local_engine/tiny.py)."""
+    from tests.local_engine.tiny import random_llama  # torch: only for the tests that serve it
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    random_llama(TINY_VOCAB, tokenizer=smollm2_tokenizer).save_pretrained(directory)
+    smollm2_tokenizer.save_pretrained(directory)
+    return directory

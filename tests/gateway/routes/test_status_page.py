@@ -15,15 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from transformers import PreTrainedTokenizerBase
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.telemetry.metrics import BREAKER_VALUE
 from tests.conftest import PLANTED_KEY
 from tests.gateway.telemetry.test_metrics import samples, value
-from tests.local_engine.tiny import random_llama
-from tests.providers.local.conftest import VOCAB, wait_ready
+from tests.providers.local.conftest import wait_ready
 from tests.support.browser import chromium
 from tests.support.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ServedApp
@@ -107,14 +105,6 @@ def bearer(key: str) -> dict[str, str]:
 
 def chat(http: httpx.Client, key: str, model: str, **extra: Any) -> httpx.Response:
     return http.post("/v1/chat/completions", json={"model": model, "messages": HI, **extra}, headers=bearer(key))
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-llama-status")
-    random_llama(VOCAB, tokenizer=smollm2_tokenizer).save_pretrained(directory)
-    smollm2_tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture()

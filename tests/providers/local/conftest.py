@@ -13,17 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from gateway.app import create_app
 from gateway.config import parse_config
 from tests.local_engine.tiny import random_llama
+from tests.conftest import TINY_VOCAB
 from tests.support.servers import ServedApp
 
-VOCAB = 49152  # SmolLM2's tokenizer, so outputs decode to text
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    random_llama(VOCAB, tokenizer=smollm2_tokenizer).save_pretrained(directory)
-    smollm2_tokenizer.save_pretrained(directory)
-    return directory
+VOCAB = TINY_VOCAB
 
 
 LOCAL_YAML = """
