@@ -13,7 +13,8 @@
             │                           responses, messages (OpenAI's and Anthropic's newer APIs,
             │                           translated; http/doors/) -> relay
             │                           (Accounting: key limits before, metrics/ledger/charge after)
-            └── FastAPI                 models, usage, kept responses, health, /docs, errors for unknown URLs
+            └── AnsweredErrorsMiddleware  an error FastAPI answered ends there (the connection serves on)
+                └── FastAPI             models, usage, kept responses, health, /docs, errors for unknown URLs
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from gateway.errors import (
     MethodNotAllowed,
     not_found_error,
 )
+from gateway.http.middleware.answered_errors import AnsweredErrorsMiddleware
 from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
 from gateway.http.middleware.disconnect import CancelOnDisconnectMiddleware
 from gateway.http.middleware.header_limits import HeaderLimitsMiddleware
@@ -148,7 +150,9 @@ def create_app(
     )
     shadowed = {name: model.shadow for name, model in config.models.items() if model.shadow}
     shadows = ShadowTraffic(shadowed, router, accounting, _embedder(adapters)) if shadowed else None
-    relay = GatewayApp(router, api, accounting, body_limits, responses, cache, shadows, tracing)
+    relay = GatewayApp(
+        router, AnsweredErrorsMiddleware(api), accounting, body_limits, responses, cache, shadows, tracing
+    )
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
