@@ -203,9 +203,12 @@ def _tracing(config: GatewayConfig) -> Tracing | None:
     }  # fmt: skip
     try:
         return Tracing(otel, kinds, urls, config.secrets, VERSION)
-    except ImportError:
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("opentelemetry"):
+            raise  # something else is missing: not ours to name
+        asked = "server.otel" if config.server.otel is not None else "OTEL_EXPORTER_OTLP_ENDPOINT"
         raise ConfigError("providers.yaml", [
-            "server.otel: traces need the OpenTelemetry SDK: pip install 'switchyard[otel]'"
+            f"{asked}: traces need the OpenTelemetry SDK and its OTLP exporter: pip install 'switchyard[otel]'"
         ]) from None  # fmt: skip
 
 

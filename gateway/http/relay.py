@@ -153,7 +153,9 @@ class GatewayApp:
                         framing, dropped = door.native_framing(translated, context), ()
                     else:
                         framing, dropped = door.framing(translated, context), translated.dropped
-                    await relay_event_stream(stream, _dropped(headers, dropped), send, framing)
+                    broken = await relay_event_stream(stream, _dropped(headers, dropped), send, framing)
+                    if broken is not None and outcome.span is not None:
+                        outcome.span.broken(broken)
                 finally:  # a stream cut short is counted for what it used
                     outcome.usage = routed_stream.answer.usage
                 if traced and folded:

@@ -110,8 +110,11 @@ def _with_cost(chunk: bytes, usd: float) -> bytes:
 
 async def relay_event_stream(
     stream: UpstreamStream, headers: list[tuple[bytes, bytes]], send: Send, framing: EventFraming
-) -> None:
-    """Write ``stream`` to the client as ``framing`` says; never raises once the response has started."""
+) -> OpenAIError | None:
+    """Write ``stream`` to the client as ``framing`` says; never raises once the response has started.
+
+    Returns the error that ended it early, sent as its last event (the status was 200 already); None when whole.
+    """
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         try:
@@ -122,12 +125,14 @@ async def relay_event_stream(
         except OpenAIError as error:
             logger.warning("stream from %s interrupted: %s", getattr(error, "provider", None), error.message)
             await _end_with_error(send, framing.error(error))
-            return
+            return error
         except Exception:
             logger.exception("stream relay failed")
-            await _end_with_error(send, framing.error(InternalError()))
-            return
+            internal = InternalError()
+            await _end_with_error(send, framing.error(internal))
+            return internal
         await send({"type": "http.response.body", "body": ending, "more_body": False})
+        return None
     finally:
         await stream.aclose()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import OtelConfig, ServerConfig
-from providers import Endpoint, ProviderError, UpstreamRequest
+from gateway.telemetry.genai_messages import input_messages, output_messages
+from providers import Endpoint, OpenAIError, ProviderError, UpstreamRequest
 from providers.redact import redact
 from providers.wire import RequestTimings
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from gateway.keys.accounting import Outcome
     from gateway.routing.balancer import DeploymentState
     from gateway.routing.router import Trace
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Call = Callable[["DeploymentState", UpstreamRequest], Awaitable[T]]
@@ -79,6 +83,8 @@ def tracing_config(server: ServerConfig, environ: Mapping[str, str]) -> OtelConf
     ``OTEL_SDK_DISABLED=true`` turns it off either way, as in every OpenTelemetry SDK.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        if server.otel is not None:
+            logger.info("traces: off (OTEL_SDK_DISABLED=true), though server.otel is set")
         return None
     if server.otel is not None:
         return server.otel
@@ -114,6 +120,11 @@ class Tracing:
         self._provider_names = {name: PROVIDER_NAMES.get(kind, kind) for name, kind in provider_types.items()}
         self._local = frozenset(name for name, kind in provider_types.items() if kind == "local")
         self._hosts = {name: host for name, url in base_urls.items() if (host := urlsplit(url).hostname)}
+        logger.info(
+            "traces: OTLP/HTTP to %s, service %s, sampling %g of the requests no traceparent decides%s",
+            traces_url(config.endpoint) or "the OTEL_EXPORTER_OTLP_* endpoint (else localhost:4318)",
+            config.service_name, config.sample_ratio, ", with prompts and answers" if config.record_content else "",
+        )  # fmt: skip
 
     def start(self, headers: list[tuple[bytes, bytes]], method: str, path: str) -> RequestSpan:
         """A request's span, current until ``RequestSpan.finish``; its parent is the client's traceparent, if any."""
@@ -216,17 +227,21 @@ class RequestSpan:
             value = payload.get(field)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attributes[attribute] = value
-        if self._tracing.record_content:
-            asked = payload.get("messages", payload.get("input", payload.get("prompt")))
-            attributes["gen_ai.input.messages"] = _json(asked)
+        if self._tracing.record_content and endpoint is not Endpoint.EMBEDDINGS:
+            attributes["gen_ai.input.messages"] = _json(input_messages(payload))
         self.span.set_attributes(attributes)  # at once: each set_attribute takes the span's lock
 
     def answered(self, answer: dict[str, Any]) -> None:
         """With record_content: the answer's messages (a chat answer, whole or folded from its stream)."""
-        choices = answer.get("choices")
-        if isinstance(choices, list):  # chat's messages, or a completion's texts
-            outputs = [choice.get("message", choice.get("text")) for choice in choices if isinstance(choice, dict)]
-            self.span.set_attribute("gen_ai.output.messages", _json(outputs))
+        if isinstance(answer.get("choices"), list):  # chat's messages, or a completion's texts
+            self.span.set_attribute("gen_ai.output.messages", _json(output_messages(answer)))
+
+    def broken(self, error: OpenAIError) -> None:
+        """A stream that ended early with ``error`` as its last event (its status was 200 already)."""
+        from opentelemetry.trace import StatusCode
+
+        self.span.set_attribute("error.type", error.code or type(error).__name__)
+        self.span.set_status(StatusCode.ERROR, redact(error.message, self._tracing._secrets))
 
     def finish(self, outcome: Outcome) -> None:
         """End the span with what the request came to (counted first: its cost is known); it is no longer current."""

@@ -7,6 +7,7 @@ record the headers they were sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -147,10 +148,30 @@ def test_a_stream_is_traced_to_its_end_with_its_content_when_asked(upstreams) ->
     [attempt] = by_kind(spans, "CLIENT")
     assert request.parent_span_id == ""  # no traceparent: a new trace
     assert request.attributes["switchyard.stream"] is True
-    assert request.attributes["gen_ai.input.messages"] == '[{"role": "user", "content": "tell me"}]'
-    assert text and text in request.attributes["gen_ai.output.messages"]
+    # In the conventions' message shape (gen-ai-input-messages.json, gen-ai-output-messages.json).
+    assert json.loads(request.attributes["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "tell me"}]}
+    ]
+    assert json.loads(request.attributes["gen_ai.output.messages"]) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": "stop"}
+    ]
     # The attempt ends at the stream's first events; the request at its last.
     assert attempt.end_ns < request.end_ns
+
+
+def test_a_stream_cut_after_its_first_events_is_an_error_of_the_request_span(upstreams) -> None:
+    _, b = upstreams
+    with traced_gateway(upstreams) as (url, receiver):
+        b.script(Fault.cut(after=2))
+        stream = client(url).chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}], stream=True)
+        with pytest.raises(openai.APIError):
+            for _ in stream:
+                pass
+    spans = receiver.wait_for(lambda spans: len(spans) >= 2)
+    [request] = by_kind(spans, "SERVER")
+    assert request.attributes["http.response.status_code"] == 200  # sent before the cut
+    assert request.status == "ERROR" and request.status_message
+    assert request.attributes["error.type"] == "stream_interrupted"
 
 
 def test_an_error_answer_marks_the_request_span(upstreams) -> None:
