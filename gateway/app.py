@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from importlib import metadata
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from zoneinfo import ZoneInfo
@@ -78,7 +79,15 @@ from providers.wire import EXPOSED_HEADERS
 
 logger = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
+def _installed_version() -> str:
+    try:
+        return metadata.version("switchyard")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "0+unknown"
+
+
+# The installed distribution's, so /version, the API description and traces say what is running.
+VERSION = _installed_version()
 
 
 def create_app(
@@ -141,7 +150,7 @@ def create_app(
     api.include_router(response_routes(responses))
     body_limits = BodyLimits.of(server)
     api.include_router(tokenize_routes(router.table, body_limits))
-    api.include_router(health_routes(router.table, metrics))
+    api.include_router(health_routes(router.table, metrics, VERSION))
     api.include_router(status_routes(router.table, ledger, keys, server.status_page))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]

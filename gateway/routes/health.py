@@ -48,7 +48,7 @@ def readiness_status(table: ModelTable) -> str:
     return "failed" if "failed" in states else "loading" if "loading" in states else "stopped"
 
 
-def health_routes(table: ModelTable, metrics: GatewayMetrics) -> APIRouter:
+def health_routes(table: ModelTable, metrics: GatewayMetrics, version: str) -> APIRouter:
     health = APIRouter(tags=["health"])
 
     @health.get("/health")
@@ -79,6 +79,11 @@ def health_routes(table: ModelTable, metrics: GatewayMetrics) -> APIRouter:
     async def prometheus_metrics() -> Response:
         """Prometheus text format: requests, latency, time to first token, attempts, deployments."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @health.get("/version")
+    async def gateway_version() -> Response:
+        """The gateway's version, in vLLM's shape: ``{"version": "..."}``; no key needed."""
+        return json_response({"version": version})
 
     @health.get("/ping")
     async def ping() -> Response:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from importlib import metadata
+
 import httpx
 import openai
 import pytest
@@ -51,3 +53,10 @@ async def test_async_client_gets_the_same_error_classes(async_client: openai.Asy
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
+
+
+def test_version_is_the_installed_distributions_in_vllms_shape(gateway: ServedApp) -> None:
+    answer = httpx.get(f"{gateway.url}/version")
+    assert answer.status_code == 200
+    assert answer.json() == {"version": metadata.version("switchyard")}
+    assert httpx.get(f"{gateway.url}/openapi.json").json()["info"]["version"] == metadata.version("switchyard")
