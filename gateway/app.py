@@ -62,6 +62,7 @@ from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
 from gateway.keys.limits import KeyLimits, LocalKeyLimits
 from gateway.ledger import LedgerWriter, open_store
 from gateway.pricing import PriceBook
+from gateway.routes.engines import engine_routes
 from gateway.routes.health import health_routes
 from gateway.routes.models import model_routes
 from gateway.routes.responses import response_routes
@@ -151,6 +152,7 @@ def create_app(
     body_limits = BodyLimits.of(server)
     api.include_router(tokenize_routes(router.table, body_limits))
     api.include_router(health_routes(router.table, metrics, VERSION))
+    api.include_router(engine_routes(router.table, keys))
     api.include_router(status_routes(router.table, ledger, keys, server.status_page))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]

@@ -176,6 +176,27 @@ class BlockManager:
         seq.num_computed_tokens = 0
         self._num_hashed.pop(seq.seq_id, None)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (vLLM's ``reset_prefix_cache``); False, changing nothing, while a block is in use."""
+        if any(block.ref_count for block in self.blocks):
+            return False
+        for block_id in self._free_cached:
+            block = self.blocks[block_id]
+            block.block_hash, block.token_ids, block.parent_id = None, (), None
+            self._free_unhashed[block_id] = None
+        self._free_cached.clear()
+        self._cached.clear()
+        return True
+
+    def forget_blocks(self) -> None:
+        """Every block back to never used (the KV cache's memory was released): each is zeroed at its next use."""
+        assert not any(block.ref_count for block in self.blocks), "a sequence still holds blocks"
+        self.blocks = [Block(i) for i in range(self.num_blocks)]
+        self._free_unhashed.clear()
+        self._free_cached.clear()
+        self._cached.clear()
+        self._never_used_ids = list(range(self.num_blocks - 1, -1, -1))
+
     def _take_free_block(self) -> int:
         if self._free_unhashed:
             block_id, _ = self._free_unhashed.popitem(last=True)  # the most recently freed is the warmest

@@ -53,17 +53,25 @@ class KVCache:
         self.head_dim = head_dim
         self.dtype = dtype
         self.device = device
+        self.storage: torch.Tensor | None = None
+        self.layers: list[LayerKV] = []
+        self.allocate()
+
+    def allocate(self) -> None:
+        """Reserve the pool (again, after ``release``); no block holds anything a sequence wrote."""
+        num_layers, num_blocks, block_size = self.num_layers, self.num_blocks, self.block_size
+        num_kv_heads, head_dim = self.num_kv_heads, self.head_dim
         # Padded attention reads slots no sequence wrote, and a NaN there would
         # survive the mask (NaN * 0 is NaN), so every block must hold numbers
         # before it is read. Zeroing gigabytes up front took seconds at start
         # (page faults on first touch): a block is zeroed when the block manager
         # first hands it out instead, and block 0, the padding block, now.
         self.storage = torch.empty(
-            2, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
+            2, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype=self.dtype, device=self.device
         )
         self.zero_block(0)
         num_slots = num_blocks * block_size
-        self.layers: list[LayerKV] = [
+        self.layers = [
             LayerKV(
                 k=self.storage[0, layer].view(num_slots, num_kv_heads, head_dim),
                 v=self.storage[1, layer].view(num_slots, num_kv_heads, head_dim),
@@ -73,8 +81,19 @@ class KVCache:
             for layer in range(num_layers)
         ]
 
+    def release(self) -> None:
+        """Give the pool's memory back (``/sleep``): nothing may run until ``allocate``."""
+        self.storage, self.layers = None, []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # freed tensors stay in torch's cache otherwise, unseen by other processes
+
+    @property
+    def allocated(self) -> bool:
+        return self.storage is not None
+
     def zero_block(self, block_id: int) -> None:
         """Fill one block with zeros in every layer, K and V (before its first use)."""
+        assert self.storage is not None, "the pool was released"
         self.storage[:, :, block_id].zero_()
 
     def __getitem__(self, layer: int) -> LayerKV:
@@ -85,4 +104,5 @@ class KVCache:
 
     @property
     def num_bytes(self) -> int:
-        return self.storage.numel() * self.storage.element_size()
+        """What the pool reserves (also while released: what ``allocate`` takes again)."""
+        return self.bytes_per_block(self.num_layers, self.block_size, self.num_kv_heads, self.head_dim, self.dtype) * self.num_blocks

@@ -17,7 +17,7 @@ import torch
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .errors import CompletionTooLong, InvalidInput, PromptTooLong, StepFailed
+from .errors import CompletionTooLong, EngineNotReady, InvalidInput, PromptTooLong, StepFailed
 from .grammar import GrammarCompiler
 from .inputs import (
     PromptType,
@@ -97,6 +97,7 @@ class LLMEngine:
         # Structured outputs: grammars compiled on first use (AsyncLLMEngine compiles them on its tokenizer thread).
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
         self._requests: dict[str, _Request] = {}
+        self.sleeping = False  # /sleep released the KV cache's memory; /wake_up takes it again
         logger.info(
             "engine ready: %s on %s (%s), context %d; KV cache of %d blocks x %d tokens (%d tokens) reserves %d MiB,"
             " touched as it is used",
@@ -111,6 +112,8 @@ class LLMEngine:
         (PromptTooLong, CompletionTooLong among them), or TypeError for a prompt or params of no known
         form; the engine is then exactly as it was, so a bad request cannot touch the others.
         """
+        if self.sleeping:
+            raise EngineNotReady("the model is asleep (POST /wake_up wakes it)")
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not isinstance(params, SamplingParams):
@@ -194,6 +197,29 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix; False while requests hold blocks (nothing changed then), as in vLLM."""
+        return self.block_manager.reset_prefix_cache()
+
+    def sleep(self) -> bool:
+        """Release the KV cache's memory and refuse requests until ``wake_up``; False while requests run.
+
+        The weights stay where they are (vLLM's level 1 moves them to the CPU; on a CPU there is nowhere to go).
+        """
+        if self.has_unfinished_requests():
+            return False
+        if not self.sleeping:
+            self.runner.kv_cache.release()
+            self.block_manager.forget_blocks()
+            self.sleeping = True
+        return True
+
+    def wake_up(self) -> None:
+        """Take the KV cache's memory again; requests are served as before (with no cached prefix)."""
+        if self.sleeping:
+            self.runner.kv_cache.allocate()
+            self.sleeping = False
 
     def step(self) -> list[RequestOutput]:
         """Run one batch; return the state of every request that progressed."""

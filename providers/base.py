@@ -186,6 +186,30 @@ class EngineStats(Protocol):
 
 
 @runtime_checkable
+class ManagesEngine(Protocol):
+    """An engine in this process whose KV cache an operator may reset, release and take back (vLLM's endpoints)."""
+
+    name: str
+
+    @property
+    def sleeping(self) -> bool:
+        """Between ``sleep`` and ``wake_up``: its requests are refused as for a model not ready."""
+        ...
+
+    async def reset_prefix_cache(self) -> bool:
+        """Forget the cached prefixes; False (nothing changed) while requests run."""
+        ...
+
+    async def sleep(self) -> bool:
+        """Release the KV cache's memory and refuse requests; False (nothing changed) while requests run."""
+        ...
+
+    async def wake_up(self) -> None:
+        """Take the KV cache's memory again and serve."""
+        ...
+
+
+@runtime_checkable
 class ReportsEngineStats(Protocol):
     """A provider that runs an inference engine in this process."""
 

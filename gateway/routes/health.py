@@ -43,7 +43,7 @@ def readiness_status(table: ModelTable) -> str:
     it traffic it would answer with 503s.
     """
     states = {provider.state for provider in table.models_loading_here()}
-    if states <= {"ready"}:
+    if states <= {"ready", "sleeping"}:  # an operator put a model to sleep (POST /sleep): its requests fall back
         return "ready"
     return "failed" if "failed" in states else "loading" if "loading" in states else "stopped"
 

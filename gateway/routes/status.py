@@ -40,6 +40,10 @@ CONTENT_SECURITY_POLICY = (
 )
 NOT_CACHED = {"Cache-Control": "no-store"}
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Switchyard status"'}
+NO_ADMIN_KEYS = (
+    "The status page needs an admin key and none is configured: set `server.admin_keys`, "
+    "or `server.status_page: public` to show it to anyone who can reach the gateway."
+)
 
 
 def status_routes(
@@ -53,7 +57,7 @@ def status_routes(
     @status.get("/status")
     async def status_page(request: Request) -> Response:
         if access == "admin":
-            require_admin_key(keys, request.scope["headers"])
+            require_admin_key(keys, request.scope["headers"], NO_ADMIN_KEYS)
         nonce = secrets.token_urlsafe(16)
         page = render_page(await status_figures(table, ledger), nonce, POLL_SECONDS)
         headers = {
@@ -67,23 +71,23 @@ def status_routes(
     @status.get("/status.json")
     async def status_json(request: Request) -> Response:
         if access == "admin":
-            require_admin_key(keys, request.scope["headers"])
+            require_admin_key(keys, request.scope["headers"], NO_ADMIN_KEYS)
         return json_response(await status_figures(table, ledger), headers=NOT_CACHED)
 
     return status
 
 
-def require_admin_key(keys: KeyRing, headers: Iterable[tuple[bytes, bytes]]) -> None:
+def require_admin_key(keys: KeyRing, headers: Iterable[tuple[bytes, bytes]], none_configured: str | None = None) -> None:
     """Raise unless an admin key is presented: as the API takes keys, or as a Basic auth password.
 
     401 (with a Basic challenge) for no key or an unknown one, 403 for
-    another key, and 403 when no admin key is configured at all.
+    another key, and 403 when no admin key is configured at all (``none_configured`` says what to do then).
     """
     if not keys.has_admin_keys:
+        if none_configured is None:
+            raise AdminKeyRequired(configured=False)
         raise OpenAIError(
-            "The status page needs an admin key and none is configured: set `server.admin_keys`, "
-            "or `server.status_page: public` to show it to anyone who can reach the gateway.",
-            status_code=AdminKeyRequired.status_code, error_type=AdminKeyRequired.error_type,
+            none_configured, status_code=AdminKeyRequired.status_code, error_type=AdminKeyRequired.error_type,
             code=AdminKeyRequired.code,
         )  # fmt: skip
     headers = list(headers)

@@ -56,6 +56,27 @@ class LocalChatProvider(LocalProvider):
     def engine_stats(self) -> EngineStats | None:
         return self.engine.stats if self.state == "ready" else None
 
+    # --- vLLM's operational endpoints (ManagesEngine), run on the engine's thread between two steps ---
+
+    @property
+    def state(self) -> str:
+        """``loading``, ``ready``, ``sleeping`` (after ``sleep``), ``failed`` or ``stopped``."""
+        state = self.engine.state
+        return "sleeping" if state == "ready" and self.sleeping else state
+
+    @property
+    def sleeping(self) -> bool:
+        return self.engine.engine is not None and self.engine.engine.sleeping
+
+    async def reset_prefix_cache(self) -> bool:
+        return await self.engine.call(lambda engine: engine.reset_prefix_cache())
+
+    async def sleep(self) -> bool:
+        return await self.engine.call(lambda engine: engine.sleep())
+
+    async def wake_up(self) -> None:
+        await self.engine.call(lambda engine: engine.wake_up())
+
     @property
     def max_model_len(self) -> int:
         self._require_ready()
