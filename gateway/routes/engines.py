@@ -22,8 +22,8 @@ from starlette.responses import Response
 
 from gateway.errors import InvalidRequest
 from gateway.http.responses import json_response
+from gateway.keys.admin import require_admin_key
 from gateway.keys.keyring import KeyRing
-from gateway.routes.status import require_admin_key
 from gateway.routing.table import ModelTable
 from providers import OpenAIError
 from providers.base import ManagesEngine
