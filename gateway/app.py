@@ -73,6 +73,7 @@ from gateway.routing.router import Router
 from gateway.routing.table import ModelTable
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing, tracing_config
+from gateway.webhooks import WebhookSender, WebhookTarget, secret_key
 from providers import LoadsModel, OpenAIError, Provider, build_providers
 from providers.config import HostedProviderConfig
 from providers.redact import MIN_MASKED_LENGTH, SecretMask
@@ -112,12 +113,15 @@ def create_app(
     budgets = _budget_book(server)
     cache = _response_cache(config, adapters)
     tracing = router.tracing = _tracing(config)
+    webhooks = _webhooks(server)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for adapter in adapters.values():
             await adapter.start()  # local models load on their own threads meanwhile
         watch = asyncio.create_task(_report_load_failure(router.table, on_load_failure)) if on_load_failure else None
+        if webhooks is not None:
+            await webhooks.start()
         if ledger is not None:
             await ledger.start()
             if any(key.budget_tokens is not None for key in keys.limited):
@@ -133,6 +137,8 @@ def create_app(
                 await shadows.aclose()
             if ledger is not None:
                 await ledger.aclose()
+            if webhooks is not None:  # after every request's events are queued
+                await webhooks.aclose()
             if responses is not None:
                 await responses.aclose()
             if cache is not None:
@@ -145,6 +151,8 @@ def create_app(
                 await tracing.aclose()
 
     metrics = GatewayMetrics(router.table, ledger)
+    if webhooks is not None:
+        metrics.watch_webhooks(webhooks)
     api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
     api.include_router(model_routes(router.table))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
@@ -157,7 +165,7 @@ def create_app(
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     accounting = Accounting(
-        metrics, limits, ledger, PriceBook(config), budgets, router.table, server.reserve_max_tokens
+        metrics, limits, ledger, PriceBook(config), budgets, router.table, server.reserve_max_tokens, webhooks
     )
     shadowed = {name: model.shadow for name, model in config.models.items() if model.shadow}
     shadows = ShadowTraffic(shadowed, router, accounting, _embedder(adapters)) if shadowed else None
@@ -221,6 +229,18 @@ def _tracing(config: GatewayConfig) -> Tracing | None:
         raise ConfigError("providers.yaml", [
             f"{asked}: traces need the OpenTelemetry SDK and its OTLP exporter: pip install 'switchyard[otel]'"
         ]) from None  # fmt: skip
+
+
+def _webhooks(server: ServerConfig) -> WebhookSender | None:
+    if not server.webhooks:
+        return None
+    return WebhookSender([
+        WebhookTarget(
+            hook.url, frozenset(hook.events), secret_key(hook.secret.get_secret_value()), hook.include_content,
+            hook.max_attempts, hook.backoff_initial, hook.backoff_max, hook.timeout,
+        )
+        for hook in server.webhooks
+    ])  # fmt: skip
 
 
 def _key_limits(server: ServerConfig) -> KeyLimits:

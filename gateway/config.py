@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.webhooks import EventType, secret_key
 from providers import PRESETS, ProviderConfig
 from providers.base import UnsupportedPolicy
 from providers.config import PROVIDER_SHAPES, HostedProviderConfig
@@ -79,6 +80,92 @@ class OtelConfig(_Frozen):
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return url
+
+# Asymmetric algorithms only: a shared secret (HS256) in the gateway's config would let the gateway, and
+# whoever reads its config, mint tokens; "none" is never accepted.
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class JwtClaimsConfig(_Frozen):
+    """Which claims of a token say who it is (docs/auth.md, "JWT sign-in")."""
+
+    key_name: str = Field("sub", min_length=1, description="The claim whose value is the caller's name: an api_keys "
+                          "entry's name takes that key's policy; any other name takes server.jwt.default.")
+    team: str | None = Field(None, min_length=1, description="A claim naming a server.teams entry (a string, or a list: "
+                             "the first configured team in it), for a name with no api_keys entry.")
+    models: str | None = Field(None, min_length=1, description="A claim listing models (a list, or a space-separated "
+                               "string) that narrows what the token may call.")
+
+
+class JwtPolicyConfig(_Frozen):
+    """What a token whose name has no api_keys entry may do; limits count per name, as a key's do."""
+
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Models it may call; '*' is all.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute, per name.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute, per name.")
+
+
+class JwtConfig(_Frozen):
+    """Sign-in with JSON Web Tokens beside API keys, verified with PyJWT (pip install 'switchyard[jwt]')."""
+
+    issuer: str = Field(min_length=1, description="The `iss` every token must carry.")
+    audience: str = Field(min_length=1, description="A value the token's `aud` must hold.")
+    jwks_url: str | None = Field(None, description="The issuer's JWKS (https://idp.example.com/.well-known/jwks.json).")
+    public_key: str | None = Field(None, description="Instead of jwks_url: one PEM public key, e.g. ${JWT_PUBLIC_KEY}.")
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: ["RS256", "ES256"], min_length=1, description="Signing algorithms accepted (asymmetric only)."
+    )
+    leeway: float = Field(30.0, ge=0, le=300, description="Seconds of clock skew allowed on exp, nbf and iat.")
+    jwks_ttl: float = Field(300.0, gt=0, description="Seconds the fetched JWKS is used before it is fetched again.")
+    jwks_min_interval: float = Field(
+        30.0, ge=0, description="Fewest seconds between two fetches: a token naming an unknown `kid` refetches at most this often."
+    )
+    claims: JwtClaimsConfig = Field(default_factory=JwtClaimsConfig, description="Which claims name the caller, team, models.")
+    default: JwtPolicyConfig = Field(
+        default_factory=JwtPolicyConfig, description="The policy of a name that no api_keys entry has."
+    )
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtConfig:
+        if (self.jwks_url is None) == (self.public_key is None or not self.public_key.strip()):
+            raise ValueError("give exactly one of `jwks_url` and `public_key`")
+        return self
+
+
+class WebhookConfig(_Frozen):
+    """An endpoint told of requests' outcomes, each body signed as Standard Webhooks asks (docs/webhooks.md)."""
+
+    url: str = Field(description="Where events are POSTed: an http:// or https:// URL.")
+    events: list[EventType] = Field(
+        min_length=1, description="Any of request.completed, request.failed, budget.exceeded, batch.completed (not sent yet)."
+    )
+    secret: SecretStr = Field(description="whsec_ then the base64 of a 24 to 64 byte key, e.g. ${WEBHOOK_SECRET}.")
+    include_content: bool = Field(False, description="Add the request's messages and the answer's text to each body.")
+    max_attempts: int = Field(8, ge=1, le=50, description="Attempts per event before it is given up on.")
+    backoff_initial: float = Field(1.0, gt=0, allow_inf_nan=False, description="Seconds before the first retry; doubles, jittered.")
+    backoff_max: float = Field(60.0, gt=0, allow_inf_nan=False, description="Longest wait between two attempts (a Retry-After too).")
+    timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="Seconds an attempt may take.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, secret: SecretStr) -> SecretStr:
+        secret_key(secret.get_secret_value())  # its message never holds the secret
+        return secret
 
 
 class ApiKeyConfig(_Frozen):
@@ -167,6 +254,9 @@ class ServerConfig(_Frozen):
         Path("switchyard-data"), description="Where the SQLite usage ledger and the kept Responses answers are."
     )
     usage_ledger: bool = Field(True, description="Keep one record per request (off: nothing is written).")
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="Endpoints told of finished requests and spent budgets (docs/webhooks.md)."
+    )
     store_responses: bool = Field(
         True,
         description="Keep /v1/responses answers (unless a request says store: false) for previous_response_id "
@@ -193,6 +283,10 @@ class ServerConfig(_Frozen):
     @classmethod
     def _unquoted_off(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    jwt: JwtConfig | None = Field(
+        None, description="Sign-in with JSON Web Tokens beside api_keys (docs/auth.md, \"JWT sign-in\")."
+    )
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -372,7 +466,11 @@ class GatewayConfig(_Frozen):
         client_keys = [k.key.get_secret_value() for k in self.server.api_keys if k.key is not None]
         admin_keys = [key.get_secret_value() for key in self.server.admin_keys]
         urls = [url.get_secret_value() for url in (self.server.database_url, self.server.redis_url) if url is not None]
-        return tuple(provider_keys + client_keys + admin_keys + urls + [_password(url) for url in urls if _password(url)])
+        webhook_secrets = [hook.secret.get_secret_value() for hook in self.server.webhooks]
+        return tuple(
+            provider_keys + client_keys + admin_keys + urls + [_password(url) for url in urls if _password(url)]
+            + webhook_secrets
+        )
 
 
 def _password(url: str) -> str:

@@ -13,6 +13,7 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
         │   ├── Untranslatable     400, a field chat has no place for (unsupported_params: reject)
         │   └── PreviousResponseNotFound  400, a previous_response_id nobody kept (or another key's)
         ├── InvalidApiKey          401, no key or an unknown one
+        ├── InvalidToken           401, a JWT that does not verify: says why, never echoes it
         ├── ModelNotAllowed        403, the key may not use this model
         ├── AdminKeyRequired       403, /v1/usage without an admin key
         ├── ModelNotFound          404 model_not_found
@@ -316,6 +317,17 @@ class InvalidApiKey(GatewayError):
             else "You didn't provide an API key: send it as `Authorization: Bearer <key>` (or an `api-key` or `x-api-key` header)."
         )
         super().__init__(message)
+
+
+class InvalidToken(GatewayError):
+    """A JSON Web Token that server.jwt does not accept; ``why`` names the check it failed, never the token."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_token"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"The bearer token was refused: {why}.")
 
 
 class ModelNotAllowed(GatewayError):

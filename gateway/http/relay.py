@@ -115,10 +115,11 @@ class GatewayApp:
             translated = await door.read(body, context)
             payload = translated.payload
             outcome.model = payload["model"]
+            outcome.payload = payload  # for the webhooks' content, when a hook asks for it
             if outcome.span is not None:
                 outcome.span.read(door.endpoint, payload)
             if outcome.key is not None:
-                limit_headers = await self._accounting.admit(outcome.key, payload["model"])
+                limit_headers = await self._accounting.admit(outcome.key, payload["model"], outcome.request_id)
             lookup = await self._look_up(scope, door, translated, outcome)
             if lookup is not None:
                 limit_headers.append((_CACHE, lookup.status.encode()))

@@ -4,9 +4,11 @@ Before: the key may use the model and has room under its rpm, tpm and
 budget (``rate_limit.py``), or the request ends in a 403 or 429.
 After, once the answer has gone out: its cost from the price book
 (``gateway.pricing``), the Prometheus metrics, the usage ledger record and
-the key's token charge and the settling of its dollar budgets. None of it
-waits on I/O: the ledger is written in batches on its own thread and a
-Redis charge or settlement is sent in the background.
+the key's token charge and the settling of its dollar budgets, and the
+webhooks' request.completed or request.failed (budget.exceeded when a
+budget refuses). None of it waits on I/O: the ledger is written in batches
+on its own thread, a Redis charge or settlement is sent in the background
+and webhook events are queued for their own workers (``gateway.webhooks``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import math
 import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from gateway.cache import CACHE_PROVIDER, CachedAnswer
 from gateway.errors import (
@@ -31,6 +35,7 @@ from gateway.routing.deployment import Deployment
 from gateway.routing.router import Routed, Trace
 from gateway.routing.table import ModelTable
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.webhooks import BudgetExceeded, Content, Event, RequestFinished, WebhookSender
 from providers import Endpoint, UpstreamResponse, UpstreamStream
 from providers.tokens import tokens_needed
 from providers.wire import Door, Header, RequestTimings, Usage
@@ -49,7 +54,7 @@ class Outcome:
     """What one request came to, filled in as it goes."""
 
     __slots__ = (
-        "answer", "answered_by", "cache", "deployment", "key", "model", "priced", "provider", "request_id",
+        "answer", "answered_by", "cache", "deployment", "key", "model", "payload", "priced", "provider", "request_id",
         "reservation", "saved", "shadow_of", "similarity", "span", "status", "stream", "trace", "usage",
     )  # fmt: skip
 
@@ -72,6 +77,7 @@ class Outcome:
         self.shadow_of: str | None = None  # a shadow copy: the real request's id
         self.similarity: float | None = None  # a shadow copy: its answer's similarity to the real one
         self.span: RequestSpan | None = None  # its trace, when tracing is on
+        self.payload: dict[str, Any] | None = None  # the request as routed, for webhooks with include_content
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment
@@ -94,7 +100,7 @@ class Outcome:
 class Accounting:
     def __init__(
         self, metrics: GatewayMetrics, limits: KeyLimits, ledger: LedgerWriter | None, prices: PriceBook,
-        budgets: BudgetBook, table: ModelTable, reserve_max_tokens: int,
+        budgets: BudgetBook, table: ModelTable, reserve_max_tokens: int, webhooks: WebhookSender | None = None,
     ) -> None:  # fmt: skip
         self._metrics = metrics
         self._limits = limits
@@ -103,6 +109,7 @@ class Accounting:
         self._budgets = budgets
         self._table = table
         self._reserve_max_tokens = reserve_max_tokens
+        self._webhooks = webhooks
 
     async def reserve(self, outcome: Outcome, endpoint: Endpoint, payload: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         """Hold the request's worst case on its key's dollar budgets, or raise (429, or 403 for an unpriced model).
@@ -126,7 +133,11 @@ class Accounting:
             raise ModelNotPriced(key.name, model)
         held = await self._budgets.reserve(budgets, worst)
         if isinstance(held, Refusal):
-            raise DollarBudgetSpent(held.budget.described, reset_time(held, self._budgets.timezone))
+            resets_at = reset_time(held, self._budgets.timezone)
+            self._budget_exceeded(BudgetExceeded(
+                outcome.request_id, key.name, model, held.budget.described, None if resets_at is None else resets_at.isoformat()
+            ))  # fmt: skip
+            raise DollarBudgetSpent(held.budget.described, resets_at)
         outcome.reservation = held
         if math.isinf(held.remaining_usd):  # let through unheld (Redis unreachable): nothing known is left
             return []
@@ -142,13 +153,15 @@ class Accounting:
         outcome.priced = (usage, cost)
         return cost
 
-    async def admit(self, key: ApiKey, model: str) -> list[tuple[bytes, bytes]]:
+    async def admit(self, key: ApiKey, model: str, request_id: str | None = None) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
         key.require(model)
         if not key.limits.limited:
             return []
         admission = await self._limits.admit(key.limits)
         if admission.refused_by == "budget":
+            budget = f"token budget of {key.limits.budget_tokens} tokens of key {key.name!r}"
+            self._budget_exceeded(BudgetExceeded(request_id, key.name, model, budget, None))
             raise BudgetExhausted(key.limits)
         if not admission.allowed:
             raise RateLimitReached(key.limits, admission)
@@ -174,8 +187,24 @@ class Accounting:
             self._metrics.cost.labels(self._metrics.model_label(outcome.model), outcome.provider, key_name).inc(cost.usd)
         if usage is not None and key is not None and key.limits.limited:
             self._limits.charge(key.limits, usage.total_tokens)
+        if self._ledger is None and self._webhooks is None:
+            return
+        record = _record(endpoint, outcome, elapsed, cost)
         if self._ledger is not None:
-            self._ledger.record(_record(endpoint, outcome, elapsed, cost))
+            self._ledger.record(record)
+        if self._webhooks is not None:
+            self._request_finished(outcome, record)
+
+    def _request_finished(self, outcome: Outcome, record: UsageRecord) -> None:
+        assert self._webhooks is not None
+        kind = "request.completed" if outcome.status < 400 else "request.failed"
+        if self._webhooks.subscribed(kind):
+            content = _content(outcome) if self._webhooks.wants_content else None
+            self._webhooks.emit(Event(kind, _finished(record, content), outcome.request_id))
+
+    def _budget_exceeded(self, refusal: BudgetExceeded) -> None:
+        if self._webhooks is not None and self._webhooks.subscribed("budget.exceeded"):
+            self._webhooks.emit(Event("budget.exceeded", refusal, refusal.request_id or refusal.key))
 
     def finish_shadow(self, outcome: Outcome, started: float) -> None:
         """Count a shadow copy apart: in the ledger (marked) and its own metrics, never in the key's limits or budgets."""
@@ -238,3 +267,32 @@ def _record(endpoint: Endpoint | Door, outcome: Outcome, elapsed: float, cost: C
         shadow_of=outcome.shadow_of,
         similarity=outcome.similarity,
     )
+
+
+def _finished(record: UsageRecord, content: Content | None) -> RequestFinished:
+    return RequestFinished(
+        request_id=record.request_id, endpoint=record.endpoint, model=record.model, provider=record.provider,
+        deployment=record.deployment, status=record.status, key=record.api_key, stream=record.stream,
+        prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens, total_tokens=record.total_tokens,
+        cached_tokens=record.cached_tokens, reasoning_tokens=record.reasoning_tokens, estimated=record.estimated,
+        cost_usd=record.cost_usd, latency_ms=record.latency_ms, cache=record.cache, content=content,
+    )  # fmt: skip
+
+
+def _content(outcome: Outcome) -> Content:
+    """The prompt as the relay kept it, and the text of a whole (not streamed) chat or completions answer."""
+    payload = outcome.payload or {}
+    prompt = next((payload[name] for name in ("messages", "prompt", "input") if name in payload), None)
+    answer = outcome.answer
+    return Content(prompt, _answer_text(answer.body) if isinstance(answer, UpstreamResponse) else None)
+
+
+def _answer_text(body: bytes) -> str | None:
+    try:
+        choice = orjson.loads(body)["choices"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(choice, dict):
+        return None
+    text = choice.get("message", {}).get("content") if isinstance(choice.get("message"), dict) else choice.get("text")
+    return text if isinstance(text, str) else None

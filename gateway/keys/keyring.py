@@ -5,25 +5,37 @@ its sha256. Either way only the sha256 is kept in memory, and a presented
 key is hashed and looked up, so no key is compared character by character.
 A key is accepted from ``Authorization: Bearer <key>`` (the OpenAI SDKs),
 ``api-key: <key>`` (Azure-style clients) or ``x-api-key: <key>`` (Anthropic's
-SDKs and Claude Code). With no ``api_keys`` configured
-the gateway is open, and says so at start. ``admin_keys`` may call every
+SDKs and Claude Code). With ``server.jwt`` a bearer token signed by an
+identity provider takes a key's policy instead (gateway.keys.jwt_auth).
+With neither ``api_keys`` nor ``jwt`` configured the gateway is open, and
+says so at start. ``admin_keys`` may call every
 model without limits and are the only keys that read ``/v1/usage``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import ADMIN_KEY_NAME, ServerConfig
-from gateway.errors import InvalidApiKey, ModelNotAllowed
+from gateway.config import ADMIN_KEY_NAME, JwtConfig, ServerConfig, TeamConfig
+from gateway.errors import InvalidApiKey, InvalidToken, ModelNotAllowed
 from gateway.http.doors import error_body_for
 from gateway.http.responses import send_error
 from gateway.keys.budgets import DollarBudget
 from gateway.keys.limits import KeyLimitsConfig
+
+if TYPE_CHECKING:
+    from gateway.keys.jwt_auth import TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+# The longest name a JWT may give itself: it goes to the ledger, limits and errors.
+MAX_TOKEN_NAME_CHARS = 256
 
 # Where ApiKeyMiddleware leaves the identified key: scope["state"][SCOPE_KEY].
 SCOPE_KEY = "api_key"
@@ -39,6 +51,7 @@ class ApiKey:
     budgets: tuple[DollarBudget, ...] = ()  # its own budget in dollars and its team's
     model_budgets: Mapping[str, DollarBudget] = field(default_factory=dict)
     team: str | None = None  # its team's name: cached answers are shared within a team
+    token_models: frozenset[str] = frozenset({"*"})  # a JWT's models claim: narrows both lists above
 
     @property
     def cache_owner(self) -> str:
@@ -47,7 +60,7 @@ class ApiKey:
 
     def may_use(self, model: str) -> bool:
         """``*`` allows every model, ``provider/*`` every model of that provider; the team's list too."""
-        return _allows(self.models, model) and _allows(self.team_models, model)
+        return _allows(self.models, model) and _allows(self.team_models, model) and _allows(self.token_models, model)
 
     def budgets_for(self, model: str) -> tuple[DollarBudget, ...]:
         """The dollar budgets a request for ``model`` counts against."""
@@ -78,6 +91,14 @@ def api_key_of(scope: Scope) -> ApiKey | None:
     return scope.get("state", {}).get(SCOPE_KEY)
 
 
+def team_budget(team: TeamConfig) -> tuple[DollarBudget, ...]:
+    """The dollar budget its keys share, if it has one."""
+    if team.budget_usd is None:
+        return ()
+    return (DollarBudget(f"team:{team.name}", team.budget_usd, team.budget_period,
+                         f"{_per(team.budget_period)}budget of ${dollars(team.budget_usd)} of team '{team.name}'"),)  # fmt: skip
+
+
 class KeyRing:
     def __init__(self, server: ServerConfig) -> None:
         admin = ApiKey(ADMIN_KEY_NAME, frozenset({"*"}), KeyLimitsConfig(ADMIN_KEY_NAME), admin=True)
@@ -91,9 +112,8 @@ class KeyRing:
                 DollarBudget(f"key:{config.name}", config.budget_usd, config.budget_period,
                              f"{_per(config.budget_period)}budget of ${dollars(config.budget_usd)} of key '{config.name}'")
             ] if config.budget_usd is not None else []  # fmt: skip
-            if team is not None and team.budget_usd is not None:
-                budgets.append(DollarBudget(f"team:{team.name}", team.budget_usd, team.budget_period,
-                                            f"{_per(team.budget_period)}budget of ${dollars(team.budget_usd)} of team '{team.name}'"))  # fmt: skip
+            if team is not None:
+                budgets.extend(team_budget(team))
             model_budgets = {
                 model: DollarBudget(f"key:{config.name}:model:{model}", usd, config.budget_period,
                                     f"{_per(config.budget_period)}budget of ${dollars(usd)} of key '{config.name}' for `{model}`")
@@ -104,12 +124,20 @@ class KeyRing:
                 config.name, frozenset(config.models), limits, False, team_models, tuple(budgets), model_budgets,
                 None if team is None else team.name,
             )
-        self.is_open = not server.api_keys
+        self._jwt: TokenVerifier | None = None
+        self._jwt_config: JwtConfig | None = server.jwt
+        self._by_name = {key.name: key for key in self._by_hash.values() if not key.admin}
+        self._teams = {team.name: team for team in server.teams}
+        if server.jwt is not None:
+            from gateway.keys.jwt_auth import TokenVerifier  # PyJWT is needed only with server.jwt
+
+            self._jwt = TokenVerifier(server.jwt)
+        self.is_open = not server.api_keys and server.jwt is None
         self.has_admin_keys = bool(server.admin_keys)
 
     @property
     def is_empty(self) -> bool:
-        return not self._by_hash
+        return not self._by_hash and self._jwt is None
 
     @property
     def dollar_budgets(self) -> dict[DollarBudget, tuple[frozenset[str], str | None]]:
@@ -135,6 +163,44 @@ class KeyRing:
             raise InvalidApiKey(presented is not None)
         return key
 
+    async def identify_request(self, headers: Iterable[tuple[bytes, bytes]]) -> ApiKey | None:
+        """As ``identify``, and a bearer token that is not a known key is checked as a JWT when server.jwt is set."""
+        if self._jwt is not None:
+            presented = presented_key(headers)
+            if presented is not None and looks_like_jwt(presented) and sha256(presented) not in self._by_hash:
+                try:
+                    return self._token_policy(await self._jwt.claims(presented))
+                except InvalidToken as refusal:  # why, for whoever debugs a sign-in: never the token itself
+                    logger.info("%s", refusal.message)
+                    raise
+        return self.identify(headers)
+
+    def _token_policy(self, claims: Mapping[str, Any]) -> ApiKey:
+        """A verified token's policy: its named api_keys entry's, else server.jwt.default; its models claim narrows it."""
+        from gateway.keys.jwt_auth import claimed_names
+
+        config = self._jwt_config
+        assert config is not None
+        names = config.claims
+        name = claims.get(names.key_name)
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TOKEN_NAME_CHARS:
+            raise InvalidToken(f"the token's `{names.key_name}` claim is not a name (a string of 1 to {MAX_TOKEN_NAME_CHARS} characters)")
+        if name == ADMIN_KEY_NAME:  # the admin keys' name in the ledger; a token never takes their powers
+            raise InvalidToken(f"the token's `{names.key_name}` claim is `{ADMIN_KEY_NAME}`, the admin keys' name")
+        key = self._by_name.get(name)
+        if key is None:
+            teams = claimed_names(claims.get(names.team)) if names.team is not None else []
+            team = next((self._teams[found] for found in teams if found in self._teams), None)
+            policy = config.default
+            key = ApiKey(
+                name, frozenset(policy.models), KeyLimitsConfig(name, policy.rpm, policy.tpm), False,
+                frozenset({"*"}) if team is None else frozenset(team.models), () if team is None else team_budget(team),
+                {}, None if team is None else team.name,
+            )  # fmt: skip
+        if names.models is None or names.models not in claims:
+            return key
+        return replace(key, token_models=frozenset(claimed_names(claims[names.models])))
+
 
 def _per(period: str) -> str:
     return "" if period == "total" else f"{period} "
@@ -142,6 +208,11 @@ def _per(period: str) -> str:
 
 def sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def looks_like_jwt(presented: str) -> bool:
+    """A compact JWS: three base64url parts, a JSON header first (``eyJ`` is ``{"``)."""
+    return presented.startswith("eyJ") and presented.count(".") == 2
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -170,8 +241,8 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             try:
-                scope.setdefault("state", {})[SCOPE_KEY] = self._keys.identify(scope["headers"])
-            except InvalidApiKey as error:
+                scope.setdefault("state", {})[SCOPE_KEY] = await self._keys.identify_request(scope["headers"])
+            except (InvalidApiKey, InvalidToken) as error:
                 await send_error(send, error, error_body_for(scope["path"]))  # /v1/messages: Anthropic's shape
                 return
         await self.app(scope, receive, send)

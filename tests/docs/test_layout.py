@@ -28,6 +28,9 @@ FORBIDDEN = [
     ("gateway.http", "gateway.routes"),
     ("gateway.conversations", "gateway.http"), ("gateway.conversations", "gateway.routes"),
     ("gateway.conversations", "gateway.routing"),
+    # The webhook sender knows nothing of config, keys, routing or HTTP serving: it is handed targets and events.
+    ("gateway.webhooks", "gateway.config"), ("gateway.webhooks", "gateway.keys"), ("gateway.webhooks", "gateway.http"),
+    ("gateway.webhooks", "gateway.routes"), ("gateway.webhooks", "gateway.routing"), ("gateway.webhooks", "gateway.ledger"),
 ]  # fmt: skip
 
 
