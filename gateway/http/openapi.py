@@ -39,6 +39,7 @@ MEANINGS: dict[str, str] = {
     "upstream's 403).",
     "404": "No such model (`model_not_found`), or nothing to answer at this URL.",
     "405": "The path does not take that method; `Allow` lists those it takes.",
+    "409": "Requests are running on the engine (`engine_busy`): nothing was changed; try again once they finished.",
     "408": "The request's headers or body arrived too slowly (`server.header_timeout`, `body_timeout`, "
     "`body_min_rate`); the connection is closed.",
     "413": "The body is larger than `server.max_body_bytes`.",
@@ -65,6 +66,11 @@ OWN_STATUSES: dict[str, tuple[str, ...]] = {
     "/v1/messages/count_tokens": ("401", "403", "404"),
     "/v1/responses/{response_id}": ("401", "404"),
     "/v1/responses/{response_id}/input_items": ("401", "404"),
+    # vLLM's operational endpoints (gateway/routes/engines.py): an admin key, and 409 while requests run.
+    "/reset_prefix_cache": ("401", "403", "409"),
+    "/sleep": ("401", "403", "409"),
+    "/wake_up": ("401", "403"),
+    "/is_sleeping": ("401", "403"),
 }
 RELAY_STATUSES = ("401", "403", "404", "429", "502", "504", "4XX", "5XX")
 _HEADERS: dict[str, dict[str, Any]] = {
