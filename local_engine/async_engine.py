@@ -98,9 +98,10 @@ class AsyncLLMEngine(ModelThread):
     # --- requests ---
 
     async def generate(
-        self, request_id: str, prompt: PromptType, params: SamplingParams
+        self, request_id: str, prompt: PromptType, params: SamplingParams, lora: str | None = None
     ) -> AsyncIterator[RequestOutput]:
-        """The request's output after each step it progressed in, the last one finished.
+        """The request's output after each step it progressed in, the last one finished; ``lora`` names
+        a loaded LoRA adapter to run it through.
 
         Raises the engine's refusal (``PromptTooLong``, ``ValueError``) before
         any output, and ``EngineNotReady`` while the model is not loaded.
@@ -113,7 +114,7 @@ class AsyncLLMEngine(ModelThread):
         if params.structured_outputs is not None:
             await self.compile_grammar(params)
         stream = _Stream(asyncio.get_running_loop())
-        self._submit(lambda engine: self._add(engine, request_id, prompt, params, stream))
+        self._submit(lambda engine: self._add(engine, request_id, prompt, params, lora, stream))
         try:
             while True:
                 await stream.event.wait()
@@ -171,10 +172,11 @@ class AsyncLLMEngine(ModelThread):
     # --- the engine's thread ---
 
     def _add(
-        self, engine: LLMEngine, request_id: str, prompt: PromptType, params: SamplingParams, stream: _Stream
+        self, engine: LLMEngine, request_id: str, prompt: PromptType, params: SamplingParams, lora: str | None,
+        stream: _Stream,
     ) -> None:
         try:
-            engine.add_request(request_id, prompt, params)
+            engine.add_request(request_id, prompt, params, lora)
         except Exception as error:  # PromptTooLong, a bad parameter: the caller's to handle
             stream.loop.call_soon_threadsafe(stream.put, None, error)
             return

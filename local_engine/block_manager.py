@@ -15,6 +15,11 @@ computing it again. A lookup is confirmed by the block's token ids and by
 its parent block, so a hash collision can cost a cache miss, never a wrong
 answer.
 
+A sequence's ``cache_salt`` (its LoRA adapter's id) starts the chain in place
+of the first block's missing parent, ``h0 = H(salt, tokens 0..3)``, and is kept
+on every block it keys and confirmed on lookup: the same prompt under two
+adapters, or under one and the base model, never shares a block (their K/V differ).
+
 A block with ``ref_count == 0`` is free. Free blocks keep their hash and
 stay findable until the pool hands them out again. The pool hands out, in
 this order: a freed block holding no cached prefix (its memory is already
@@ -49,6 +54,7 @@ class Block:
     block_hash: int | None = None
     token_ids: tuple[int, ...] = ()
     parent_id: int | None = None  # the block before this one when it was hashed
+    salt: int | None = None  # the cache_salt of the sequence that hashed it
 
 
 class BlockManager:
@@ -90,8 +96,9 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def cached_prefix(self, token_ids: Tokens[int], logits_from: int) -> list[int]:
-        """Ids of the longest run of leading full blocks found in the cache, all before position ``logits_from``.
+    def cached_prefix(self, token_ids: Tokens[int], logits_from: int, salt: int | None = None) -> list[int]:
+        """Ids of the longest run of leading full blocks found in the cache, all before position ``logits_from``,
+        hashed under ``salt`` (``Sequence.cache_salt``).
 
         A cached block has K/V but no logits, so it must end before the
         first position whose logits the sequence needs: the prompt's last
@@ -102,7 +109,7 @@ class BlockManager:
             return []
         size = self.block_size
         hits: list[int] = []
-        parent_hash: int | None = None
+        parent_hash: int | None = salt
         for index in range(logits_from // size):
             tokens = tuple(token_ids[index * size : (index + 1) * size])
             block_hash = self._hash(parent_hash, tokens)
@@ -111,7 +118,7 @@ class BlockManager:
             if block_id is None:
                 break
             block = self.blocks[block_id]
-            if block.token_ids != tokens or block.parent_id != (hits[-1] if hits else None):
+            if block.token_ids != tokens or block.parent_id != (hits[-1] if hits else None) or block.salt != salt:
                 break  # a hash collision: not the block we are looking for
             self.prefix_hits += 1
             hits.append(block_id)
@@ -157,8 +164,9 @@ class BlockManager:
             block = self.blocks[table[index]]
             if block.block_hash is None:
                 block.token_ids = tuple(seq.token_ids[index * size : (index + 1) * size])
-                block.block_hash = self._hash(parent.block_hash if parent else None, block.token_ids)
+                block.block_hash = self._hash(parent.block_hash if parent else seq.cache_salt, block.token_ids)
                 block.parent_id = parent.block_id if parent else None
+                block.salt = seq.cache_salt
                 # On a collision the first block keeps the key; lookups confirm by tokens.
                 self._cached.setdefault(block.block_hash, block.block_id)
             parent = block
@@ -182,7 +190,7 @@ class BlockManager:
             return False
         for block_id in self._free_cached:
             block = self.blocks[block_id]
-            block.block_hash, block.token_ids, block.parent_id = None, (), None
+            block.block_hash, block.token_ids, block.parent_id, block.salt = None, (), None, None
             self._free_unhashed[block_id] = None
         self._free_cached.clear()
         self._cached.clear()
@@ -213,5 +221,6 @@ class BlockManager:
             block.block_hash = None
             block.token_ids = ()
             block.parent_id = None
+            block.salt = None
         block.ref_count = 1
         return block_id

@@ -23,6 +23,8 @@ class EngineConfig:
     seed: int = 0  # for requests that give no seed
     cache_dir: str | None = None  # converted GGUF weights; None: ~/.cache/switchyard/models
     tokenizer: str | None = None  # a tokenizer directory; None: the model's own
+    max_loras: int = 4  # LoRA adapters loaded at once (local_engine.lora); 0: none may be loaded
+    max_lora_rank: int = 16  # the largest rank r an adapter may have (vLLM's default)
 
     def __post_init__(self) -> None:
         problems = [
@@ -34,6 +36,8 @@ class EngineConfig:
                 (self.max_num_seqs >= 1, "max_num_seqs must be positive"),
                 (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be positive"),
                 (self.max_model_len is None or self.max_model_len >= 1, "max_model_len must be positive"),
+                (self.max_loras >= 0, "max_loras must not be negative"),
+                (self.max_lora_rank >= 1, "max_lora_rank must be positive"),
                 (self.quantization in (None, *QUANTIZATION_KINDS), f"quantization must be None or one of {QUANTIZATION_KINDS}"),
             ]
             if not ok

@@ -5,10 +5,13 @@
     ValueError
     └── InvalidInput            an input the engine cannot take; ``param`` and ``position`` say which
         ├── PromptTooLong       the prompt alone fills the context (OpenAI's context_length_exceeded)
-        └── CompletionTooLong   the prompt fits, but not with max_tokens more
+        ├── CompletionTooLong   the prompt fits, but not with max_tokens more
+        ├── InvalidLoraAdapter  a LoRA adapter's files, fields or shapes the base model cannot take, or its name taken
+        └── LoraNotLoaded       no LoRA adapter of that name is loaded
     RuntimeError
     ├── EngineNotReady          the model is loading, failed to load, or the engine was stopped
-    └── StepFailed              a step's forward pass or sampler raised; that step's requests were aborted
+    ├── StepFailed              a step's forward pass or sampler raised; that step's requests were aborted
+    └── LoraLimitReached        max_loras adapters are loaded already: one must be unloaded first
 
 An ``InvalidInput`` is raised before the request joins a batch, so no other
 request sees it.
@@ -63,6 +66,18 @@ class CompletionTooLong(InvalidInput):
             f"{requested} tokens ({self.prompt_tokens} in the {prompt_name}, {self.max_tokens} in the completion). "
             f"Please reduce the length of the {prompt_name} or completion."
         )
+
+
+class InvalidLoraAdapter(InvalidInput):
+    """A LoRA adapter the engine refuses before keeping anything: ``param`` is ``lora_path`` or ``lora_name``."""
+
+
+class LoraNotLoaded(InvalidInput):
+    """A LoRA adapter name that is not loaded (unloaded meanwhile, or never loaded)."""
+
+
+class LoraLimitReached(RuntimeError):
+    """``max_loras`` adapters are loaded; nothing was changed."""
 
 
 class EngineNotReady(RuntimeError):

@@ -28,6 +28,7 @@ from .inputs import (
 )
 from .kv_cache import KVCache
 from .loader import LoadedModel, load_model
+from .lora import LoadedAdapters, LoraAdapter
 from .model import LlamaForCausalLM
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
@@ -97,6 +98,7 @@ class LLMEngine:
         # Structured outputs: grammars compiled on first use (AsyncLLMEngine compiles them on its tokenizer thread).
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
         self._requests: dict[str, _Request] = {}
+        self.loras = LoadedAdapters(config.max_loras, config.max_lora_rank)
         self.sleeping = False  # /sleep released the KV cache's memory; /wake_up takes it again
         logger.info(
             "engine ready: %s on %s (%s), context %d; KV cache of %d blocks x %d tokens (%d tokens) reserves %d MiB,"
@@ -105,11 +107,14 @@ class LLMEngine:
             num_blocks * config.block_size, kv_cache.num_bytes >> 20,
         )  # fmt: skip
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams, lora: str | None = None
+    ) -> None:
         """Queue a request, all or nothing: every check runs and every sequence is built before one is queued.
 
-        ``prompt`` is in one of vLLM's forms (see ``inputs``). Raises InvalidInput naming the input
-        (PromptTooLong, CompletionTooLong among them), or TypeError for a prompt or params of no known
+        ``prompt`` is in one of vLLM's forms (see ``inputs``); ``lora`` names a loaded LoRA adapter to run
+        it through (None: the base model). Raises InvalidInput naming the input (PromptTooLong,
+        CompletionTooLong, LoraNotLoaded among them), or TypeError for a prompt or params of no known
         form; the engine is then exactly as it was, so a bad request cannot touch the others.
         """
         if self.sleeping:
@@ -118,10 +123,11 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        adapter = None if lora is None else self.loras.get(lora)
         text, token_ids = self._prompt_token_ids(prompt)
         self._check_fits(len(token_ids), params)
         self._check_against_model(params)
-        tracks = [self._track(request_id, index, token_ids, params) for index in range(params.n)]
+        tracks = [self._track(request_id, index, token_ids, params, adapter) for index in range(params.n)]
         if params.structured_outputs is not None:  # a constraint that does not compile is refused here
             for track in tracks:
                 track.seq.matcher = self.grammars.compile(params.structured_outputs)
@@ -179,8 +185,10 @@ class LLMEngine:
         if outside is not None:
             raise InvalidInput(out_of_vocabulary(biased[outside], "logit_bias", self.vocab_size), param="logit_bias")
 
-    def _track(self, request_id: str, index: int, token_ids: list[int], params: SamplingParams) -> _Track:
-        seq = Sequence(request_id, index, list(token_ids), len(token_ids), params)
+    def _track(
+        self, request_id: str, index: int, token_ids: list[int], params: SamplingParams, lora: LoraAdapter | None
+    ) -> _Track:
+        seq = Sequence(request_id, index, list(token_ids), len(token_ids), params, lora=lora)
         seed = params.seed_for(index)
         if seed is not None:
             seq.generator = torch.Generator(device=self.runner.device).manual_seed(seed)
@@ -197,6 +205,25 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished
+
+    def read_lora(self, name: str, path: str) -> LoraAdapter:
+        """The PEFT adapter at ``path``, checked against the model (InvalidLoraAdapter, LoraLimitReached);
+        not served until ``add_lora``. Reads files only: any thread may call it while the engine steps."""
+        return self.loras.read(path, name, self.loaded.model)
+
+    def add_lora(self, adapter: LoraAdapter) -> None:
+        """Serve ``adapter`` to requests that name it; a name taken meanwhile or a full table refuses, changing nothing."""
+        self.loras.add(adapter)
+
+    def remove_lora(self, name: str) -> bool:
+        """Stop serving the adapter ``name``; False while requests on it are unfinished (nothing changed then),
+        LoraNotLoaded for a name not loaded. Its cached blocks are never found again (its id is not reused)."""
+        adapter = self.loras.get(name)
+        scheduler = self.scheduler
+        if any(seq.lora is adapter for seq in (*scheduler.running, *scheduler.waiting)):
+            return False
+        self.loras.remove(name)
+        return True
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix; False while requests hold blocks (nothing changed then), as in vLLM."""

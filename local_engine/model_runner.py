@@ -19,6 +19,10 @@ the token after each of its positions, the next chunk's first token included::
 
 A request that does not ask costs nothing: no row of its prompt gets logits.
 
+A sequence on a LoRA adapter has its rows grouped with the others of that
+adapter (``LoraBatch``): the base model runs every row, each adapter adds its
+delta to its own rows, and the base model's rows get none.
+
 A sequence with a grammar (structured outputs) has its row's bitmask filled
 on llguidance's threads while the forward pass runs, and applied to its
 logits before sampling: the sampler, and the logprobs it reports, see the
@@ -35,6 +39,7 @@ from .attention import AttentionMetadata
 from .grammar import StepMasks
 from .kv_cache import KVCache
 from .logprobs import token_logprobs
+from .lora import LoraBatch
 from .model import LlamaForCausalLM
 from .outputs import TokenLogprob
 from .sampler import SampledToken, Sampler, SamplingRow
@@ -89,8 +94,10 @@ class ModelRunner:
         if masks is not None:
             masks.start()  # on llguidance's threads, while the model runs
         metadata = AttentionMetadata.build(query_lens, context_lens, block_tables, self.block_size, self.device)
+        lora = LoraBatch.of_rows((item.seq.lora for item in step.scheduled), query_lens, self.device)
         hidden = self.model.forward(
-            torch.tensor(input_ids, dtype=torch.long, device=self.device), metadata.positions, metadata, self.kv_cache
+            torch.tensor(input_ids, dtype=torch.long, device=self.device), metadata.positions, metadata, self.kv_cache,
+            lora,
         )
         prompt_logprobs = scoring.run(self.model, hidden) if scoring.rows else []
         if not sampled_seqs:

@@ -94,7 +94,7 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             seq = self.waiting[0]
-            cached = self.block_manager.cached_prefix(seq.token_ids, seq.logits_from)
+            cached = self.block_manager.cached_prefix(seq.token_ids, seq.logits_from, seq.cache_salt)
             num_new = min(seq.num_tokens - len(cached) * self.block_manager.block_size, budget)
             if not self.block_manager.allocate(seq, num_new, cached):
                 break

@@ -18,11 +18,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from .lora import LoraAdapter
 
 _seq_ids = itertools.count()
 
@@ -56,6 +59,13 @@ class Sequence:
     num_scored_prompt_tokens: int = 1
     # The grammar the output must match (llguidance's LLMatcher, local_engine.grammar), advanced on each token.
     matcher: Any = None
+    # The LoRA adapter the forward pass applies to its rows; None: the base model.
+    lora: LoraAdapter | None = None
+
+    @property
+    def cache_salt(self) -> int | None:
+        """What its cached KV blocks are keyed by besides its tokens: its LoRA adapter's id, None for the base model."""
+        return None if self.lora is None else self.lora.adapter_id
 
     @property
     def num_tokens(self) -> int:

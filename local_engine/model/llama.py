@@ -10,12 +10,14 @@ Weights come from a loaded transformers model and are re-packed for speed::
     gate_proj, up_proj      ->  gate_up  [2 * intermediate, hidden]    one matmul
 
 The batch is flat ([num_tokens, hidden]); which sequence a row belongs to is
-the attention metadata's business only.
+the attention metadata's business, and which LoRA adapter it runs through the
+step's ``LoraBatch`` (local_engine/lora.py), which adds each adapter's delta to
+the fused matmuls' outputs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,9 @@ from torch import nn
 from ..attention import AttentionMetadata, paged_attention
 from ..kv_cache import KVCache, LayerKV
 from .linear import FrozenLinear, recording_inputs
+
+if TYPE_CHECKING:
+    from ..lora import LoraBatch
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # Rope types whose frequencies change with the sequence length; a static cos/sin table cannot express them.
@@ -85,10 +90,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class DecoderLayer(nn.Module):
     def __init__(
-        self, hf_layer: nn.Module, config: Any, dtype: torch.dtype, device: torch.device, pack: bool | None
+        self, hf_layer: nn.Module, config: Any, dtype: torch.dtype, device: torch.device, pack: bool | None,
+        index: int = 0,
     ) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        self.index = index  # its place in the stack: which of a LoRA adapter's layers applies here
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = _head_dim(config)
@@ -117,6 +124,7 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         metadata: AttentionMetadata,
         cache: LayerKV,
+        lora: LoraBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pre-norm block. ``hidden`` is the previous block's output, not yet added to ``residual``."""
         residual = hidden if residual is None else hidden + residual
@@ -124,7 +132,7 @@ class DecoderLayer(nn.Module):
 
         num_tokens = hidden.shape[0]
         num_heads, num_kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv(hidden).view(num_tokens, num_heads + 2 * num_kv_heads, head_dim)
+        qkv = self._matmul("qkv", hidden, lora).view(num_tokens, num_heads + 2 * num_kv_heads, head_dim)
         qk = qkv[:, : num_heads + num_kv_heads]
         if self.qk_norm is not None:
             qk = F.rms_norm(qk, (head_dim,), None, self.eps) * self.qk_norm
@@ -132,12 +140,17 @@ class DecoderLayer(nn.Module):
         attn = paged_attention(
             qk[:, :num_heads], qk[:, num_heads:], qkv[:, num_heads + num_kv_heads :], cache, metadata, self.scale
         )
-        hidden = self.o_proj(attn.reshape(num_tokens, num_heads * head_dim))
+        hidden = self._matmul("o_proj", attn.reshape(num_tokens, num_heads * head_dim), lora)
 
         residual = hidden + residual
         hidden = F.rms_norm(residual, (self.hidden_size,), self.post_attention_norm, self.eps)
-        gate, up = self.gate_up(hidden).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up), residual
+        gate, up = self._matmul("gate_up", hidden, lora).chunk(2, dim=-1)
+        return self._matmul("down", F.silu(gate) * up, lora), residual
+
+    def _matmul(self, name: str, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
+        """The fused linear ``name`` on ``x``, with the step's LoRA deltas on their rows."""
+        out = getattr(self, name)(x)
+        return out if lora is None else lora.add_delta(self.index, name, x, out)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -168,7 +181,9 @@ class LlamaForCausalLM(nn.Module):
 
         decoder = hf_model.model
         self.embed_tokens = _frozen(decoder.embed_tokens.weight, dtype, device)
-        self.layers = nn.ModuleList(DecoderLayer(layer, config, dtype, device, pack) for layer in decoder.layers)
+        self.layers = nn.ModuleList(
+            DecoderLayer(layer, config, dtype, device, pack, index) for index, layer in enumerate(decoder.layers)
+        )
         self.norm = _frozen(decoder.norm.weight, dtype, device)
         # Tied embeddings (SmolLM2) share one tensor, unless the head is packed for the CPU: then it has its own copy.
         self.lm_head = _fused_linear([hf_model.get_output_embeddings()], dtype, device, pack)
@@ -221,14 +236,15 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata, kv_cache: KVCache
+        self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata, kv_cache: KVCache,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [num_tokens, hidden] for the flat batch ``input_ids`` [num_tokens]."""
         hidden = F.embedding(input_ids, self.embed_tokens)
         cos, sin = self.rotary.lookup(positions)
         residual = None
         for layer, cache in zip(self.layers, kv_cache.layers):
-            hidden, residual = layer(hidden, residual, cos, sin, metadata, cache)
+            hidden, residual = layer(hidden, residual, cos, sin, metadata, cache, lora)
         return F.rms_norm(hidden + residual, (self.hidden_size,), self.norm, self.eps)
 
     @torch.inference_mode()
