@@ -215,14 +215,14 @@ def test_smollm2_with_int4_decode_weights_stays_close_to_the_exact_model() -> No
 
     if not can_pack_for_cpu(torch.zeros(1, dtype=torch.bfloat16)):
         pytest.skip("needs torch's CPU bfloat16 kernels")
-    batch, tokens = 8, 64
+    batch, tokens = 8, 32  # 256 predictions: decode steps, not rows, are what the test's time goes to
     exact = load_model(None, dtype="bfloat16")
     int4 = load_model(None, dtype="bfloat16")
     quantize(int4, "int4")
     ids = windows(exact, default_text(), batch, tokens)
     readers = {"exact": TeacherForced(exact, batch, tokens), "int4": TeacherForced(int4, batch, tokens)}
     scores = score_variants(readers, ids)
-    # Measured with transformers 5.24 (constraints.txt): perplexity x1.003, 95.7% agreement, KL 0.005.
+    # Measured with transformers 5.24 (constraints.txt), 8 x 32: perplexity x1.010, 93.4% agreement, KL 0.005.
     assert scores["int4"].perplexity / scores["exact"].perplexity < 1.10
     assert scores["int4"].agreement > 0.85
     assert scores["int4"].mean_kl < 0.05
