@@ -1,6 +1,9 @@
 """Assemble the ASGI application from a validated config.
 
-::
+The process's services (gateway/services.py: stores, limits' state, metrics)
+are made once; each configuration is assembled into a generation over them
+(``assemble``), which ``ReloadableApp`` serves and swaps on a reload
+(gateway/reload/). A generation's layers::
 
     RedactSecretsMiddleware             configured keys masked in every byte sent (only when some are configured)
     └── RequestIdMiddleware             x-request-id on every response
@@ -13,19 +16,19 @@
             │                           responses, messages (OpenAI's and Anthropic's newer APIs,
             │                           translated; http/doors/) -> relay
             │                           (Accounting: key limits before, metrics/ledger/charge after)
-            └── AnsweredErrorsMiddleware  an error FastAPI answered ends there (the connection serves on)
-                └── FastAPI             models, usage, kept responses, health, /docs, errors for unknown URLs
+            └── MediaRelay              POST audio/transcriptions, translations, speech, images/generations,
+                │                       edits (http/media/): multipart spooled, routed and counted the same way
+                └── AnsweredErrorsMiddleware  an error FastAPI answered ends there (the connection serves on)
+                    └── FastAPI         models, usage, kept responses, health, engines, /admin/reload,
+                                        /docs, errors for unknown URLs
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
+from collections.abc import Callable, Mapping
+from functools import partial
 from importlib import metadata
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,8 +39,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from gateway.cache import Embedder, ResponseCache
-from gateway.config import GatewayConfig, ServerConfig
-from gateway.conversations import open_response_store
+from gateway.config import GatewayConfig
 from gateway.errors import (
     ConfigError,
     InternalError,
@@ -45,6 +47,7 @@ from gateway.errors import (
     MethodNotAllowed,
     not_found_error,
 )
+from gateway.http.media import MediaRelay
 from gateway.http.middleware.answered_errors import AnsweredErrorsMiddleware
 from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
 from gateway.http.middleware.disconnect import CancelOnDisconnectMiddleware
@@ -57,12 +60,13 @@ from gateway.http.responses import error_response
 from gateway.http.shadow import ShadowTraffic
 from gateway.http.validation import BodyLimits
 from gateway.keys.accounting import Accounting
-from gateway.keys.budgets import BudgetBook, LocalBudgetBook, spent_this_period
 from gateway.keys.keyring import ApiKeyMiddleware, KeyRing
-from gateway.keys.limits import KeyLimits, LocalKeyLimits
-from gateway.ledger import LedgerWriter, open_store
 from gateway.pricing import PriceBook
+from gateway.reload import Generation, Reload, ReloadableApp
+from gateway.routes.admin import admin_routes
+from gateway.routes.batches import batch_routes
 from gateway.routes.engines import engine_routes
+from gateway.routes.files import file_routes
 from gateway.routes.health import health_routes
 from gateway.routes.models import model_routes
 from gateway.routes.responses import response_routes
@@ -70,16 +74,13 @@ from gateway.routes.status import status_routes
 from gateway.routes.tokenize import tokenize_routes
 from gateway.routes.usage import usage_routes
 from gateway.routing.router import Router
-from gateway.routing.table import ModelTable
-from gateway.telemetry.metrics import GatewayMetrics
-from gateway.telemetry.tracing import Tracing, tracing_config
-from gateway.webhooks import WebhookSender, WebhookTarget, secret_key
-from providers import LoadsModel, OpenAIError, Provider, build_providers
-from providers.config import HostedProviderConfig
+from gateway.services import Services
+from providers import OpenAIError, Provider, build_providers
 from providers.redact import MIN_MASKED_LENGTH, SecretMask
 from providers.wire import EXPOSED_HEADERS
 
 logger = logging.getLogger(__name__)
+
 
 def _installed_version() -> str:
     try:
@@ -97,81 +98,67 @@ def create_app(
     *,
     providers: Mapping[str, Provider] | None = None,
     on_load_failure: Callable[[str], None] | None = None,
-) -> ASGIApp:
+    reload_from: Callable[[], GatewayConfig] | None = None,
+    reload_on_sighup: bool = False,
+) -> ReloadableApp:
     """The gateway for ``config``; ``providers`` replaces the adapters built from it.
 
     ``on_load_failure(reason)`` is called once if a local model fails to load
     for good (``switchyard serve`` for one model then exits, as ``vllm serve`` does).
+    ``reload_from()`` reads the configuration again, for ``POST /admin/reload``
+    (and SIGHUP with ``reload_on_sighup``); without it a reload is refused.
+    """
+    services = Services(config, VERSION)
+    adapters = dict(providers) if providers is not None else build_providers(config.providers)
+    gateway = ReloadableApp(services, partial(assemble, services=services), reload_from, on_load_failure)
+    gateway.begin(config, adapters, reload_on_sighup)
+    return gateway
+
+
+def assemble(
+    config: GatewayConfig, adapters: dict[str, Provider], previous: Generation | None, reload: Reload,
+    *, services: Services,
+) -> Generation:  # fmt: skip
+    """One configuration's gateway over ``services``: its router, keys, routes and middleware.
+
+    ``previous``: the generation a reload replaces (its router's deployment state is kept where it can be).
+    Raises ConfigError for what only the built providers can tell.
     """
     server = config.server
-    adapters = dict(providers) if providers is not None else build_providers(config.providers)
-    router = Router(config, adapters)
+    router = Router(config, adapters, previous=previous.router if previous is not None else None)
+    router.tracing = services.tracing
     keys = KeyRing(server)
-    limits = _key_limits(server)
-    ledger = LedgerWriter(lambda: open_store(server), server.ledger_flush_interval) if server.usage_ledger else None
-    responses = open_response_store(server) if server.store_responses else None  # opened at first use
-    budgets = _budget_book(server)
-    cache = _response_cache(config, adapters)
-    tracing = router.tracing = _tracing(config)
-    webhooks = _webhooks(server)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for adapter in adapters.values():
-            await adapter.start()  # local models load on their own threads meanwhile
-        watch = asyncio.create_task(_report_load_failure(router.table, on_load_failure)) if on_load_failure else None
-        if webhooks is not None:
-            await webhooks.start()
-        if ledger is not None:
-            await ledger.start()
-            if any(key.budget_tokens is not None for key in keys.limited):
-                await limits.seed_spent(await ledger.spent_by_key())
-            if keys.dollar_budgets:
-                await budgets.seed(await spent_this_period(ledger, keys.dollar_budgets, budgets))
-        try:
-            yield
-        finally:
-            if watch is not None:
-                watch.cancel()
-            if shadows is not None:  # before the ledger closes: a copy cut short is still recorded
-                await shadows.aclose()
-            if ledger is not None:
-                await ledger.aclose()
-            if webhooks is not None:  # after every request's events are queued
-                await webhooks.aclose()
-            if responses is not None:
-                await responses.aclose()
-            if cache is not None:
-                await cache.aclose()
-            await limits.aclose()
-            await budgets.aclose()
-            for adapter in adapters.values():
-                await adapter.aclose()
-            if tracing is not None:  # last: the spans of requests cut short at shutdown go out too
-                await tracing.aclose()
-
-    metrics = GatewayMetrics(router.table, ledger)
-    if webhooks is not None:
-        metrics.watch_webhooks(webhooks)
-    api = FastAPI(title="Switchyard", version=VERSION, lifespan=lifespan, redoc_url=None)
+    cache = _response_cache(config, adapters, services)
+    metrics, ledger = services.metrics, services.ledger
+    api = FastAPI(title="Switchyard", version=VERSION, redoc_url=None)
     api.include_router(model_routes(router.table))
     api.include_router(usage_routes(ledger, keys.has_admin_keys))
-    api.include_router(response_routes(responses))
+    api.include_router(response_routes(services.responses))
     body_limits = BodyLimits.of(server)
     api.include_router(tokenize_routes(router.table, body_limits))
     api.include_router(health_routes(router.table, metrics, VERSION))
     api.include_router(engine_routes(router.table, keys))
     api.include_router(status_routes(router.table, ledger, keys, server.status_page))
+    api.include_router(admin_routes(keys, reload))
+    batches = services.batches
+    api.include_router(file_routes(batches.store, batches.bodies, batches.max_file_bytes))
+    api.include_router(batch_routes(batches.store, batches.bodies, batches.runner))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     accounting = Accounting(
-        metrics, limits, ledger, PriceBook(config), budgets, router.table, server.reserve_max_tokens, webhooks
-    )
+        metrics, services.limits, ledger, PriceBook(config), services.budgets, router.table, server.reserve_max_tokens,
+        services.webhooks,
+    )  # fmt: skip
     shadowed = {name: model.shadow for name, model in config.models.items() if model.shadow}
     shadows = ShadowTraffic(shadowed, router, accounting, _embedder(adapters)) if shadowed else None
-    relay = GatewayApp(
-        router, AnsweredErrorsMiddleware(api), accounting, body_limits, responses, cache, shadows, tracing
+    # The media URLs (audio, images) before FastAPI: routed and counted as the relay's are (docs/media.md).
+    media = MediaRelay(
+        router, accounting, body_limits, server.data_dir / "uploads", AnsweredErrorsMiddleware(api), services.tracing
     )
+    relay = GatewayApp(
+        router, media, accounting, body_limits, services.responses, cache, shadows,
+        services.tracing,
+    )  # fmt: skip
     app: ASGIApp = CancelOnDisconnectMiddleware(relay)
     if not keys.is_empty:
         app = ApiKeyMiddleware(app, keys)
@@ -193,76 +180,18 @@ def create_app(
             mask.too_short, MIN_MASKED_LENGTH,
         )  # fmt: skip
     # Outermost, so it sees every byte any layer writes (docs/security.md).
-    return RedactSecretsMiddleware(app, mask) if mask else app
+    app = RedactSecretsMiddleware(app, mask) if mask else app
+    return Generation(config, adapters, router, keys, app, relay, cache, shadows)
 
 
-async def _report_load_failure(table: ModelTable, report: Callable[[str], None]) -> None:
-    """``report`` the first local model that fails to load for good, if any does."""
-
-    async def settled(provider: LoadsModel) -> LoadsModel:
-        await provider.wait_loaded()
-        return provider
-
-    for finished in asyncio.as_completed([settled(provider) for provider in table.models_loading_here()]):
-        provider = await finished
-        if provider.state == "failed":
-            report(provider.error or f"the model of provider '{provider.name}' could not be loaded")
-            return
-
-
-def _tracing(config: GatewayConfig) -> Tracing | None:
-    """Traces over OTLP, when ``server.otel`` or the OTEL_EXPORTER_OTLP_* variables ask for them."""
-    otel = tracing_config(config.server, os.environ)
-    if otel is None:
-        return None
-    kinds = {name: provider.type for name, provider in config.providers.items()}
-    urls = {
-        name: provider.base_url or provider.preset.base_url or ""
-        for name, provider in config.providers.items() if isinstance(provider, HostedProviderConfig)
-    }  # fmt: skip
-    try:
-        return Tracing(otel, kinds, urls, config.secrets, VERSION)
-    except ModuleNotFoundError as error:
-        if not (error.name or "").startswith("opentelemetry"):
-            raise  # something else is missing: not ours to name
-        asked = "server.otel" if config.server.otel is not None else "OTEL_EXPORTER_OTLP_ENDPOINT"
-        raise ConfigError("providers.yaml", [
-            f"{asked}: traces need the OpenTelemetry SDK and its OTLP exporter: pip install 'switchyard[otel]'"
-        ]) from None  # fmt: skip
-
-
-def _webhooks(server: ServerConfig) -> WebhookSender | None:
-    if not server.webhooks:
-        return None
-    return WebhookSender([
-        WebhookTarget(
-            hook.url, frozenset(hook.events), secret_key(hook.secret.get_secret_value()), hook.include_content,
-            hook.max_attempts, hook.backoff_initial, hook.backoff_max, hook.timeout,
-        )
-        for hook in server.webhooks
-    ])  # fmt: skip
-
-
-def _key_limits(server: ServerConfig) -> KeyLimits:
-    if server.redis_url is None:
-        return LocalKeyLimits()
-    from gateway.keys.redis_limits import (
-        RedisKeyLimits,  # redis is an optional dependency
-    )
-
-    return RedisKeyLimits(server.redis_url.get_secret_value())
-
-
-def _response_cache(config: GatewayConfig, adapters: Mapping[str, Provider]) -> ResponseCache | None:
-    """The models' response caches, in this process or Redis (None: no model has one).
+def _response_cache(config: GatewayConfig, adapters: Mapping[str, Provider], services: Services) -> ResponseCache | None:
+    """The models' response caches, over the process's cache store (None: no model has one).
 
     Raises ConfigError when a semantic cache has no local embedding model to embed with.
     """
     configs = {name: model.cache for name, model in config.models.items() if model.cache is not None}
     if not configs:
         return None
-    from gateway.cache.store import MemoryStore
-
     embedders: dict[str, Embedder] = {}
     for name, cache in configs.items():
         if cache.mode != "semantic":
@@ -275,28 +204,13 @@ def _response_cache(config: GatewayConfig, adapters: Mapping[str, Provider]) -> 
                 "(such as `{type: local, model: all-minilm-l6-v2}`)"
             ])  # fmt: skip
         embedders[name] = embedder
-    if config.server.redis_url is None:
-        return ResponseCache(configs, MemoryStore(), embedders)
-    from gateway.cache.redis_store import RedisStore  # redis is an optional dependency
-
-    return ResponseCache(configs, RedisStore(config.server.redis_url.get_secret_value()), embedders)
+    return ResponseCache(configs, services.cache_store(), embedders)
 
 
 def _embedder(adapters: Mapping[str, Provider], name: str | None = None) -> Embedder | None:
     """The embedding model of provider ``name``, or of the first local embedding provider; None if there is none."""
     candidates = [name] if name is not None else list(adapters)
     return next((found for n in candidates if (found := getattr(adapters.get(n), "embedder", None)) is not None), None)
-
-
-def _budget_book(server: ServerConfig) -> BudgetBook:
-    timezone = ZoneInfo(server.budget_timezone)
-    if server.redis_url is None:
-        return LocalBudgetBook(timezone)
-    from gateway.keys.redis_budgets import (
-        RedisBudgetBook,  # redis is an optional dependency
-    )
-
-    return RedisBudgetBook(server.redis_url.get_secret_value(), timezone)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -341,11 +255,24 @@ def _allowed(app: FastAPI, path: str) -> str:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
-def _json_body_paths(api: FastAPI) -> set[str]:
+def _json_body_paths(api: FastAPI) -> frozenset[str]:
     """The paths whose POST the API description says takes a JSON body: the relay's and FastAPI's alike.
 
     Matched exactly against the request's path: no such path has a parameter.
+    Worked out once: the POST routes do not depend on the configuration (only
+    GET /status comes and goes with it), and describing the API takes a
+    quarter second that a reload should not spend again.
     """
+    global _JSON_BODY_PATHS
+    if _JSON_BODY_PATHS is None:
+        _JSON_BODY_PATHS = frozenset(_described_json_body_paths(api))
+    return _JSON_BODY_PATHS
+
+
+_JSON_BODY_PATHS: frozenset[str] | None = None
+
+
+def _described_json_body_paths(api: FastAPI) -> set[str]:
     paths = api.openapi()["paths"]
     return {path for path, operations in paths.items()
             if "application/json" in operations.get("post", {}).get("requestBody", {}).get("content", {})}  # fmt: skip

@@ -144,7 +144,7 @@ class WebhookConfig(_Frozen):
 
     url: str = Field(description="Where events are POSTed: an http:// or https:// URL.")
     events: list[EventType] = Field(
-        min_length=1, description="Any of request.completed, request.failed, budget.exceeded, batch.completed (not sent yet)."
+        min_length=1, description="Any of request.completed, request.failed, budget.exceeded, batch.completed."
     )
     secret: SecretStr = Field(description="whsec_ then the base64 of a 24 to 64 byte key, e.g. ${WEBHOOK_SECRET}.")
     include_content: bool = Field(False, description="Add the request's messages and the answer's text to each body.")
@@ -265,6 +265,16 @@ class ServerConfig(_Frozen):
     ledger_flush_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between ledger writes; a kill -9 loses at most this much."
     )
+    batch_concurrency: int = Field(
+        8, ge=1, le=1024, description="Batch lines (/v1/batches) sent at once by this gateway, across all its batches."
+    )
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Largest file POST /v1/files takes (413 past it, read no further)."
+    )
+    files_dir: Path | None = Field(
+        None, description="Where uploaded and batch output file bodies are kept (unset: data_dir/files); with "
+        "database_url, a path every replica shares (an object store's mount).",
+    )
     otel: OtelConfig | None = Field(
         None, description="Traces over OTLP; unset, they are on only when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set."
     )
@@ -365,6 +375,16 @@ class ModelPrice(_Frozen):
     cache_write_per_mtok: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="US dollars per million prompt tokens written to a cache "
         "(Anthropic's cache creation); default: input_per_mtok.",
+    )
+    # Audio and images are billed in their own units (docs/media.md); tokens, where an answer reports them, above.
+    per_audio_minute: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="US dollars per minute of audio transcribed or translated."
+    )
+    per_million_characters: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="US dollars per million characters of speech `input`."
+    )
+    per_image: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="US dollars per image made or edited (one price for every size)."
     )
 
 

@@ -11,19 +11,25 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
         │   ├── ChatNotTokenizable 400, /tokenize with `messages` for a hosted model
         │   ├── UnknownTokenId     400, /detokenize with an id the model does not have
         │   ├── Untranslatable     400, a field chat has no place for (unsupported_params: reject)
-        │   └── PreviousResponseNotFound  400, a previous_response_id nobody kept (or another key's)
+        │   ├── PreviousResponseNotFound  400, a previous_response_id nobody kept (or another key's)
+        │   └── InvalidBatchInput  400, a batch's input file: names the line and what is wrong with it
         ├── InvalidApiKey          401, no key or an unknown one
         ├── InvalidToken           401, a JWT that does not verify: says why, never echoes it
         ├── ModelNotAllowed        403, the key may not use this model
         ├── AdminKeyRequired       403, /v1/usage without an admin key
         ├── ModelNotFound          404 model_not_found
         ├── ResponseNotFound       404, GET or DELETE /v1/responses/{id} of no kept response
+        ├── FileNotFound           404, /v1/files/{id} of no such file (or another key's)
+        ├── BatchNotFound          404, /v1/batches/{id} of no such batch (or another key's)
         ├── RouteNotFound          404, unknown URL
         ├── EndpointNotSupported   404, an OpenAI URL not served yet
         ├── LedgerDisabled         404, /v1/usage with server.usage_ledger off
         ├── MethodNotAllowed       405, with Allow
         ├── RequestTimeout         408, headers or body too slow (gateway.http.server)
+        ├── BatchNotCancellable    409, cancel of a batch that has ended
+        ├── ReloadRefused          409 or 422, /admin/reload not done: the configuration before still serves
         ├── RequestTooLarge        413, past server.max_body_bytes
+        ├── FileTooLarge           413, an upload past server.max_file_bytes
         ├── TargetTooLong          414, a URL past server.max_header_bytes
         ├── UnsupportedMediaType   415, a model endpoint's body is not application/json
         ├── MisdirectedRequest     421, a Host this gateway does not answer to (DNS rebinding)
@@ -107,6 +113,52 @@ class PreviousResponseNotFound(InvalidRequest):
 
     def __init__(self, response_id: str) -> None:
         super().__init__(f"Previous response with id '{_shown(response_id)}' not found.", param="previous_response_id")
+
+
+class InvalidBatchInput(InvalidRequest):
+    """A batch's input file is not what the Batch API takes: the line (counted from 1) and what is wrong."""
+
+    code = "invalid_batch_input"
+
+    def __init__(self, line: int | None, problem: str) -> None:
+        where = "The input file" if line is None else f"Line {line} of the input file"
+        super().__init__(f"{where}: {problem}", param="input_file_id")
+
+
+class FileNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"No such File object: {_shown(file_id)}", param="file_id")
+
+
+class BatchNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"No batch with id '{_shown(batch_id)}' found.", param="batch_id")
+
+
+class BatchNotCancellable(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "batch_not_cancellable"
+
+    def __init__(self, batch_id: str, status: str) -> None:
+        super().__init__(f"Batch '{_shown(batch_id)}' is {status}: only a batch still running can be cancelled.")
+
+
+class FileTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The file is larger than this gateway takes ({limit} bytes; server.max_file_bytes).", param="file")
 
 
 class RequestTooLarge(GatewayError):
@@ -278,9 +330,7 @@ class DeadlineExceeded(GatewayError):
 UNSUPPORTED_OPENAI_PATHS = (
     "/v1/audio/",
     "/v1/images/",
-    "/v1/files",
     "/v1/uploads",
-    "/v1/batches",
     "/v1/fine_tuning/",
     "/v1/assistants",
     "/v1/threads",
@@ -414,6 +464,20 @@ class LedgerDisabled(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("The usage ledger is turned off on this gateway (`server.usage_ledger: false`).")
+
+
+class ReloadRefused(GatewayError):
+    """A configuration reload that was not done: the configuration serving before still serves.
+
+    409 when the gateway cannot reload (no file to read, or a change that needs
+    a restart), 422 when the new file cannot be served (invalid, or a new local
+    model that failed to load).
+    """
+
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, status_code: int, code: str) -> None:
+        super().__init__(message, status_code=status_code, code=code)
 
 
 class ConfigError(Exception):

@@ -210,6 +210,27 @@ class ManagesEngine(Protocol):
 
 
 @runtime_checkable
+class ServesLoraAdapters(Protocol):
+    """An engine in this process that serves LoRA adapters, each as a model name of its own (vLLM's endpoints).
+
+    A request whose upstream ``model`` is a loaded adapter's name runs through that adapter; any other, the base model.
+    """
+
+    name: str
+
+    async def load_lora_adapter(self, lora_name: str, lora_path: str) -> None:
+        """Check the PEFT adapter directory ``lora_path`` against the base model and serve it as ``lora_name``.
+
+        Raises an OpenAIError, changing nothing: 400 naming ``lora_path`` or ``lora_name``, 409 ``lora_limit_reached``.
+        """
+        ...
+
+    async def unload_lora_adapter(self, lora_name: str) -> bool:
+        """Stop serving the adapter; False (nothing changed) while its requests run, an OpenAIError 404 if not loaded."""
+        ...
+
+
+@runtime_checkable
 class ReportsEngineStats(Protocol):
     """A provider that runs an inference engine in this process."""
 

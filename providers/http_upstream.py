@@ -4,7 +4,11 @@ An adapter (``openai_compatible.py``, ``anthropic/provider.py``) says where a
 request goes and what its body is; this layer posts it and reads the answer:
 
     HTTPUpstream.post(url, body)         a whole answer: (response, body), or a ProviderError
-    HTTPUpstream.open(url, body)         an open event stream (status 2xx, text/event-stream), or a ProviderError
+    HTTPUpstream.open(url, body)         an open event stream (status 2xx, text/event-stream), or a ProviderError;
+                                         with ``event_stream=False``, any 2xx body read as it comes (speech audio)
+
+A body is bytes, or an async iterable of them with its length in the
+headers (a multipart upload read from its spool: ``providers/media.py``).
 
 One ``aiohttp.ClientSession`` per provider keeps connections alive across
 requests; it is made on first use, on the event loop that runs it.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -52,7 +56,10 @@ logger = logging.getLogger(__name__)
 # How long to wait for the end of a stream's body after its last event.
 _DRAIN_SECONDS = 0.5
 STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
+_ANY_BODY_HEADERS = {"accept": "*/*", "accept-encoding": "identity"}
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+# What a request body may be: its bytes, or its chunks as they are read (headers then carry its length).
+Body = bytes | AsyncIterable[bytes]
 
 
 class HTTPUpstream:
@@ -76,7 +83,7 @@ class HTTPUpstream:
         return error_from_response(status, body, headers, provider=self.name)
 
     async def post(
-        self, url: URL, body: bytes, headers: Mapping[str, str] | None = None
+        self, url: URL, body: Body, headers: Mapping[str, str] | None = None
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Post ``body`` and read the whole 2xx answer; anything else raises."""
         try:
@@ -88,11 +95,17 @@ class HTTPUpstream:
             raise self.error_from_response(response.status, answer, response.headers)
         return response, answer
 
-    async def open(self, url: URL, body: bytes, headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
-        """Post ``body`` for an event stream; the response, once its status is 2xx and its type an event stream."""
+    async def open(
+        self, url: URL, body: Body, headers: Mapping[str, str] | None = None, event_stream: bool = True
+    ) -> aiohttp.ClientResponse:
+        """Post ``body`` for an event stream; the response, once its status is 2xx and its type an event stream.
+
+        ``event_stream=False``: any 2xx answer, its body to be read as it arrives (speech audio).
+        """
+        wanted = STREAM_HEADERS if event_stream else _ANY_BODY_HEADERS
         try:
             response = await self._client().post(
-                url, data=body, headers={**STREAM_HEADERS, **headers} if headers else STREAM_HEADERS, timeout=self._stream_timeout,
+                url, data=body, headers={**wanted, **headers} if headers else wanted, timeout=self._stream_timeout,
                 allow_redirects=False,
             )  # fmt: skip
         except TRANSPORT_ERRORS as exc:
@@ -101,7 +114,7 @@ class HTTPUpstream:
             if response.status >= 300:
                 answer = await response.read()
                 raise self.error_from_response(response.status, answer, response.headers)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            if event_stream and not response.headers.get("content-type", "").startswith("text/event-stream"):
                 raise UpstreamProtocolError(
                     f"provider '{self.name}' answered a stream request without an event stream", provider=self.name
                 )

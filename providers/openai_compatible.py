@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -27,14 +27,29 @@ from providers.errors import (
 )
 from providers.http_upstream import (
     TRANSPORT_ERRORS,
+    Body,
     HTTPUpstream,
     release,
     stream_interrupted,
 )
+from providers.media import (
+    MediaStream,
+    MultipartBody,
+    is_multipart,
+    media_usage,
+    requested_usage,
+)
 from providers.params import adapt, dropped_header
 from providers.sse import DONE, SSEDecoder
 from providers.usage import answer_texts, count_usage, reported_usage, responses_usage
-from providers.wire import Door, Endpoint, RequestTimings, Usage, usage_requested
+from providers.wire import (
+    MEDIA_ENDPOINTS,
+    Door,
+    Endpoint,
+    RequestTimings,
+    Usage,
+    usage_requested,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +68,8 @@ class OpenAICompatibleProvider(HTTPUpstream):
         self._responses_url = URL(f"{upstream.base_url}/responses")
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if request.endpoint in MEDIA_ENDPOINTS:
+            return await self._send_media(request)
         url, payload, headers = self._prepare(request)
         response, body = await self.post(url, orjson.dumps(payload), request.propagated or None)
         try:
@@ -69,7 +86,9 @@ class OpenAICompatibleProvider(HTTPUpstream):
             usage = await count_usage(request.endpoint, payload, answer_texts(answer))
         return UpstreamResponse(status=response.status, body=body, headers=headers, usage=usage)
 
-    async def open_stream(self, request: UpstreamRequest) -> EventStream:
+    async def open_stream(self, request: UpstreamRequest) -> EventStream | MediaStream:
+        if request.endpoint in MEDIA_ENDPOINTS:
+            return await self._open_media(request)
         url, payload, headers = self._prepare(request)
         response = await self.open(url, orjson.dumps(payload), request.propagated or None)
         native = request.door is Door.RESPONSES
@@ -80,6 +99,26 @@ class OpenAICompatibleProvider(HTTPUpstream):
 
     def offers(self, endpoint: Endpoint) -> bool:
         return endpoint in self._preset.endpoints
+
+    async def _send_media(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Audio or images: the answer is JSON, text or binary, passed on with its content type (docs/media.md)."""
+        url, payload, headers = self._prepare(request)
+        body, sent = _media_body(payload, request.propagated)
+        response, answer = await self.post(url, body, sent)
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        usage = media_usage(request.endpoint, payload, answer, content_type)
+        return UpstreamResponse(response.status, answer, {**headers, "content-type": content_type}, usage)
+
+    async def _open_media(self, request: UpstreamRequest) -> MediaStream:
+        """Speech audio, or a transcription's events, relayed as they arrive."""
+        url, payload, headers = self._prepare(request)
+        body, sent = _media_body(payload, request.propagated)
+        response = await self.open(url, body, sent, event_stream=False)
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        return MediaStream(
+            response, self.name, {**headers, "content-type": content_type}, requested_usage(request.endpoint, payload),
+            events=content_type.startswith("text/event-stream"),
+        )  # fmt: skip
 
     def speaks(self, door: Door) -> bool:
         return door in self._preset.native_doors
@@ -104,6 +143,14 @@ class OpenAICompatibleProvider(HTTPUpstream):
         # Azure names the deployment in the path; the body's model is not used to route.
         path = f"{self._upstream.base_url}/openai/deployments/{quote(deployment, safe='')}/{endpoint.value}"
         return URL(path).with_query({"api-version": self._upstream.api_version or ""})
+
+
+def _media_body(payload: dict[str, Any], propagated: Mapping[str, str]) -> tuple[Body, dict[str, str]]:
+    """A media request's body and its headers: multipart/form-data when it carries a file, else JSON."""
+    if is_multipart(payload):
+        form = MultipartBody(payload)
+        return form, {**propagated, **form.headers}
+    return orjson.dumps(payload), dict(propagated)
 
 
 class EventStream:

@@ -52,6 +52,9 @@ class ProviderPreset:
 CHAT_AND_COMPLETIONS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 OPENAI_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS})
 CHAT_EMBEDDINGS_MODERATIONS = frozenset({Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.MODERATIONS})
+# Audio and images in OpenAI's shape, where the provider documents them (docs/media.md cites each).
+WHISPER = frozenset({Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS})
+MEDIA = WHISPER | {Endpoint.SPEECH, Endpoint.IMAGES, Endpoint.IMAGE_EDITS}
 
 # OpenAI renamed max_tokens to max_completion_tokens; providers that kept the old name get it translated.
 _MAX_TOKENS = {"max_completion_tokens": Translate("max_tokens")}
@@ -64,13 +67,13 @@ PRESETS: dict[str, ProviderPreset] = {
     "groq": ProviderPreset(
         base_url="https://api.groq.com/openai/v1",
         api_key_env="GROQ_API_KEY",
-        endpoints=CHAT_ONLY,
+        endpoints=CHAT_ONLY | WHISPER,
         params={**_NO_LOGPROBS, "logit_bias": Unsupported(), "n": Unsupported(allowed=(1,))},
     ),
     "together": ProviderPreset(
         base_url="https://api.together.ai/v1",
         api_key_env="TOGETHER_API_KEY",
-        endpoints=OPENAI_ENDPOINTS,
+        endpoints=OPENAI_ENDPOINTS | {Endpoint.IMAGES},
         # Together's logprobs is a count with its own answer shape, not OpenAI's flag.
         params={**_MAX_TOKENS, **_NO_LOGPROBS},
     ),
@@ -114,6 +117,8 @@ PRESETS: dict[str, ProviderPreset] = {
         endpoints=CHAT_AND_COMPLETIONS,
         params={"logit_bias": Unsupported()},
     ),
+    # Fireworks' image models answer at their own URLs (.../workflows/{model}/text_to_image) with their own
+    # body, and its Whisper at another host: not OpenAI's endpoints, so none is offered here (docs/media.md).
     "fireworks": ProviderPreset(
         base_url="https://api.fireworks.ai/inference/v1",
         api_key_env="FIREWORKS_API_KEY",
@@ -136,7 +141,7 @@ PRESETS: dict[str, ProviderPreset] = {
         auth="api-key",
         url_style="azure",
         api_version="2024-10-21",
-        endpoints=OPENAI_ENDPOINTS,
+        endpoints=OPENAI_ENDPOINTS | MEDIA,
     ),
     # Google's OpenAI-compatible endpoint (a beta, by Google's word). Fields its schema lacks are a 400
     # "Unknown name ...: Cannot find field" (docs/providers.md has the reports); its error body is a

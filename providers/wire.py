@@ -18,6 +18,12 @@ class Endpoint(StrEnum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     MODERATIONS = "moderations"
+    # Audio and images (docs/media.md): bodies that are not chat, answers that may not be JSON.
+    TRANSCRIPTIONS = "audio/transcriptions"
+    TRANSLATIONS = "audio/translations"
+    SPEECH = "audio/speech"
+    IMAGES = "images/generations"
+    IMAGE_EDITS = "images/edits"
 
 
 class Door(StrEnum):
@@ -33,7 +39,15 @@ PROMPT_FIELDS = {
     Endpoint.COMPLETIONS: "prompt",
     Endpoint.EMBEDDINGS: "input",
     Endpoint.MODERATIONS: "input",
+    Endpoint.SPEECH: "input",
+    Endpoint.IMAGES: "prompt",
+    Endpoint.IMAGE_EDITS: "prompt",
+    Endpoint.TRANSCRIPTIONS: "prompt",
+    Endpoint.TRANSLATIONS: "prompt",
 }
+# The endpoints of docs/media.md: bodies that are not chat, answers of any type, usage in their own unit.
+MEDIA_ENDPOINTS = frozenset({Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS, Endpoint.SPEECH, Endpoint.IMAGES,
+                             Endpoint.IMAGE_EDITS})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,10 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    # What a media endpoint is billed in, beside any tokens: "seconds" of audio, "characters" of speech
+    # input, "images" made; ``units`` of it (docs/media.md).
+    unit: str | None = None
+    units: float = 0.0
 
     @property
     def total_tokens(self) -> int:

@@ -38,7 +38,7 @@ from gateway.telemetry.metrics import GatewayMetrics
 from gateway.webhooks import BudgetExceeded, Content, Event, RequestFinished, WebhookSender
 from providers import Endpoint, UpstreamResponse, UpstreamStream
 from providers.tokens import tokens_needed
-from providers.wire import Door, Header, RequestTimings, Usage
+from providers.wire import MEDIA_ENDPOINTS, Door, Header, RequestTimings, Usage
 
 if TYPE_CHECKING:
     from gateway.telemetry.tracing import RequestSpan
@@ -116,19 +116,18 @@ class Accounting:
 
         The worst case: the prompt (counted, with ``PROMPT_MARGIN``) and the
         request's max_tokens (else ``server.reserve_max_tokens``) at the dearest
-        deployment of the model. The header for the answer: what is left.
+        deployment of the model; for audio and images, the units the request
+        names (docs/media.md). The header for the answer: what is left.
         """
         key, model = outcome.key, payload["model"]
         budgets = () if key is None else key.budgets_for(model)
         if not budgets:
             return []
         assert key is not None
-        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
-        completion = limit if isinstance(limit, int) else 0
-        prompt = await tokens_needed(endpoint, payload) - completion
-        if endpoint is not Endpoint.EMBEDDINGS and not completion:
-            completion = self._reserve_max_tokens
-        worst = self._prices.worst_case(model, self._table.deployments_for(model), math.ceil(prompt * PROMPT_MARGIN), completion)
+        if endpoint in MEDIA_ENDPOINTS:
+            worst = self._prices.worst_media_case(model, self._table.deployments_for(model), endpoint, payload)
+        else:
+            worst = await self._worst_tokens_case(endpoint, payload)
         if worst is None:
             raise ModelNotPriced(key.name, model)
         held = await self._budgets.reserve(budgets, worst)
@@ -142,6 +141,17 @@ class Accounting:
         if math.isinf(held.remaining_usd):  # let through unheld (Redis unreachable): nothing known is left
             return []
         return [(_BUDGET_REMAINING_USD, f"{max(held.remaining_usd, 0.0):.8f}".encode())]
+
+    async def _worst_tokens_case(self, endpoint: Endpoint, payload: dict[str, Any]) -> float | None:
+        """The dearest a token-billed request can cost: its prompt, with a margin, and its max_tokens."""
+        model = payload["model"]
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        completion = limit if isinstance(limit, int) else 0
+        prompt = await tokens_needed(endpoint, payload) - completion
+        if endpoint is not Endpoint.EMBEDDINGS and not completion:
+            completion = self._reserve_max_tokens
+        deployments = self._table.deployments_for(model)
+        return self._prices.worst_case(model, deployments, math.ceil(prompt * PROMPT_MARGIN), completion)
 
     def cost(self, outcome: Outcome, usage: Usage | None) -> Cost | None:
         """What ``usage`` cost on the deployment that answered; None when no price is known (or nothing answered)."""
@@ -259,14 +269,22 @@ def _record(endpoint: Endpoint | Door, outcome: Outcome, elapsed: float, cost: C
         cached_tokens=0 if usage is None else usage.cached_tokens,
         cache_write_tokens=0 if usage is None else usage.cache_write_tokens,
         reasoning_tokens=0 if usage is None else usage.reasoning_tokens,
-        # Nothing used costs nothing; something used at no known price is unknown, never 0.
-        cost_usd=0.0 if usage is None else None if cost is None else cost.usd,
+        # Nothing used costs nothing; something used at no known price is unknown, never 0 (so is a media
+        # answer that does not say what it used: a transcript as plain text).
+        cost_usd=None if cost is None and (usage is not None or _unmeasured(endpoint, outcome)) else 0.0 if cost is None else cost.usd,
         price_source=None if cost is None else cost.source,
         cache=outcome.cache,
         saved_tokens=0 if outcome.saved is None else outcome.saved.total_tokens,
         shadow_of=outcome.shadow_of,
         similarity=outcome.similarity,
+        unit=None if usage is None else usage.unit,
+        units=0.0 if usage is None else usage.units,
     )
+
+
+def _unmeasured(endpoint: Endpoint | Door, outcome: Outcome) -> bool:
+    """An answered media request whose answer did not say what it used."""
+    return endpoint in MEDIA_ENDPOINTS and outcome.status < 400 and outcome.usage is None
 
 
 def _finished(record: UsageRecord, content: Content | None) -> RequestFinished:

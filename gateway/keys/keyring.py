@@ -190,16 +190,33 @@ class KeyRing:
         key = self._by_name.get(name)
         if key is None:
             teams = claimed_names(claims.get(names.team)) if names.team is not None else []
-            team = next((self._teams[found] for found in teams if found in self._teams), None)
-            policy = config.default
-            key = ApiKey(
-                name, frozenset(policy.models), KeyLimitsConfig(name, policy.rpm, policy.tpm), False,
-                frozenset({"*"}) if team is None else frozenset(team.models), () if team is None else team_budget(team),
-                {}, None if team is None else team.name,
-            )  # fmt: skip
+            key = self._default_policy(name, next((found for found in teams if found in self._teams), None))
         if names.models is None or names.models not in claims:
             return key
         return replace(key, token_models=frozenset(claimed_names(claims[names.models])))
+
+    def _default_policy(self, name: str, team_name: str | None) -> ApiKey:
+        """server.jwt.default's policy under ``name``, in team ``team_name`` (a configured team's name) if any."""
+        assert self._jwt_config is not None
+        policy, team = self._jwt_config.default, self._teams.get(team_name) if team_name is not None else None
+        return ApiKey(
+            name, frozenset(policy.models), KeyLimitsConfig(name, policy.rpm, policy.tpm), False,
+            frozenset({"*"}) if team is None else frozenset(team.models), () if team is None else team_budget(team),
+            {}, None if team is None else team.name,
+        )  # fmt: skip
+
+    def policy_of(self, name: str, team: str | None = None, token_models: frozenset[str] = frozenset({"*"})) -> ApiKey | None:
+        """The policy a caller named ``name`` has now, for work done later on its behalf (a batch's lines).
+
+        The admin keys' name, an api_keys entry's, or (with server.jwt) a token's:
+        ``team`` and ``token_models`` as its claims gave them. None: no such caller any more.
+        """
+        if name == ADMIN_KEY_NAME:
+            return next((key for key in self._by_hash.values() if key.admin), None)
+        key = self._by_name.get(name)
+        if key is None and self._jwt_config is not None:
+            key = self._default_policy(name, team)
+        return None if key is None else replace(key, token_models=token_models)
 
 
 def _per(period: str) -> str:

@@ -21,7 +21,7 @@ class UsageRecord(NamedTuple):
     time: float  # unix seconds when the answer finished
     request_id: str
     api_key: str | None  # the key's name (never the key); None on an open gateway
-    endpoint: str  # chat/completions, completions, embeddings, moderations
+    endpoint: str  # chat/completions, completions, embeddings, moderations, audio/..., images/... (or a door)
     model: str  # as the client asked for it
     provider: str | None  # the deployment that answered, if one did
     deployment: str | None  # the model's name at that provider
@@ -41,6 +41,8 @@ class UsageRecord(NamedTuple):
     saved_tokens: int = 0  # a cache hit: the tokens the kept answer used when it was fresh
     shadow_of: str | None = None  # a shadow request: the request id of the real one it copied
     similarity: float | None = None  # a shadow answer: its cosine similarity to the real answer
+    unit: str | None = None  # a media endpoint's own unit: "seconds" of audio, "characters", "images"
+    units: float = 0.0  # how many of ``unit`` the answer used (docs/media.md)
 
 
 COLUMNS = UsageRecord._fields
@@ -69,12 +71,14 @@ COLUMN_TYPES = {
     "saved_tokens": "INTEGER NOT NULL DEFAULT 0",
     "shadow_of": "TEXT",
     "similarity": "DOUBLE PRECISION",
+    "unit": "TEXT",
+    "units": "DOUBLE PRECISION NOT NULL DEFAULT 0",
 }
 assert tuple(COLUMN_TYPES) == COLUMNS
 # Columns added after the first release: a ledger created before them gains them at start (``added_columns``).
 LATER_COLUMNS = (
     "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source",
-    "cache", "saved_tokens", "shadow_of", "similarity",
+    "cache", "saved_tokens", "shadow_of", "similarity", "unit", "units",
 )  # fmt: skip
 
 

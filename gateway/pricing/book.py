@@ -7,6 +7,11 @@ Where a deployment's price comes from, first match wins::
     genai-prices' table                          source "genai-prices <version>"
     none of these                                None: unknown, never zero
 
+Audio and images are billed in their own units (``Usage.unit``: seconds,
+characters, images), priced by the model's ``price:`` only
+(``per_audio_minute``, ``per_million_characters``, ``per_image``): a usage
+in a unit no price names is unknown, never zero (docs/media.md).
+
 A model's ``price:`` covers each of its deployments. A deployment reached
 under another name (a fallback's answer counted under the requested model,
 or ``provider/model``) takes the price of the first model in ``models:``
@@ -23,9 +28,10 @@ from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
 from gateway.pricing.genai import VERSION, lookup
-from gateway.pricing.rates import FREE, ConfigRates, Rates
+from gateway.pricing.rates import FREE, ConfigRates, Rates, unit_rates
 from providers import LocalProviderConfig
-from providers.wire import Usage
+from providers.media import CHARACTERS, IMAGES, SECONDS
+from providers.wire import Endpoint, Usage
 
 if TYPE_CHECKING:
     from gateway.routing.deployment import Deployment
@@ -60,6 +66,12 @@ class PriceBook:
         for name in reversed(priced):  # reversed: the first model that prices it wins
             for d in config.models[name].deployments:
                 self._deployments[(d.provider, d.model)] = priced[name]
+        # Media units' rates: a model's own, else (a deployment reached under another name) the first model's that prices it.
+        self._unit_rates = {name: unit_rates(model.price) for name, model in config.models.items() if model.price is not None}
+        self._deployment_unit_rates: dict[tuple[str, str], dict[str, float]] = {}
+        for name, unit_prices in self._unit_rates.items():
+            for d in config.models[name].deployments:
+                self._deployment_unit_rates.setdefault((d.provider, d.model), unit_prices)
         # The same for deployments outside `models:`, named by clients: bounded, oldest dropped first.
         self._unlisted: dict[tuple[str, str], Rates | None] = {}
         self._unpriced = [f"{name} -> {provider}/{upstream}" for (name, provider, upstream), rates in self._listed.items()
@@ -80,7 +92,32 @@ class PriceBook:
         rates = self._rates(model, deployment)
         if rates is None or not _consistent(usage):
             return None
-        return Cost(rates.usd(usage), rates.source)
+        usd = rates.usd(usage)
+        if usage.unit is not None:
+            per_unit = self._units(model, deployment).get(usage.unit)
+            if per_unit is None and not usage.total_tokens:
+                return None  # billed in a unit no price names
+            usd += (per_unit or 0.0) * usage.units
+        return Cost(usd, rates.source)
+
+    def worst_media_case(
+        self, model: str, deployment_candidates: Iterable[Deployment], endpoint: Endpoint, payload: dict[str, object]
+    ) -> float | None:
+        """The dearest an audio or image request can cost, from what it names: for budget reservations.
+
+        Speech: its ``input``'s characters; images: ``n`` of them (1 when
+        unset). A transcription's audio length is known only from its answer:
+        nothing is held, the budget is settled with the cost once it is known.
+        None when a candidate has no price in the endpoint's unit.
+        """
+        unit, units = _named_units(endpoint, payload)
+        dearest: float | None = None
+        for deployment in deployment_candidates:
+            per_unit = self._units(model, deployment).get(unit)
+            if per_unit is None or self._rates(model, deployment) is None:
+                return None
+            dearest = max(dearest or 0.0, per_unit * units)
+        return dearest
 
     def worst_case(
         self, model: str, deployment_candidates: Iterable[Deployment], prompt_tokens: int, max_completion_tokens: int
@@ -105,6 +142,12 @@ class PriceBook:
         """'model -> provider/upstream-model' for each configured deployment no price covers (for check-config)."""
         return list(self._unpriced)
 
+    def _units(self, model: str, deployment: Deployment) -> dict[str, float]:
+        where = (deployment.provider_name, deployment.model)
+        if (model, *where) in self._listed and model in self._unit_rates:
+            return self._unit_rates[model]
+        return self._deployment_unit_rates.get(where, {})
+
     def _rates(self, model: str, deployment: Deployment) -> Rates | None:
         where = (deployment.provider_name, deployment.model)
         listed = (model, *where)
@@ -127,6 +170,18 @@ class PriceBook:
         if isinstance(provider, LocalProviderConfig):
             return FREE
         return lookup(provider, upstream_model)
+
+
+def _named_units(endpoint: Endpoint, payload: dict[str, object]) -> tuple[str, float]:
+    """The unit an endpoint is billed in, and how many of it the request itself names."""
+    if endpoint is Endpoint.SPEECH:
+        text = payload.get("input")
+        return CHARACTERS, float(len(text)) if isinstance(text, str) else 0.0
+    if endpoint in (Endpoint.IMAGES, Endpoint.IMAGE_EDITS):
+        n = payload.get("n", 1)
+        count = n if isinstance(n, int) else int(n) if isinstance(n, str) and n.isdigit() else 1
+        return IMAGES, float(count)
+    return SECONDS, 0.0
 
 
 def _consistent(usage: Usage) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import ModelPrice
+from providers.media import CHARACTERS, IMAGES, SECONDS
 from providers.wire import Usage
 
 MTOK = 1_000_000
@@ -63,6 +64,16 @@ class Free:
 
 
 FREE = Free("local")
+
+
+def unit_rates(price: ModelPrice) -> dict[str, float]:
+    """A ``price:``'s rates per media unit (``Usage.unit``), in US dollars."""
+    per_unit = {
+        SECONDS: None if price.per_audio_minute is None else price.per_audio_minute / 60,
+        CHARACTERS: None if price.per_million_characters is None else price.per_million_characters / MTOK,
+        IMAGES: price.per_image,
+    }
+    return {unit: rate for unit, rate in per_unit.items() if rate is not None}
 
 
 @dataclass(frozen=True, slots=True)

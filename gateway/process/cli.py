@@ -21,6 +21,8 @@ from gateway.process.settings import ModelSettings, ProcessSettings
 from providers import LocalProviderConfig
 from providers.redact import redact
 
+OVERRIDES_SOURCE = "--host/--port/--log-level and SWITCHYARD_* variables"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchyard", description="An OpenAI-compatible LLM gateway.")
@@ -102,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
             "log_level": args.log_level or settings.log_level,
         }
         overrides = {name: value for name, value in overrides.items() if value is not None}
-        config = with_server_overrides(config, overrides, "--host/--port/--log-level and SWITCHYARD_* variables")
+        config = with_server_overrides(config, overrides, OVERRIDES_SOURCE)
     except ValidationError as exc:  # a SWITCHYARD_* variable of the wrong type
         problems = [f"SWITCHYARD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
         print("switchyard: " + "; ".join(problems), file=sys.stderr)
@@ -136,9 +138,17 @@ def _serve(args: argparse.Namespace) -> int:
         load_failure.append(reason)
         http.should_exit = True
 
-    serves_only_local = args.config is None and settings.config is None
+    path = args.config or settings.config
+
+    def read_again() -> GatewayConfig:  # a reload: the file as at start, with the same overrides
+        assert path is not None
+        return with_server_overrides(load_config(path), overrides, OVERRIDES_SOURCE)
+
     try:
-        app = create_app(config, on_load_failure=stop_serving if serves_only_local else None)
+        app = create_app(
+            config, on_load_failure=stop_serving if path is None else None,
+            reload_from=read_again if path is not None else None, reload_on_sighup=path is not None,
+        )  # fmt: skip
     except ConfigError as exc:  # what only the built providers can tell
         print(exc, file=sys.stderr)
         return 1

@@ -1,34 +1,66 @@
-"""vLLM's operational endpoints for the engines in this process: reset the prefix cache, sleep, wake up.
+"""vLLM's operational endpoints for the engines in this process: prefix cache, sleep, wake up, LoRA adapters.
 
-    POST /reset_prefix_cache     forget every cached prefix        409 while requests run
-    POST /sleep                  release the KV cache's memory     409 while requests run
-    POST /wake_up                take it again and serve
-    GET  /is_sleeping            {"is_sleeping": bool}
+    POST /reset_prefix_cache         forget every cached prefix        409 while requests run
+    POST /sleep                      release the KV cache's memory     409 while requests run
+    POST /wake_up                    take it again and serve
+    GET  /is_sleeping                {"is_sleeping": bool}
+    POST /v1/load_lora_adapter       {"lora_name", "lora_path"}: a PEFT adapter served as model lora_name
+    POST /v1/unload_lora_adapter     {"lora_name"}                     409 while its requests run
 
-Each acts on every local chat engine, or on one with ``?provider=NAME``. A
+The first four act on every local chat engine, or on one with ``?provider=NAME``. A
 sleeping engine's requests are refused as for a model that is loading (503,
 and the router falls back to the model's next deployment); the process stays
 ready. They need an admin key, as /v1/usage does: not being under ``/v1/``,
 the key is checked here. vLLM serves them only in its development mode and
 answers 200 whatever happened; here an answer says what was done.
+
+A LoRA adapter goes to the one local chat engine, or to the one ``?provider=``
+names when there are several. It becomes a model in the table (``parent``: the
+first configured model the engine serves), routed like any other; the answers
+are vLLM's plain-text ones. Unloading waits for nothing: while the adapter's
+requests run it is a 409 ``engine_busy`` and the adapter stays, as /sleep does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import PlainTextResponse, Response
 
 from gateway.errors import InvalidRequest
+from gateway.http.relay import read_body
 from gateway.http.responses import json_response
+from gateway.http.validation import BodyLimits, Checked, parse_model
 from gateway.keys.admin import require_admin_key
 from gateway.keys.keyring import KeyRing
+from gateway.routing.deployment import Deployment
 from gateway.routing.table import ModelTable
 from providers import OpenAIError
-from providers.base import ManagesEngine
+from providers.base import ManagesEngine, ServesLoraAdapters
 
 BUSY = 409
+# An adapter's request is two short strings: nothing legitimate comes near these limits.
+_LORA_BODY_LIMITS = BodyLimits(max_bytes=1 << 16, max_depth=2, max_model_chars=256)
+
+
+class LoadLoraAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/load_lora_adapter."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lora_name: str = Field(min_length=1, max_length=256, description="The model name the adapter is served as.")
+    lora_path: str = Field(min_length=1, description="A PEFT adapter directory on the gateway's machine.")
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    """vLLM's body for POST /v1/unload_lora_adapter."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    lora_name: str = Field(min_length=1, max_length=256)
 
 
 def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
@@ -63,6 +95,40 @@ def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
             done[engine.name] = "awake"
         return json_response({"engines": done})
 
+    @engines.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+                  openapi_extra=_json_body(LoadLoraAdapterRequest))  # fmt: skip
+    async def load_lora_adapter(request: Request) -> Response:
+        """Serve a PEFT LoRA adapter directory as a model of its own, on a local chat engine."""
+        engine = _lora_engine(request, keys, table)
+        body = await _read(request, LoadLoraAdapterRequest)
+        name = body.lora_name
+        if table.parent_of(name) is not None:
+            raise InvalidRequest(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        if table.is_public(name) or name in _upstream_names(table, engine):
+            raise InvalidRequest(f"'{name}' is already a model's name: give the adapter another.", param="lora_name")
+        await engine.load_lora_adapter(name, body.lora_path)
+        table.add_model(name, Deployment(engine.name, name, engine), _parent_name(table, engine))
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @engines.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+                  openapi_extra=_json_body(UnloadLoraAdapterRequest))  # fmt: skip
+    async def unload_lora_adapter(request: Request) -> Response:
+        """Stop serving a LoRA adapter; 409 while its requests run."""
+        require_admin_key(keys, request.scope["headers"])
+        name = (await _read(request, UnloadLoraAdapterRequest)).lora_name
+        if table.parent_of(name) is None:
+            raise OpenAIError(f"The lora adapter '{name}' cannot be found.", status_code=404,
+                              error_type="invalid_request_error", param="lora_name", code="model_not_found")  # fmt: skip
+        engine = table.deployments_for(name)[0].provider
+        assert isinstance(engine, ServesLoraAdapters)
+        if not await engine.unload_lora_adapter(name):
+            raise OpenAIError(
+                f"Requests are running on the lora adapter '{name}': it stays loaded; try again once they finished.",
+                status_code=BUSY, error_type="invalid_request_error", code="engine_busy",
+            )  # fmt: skip
+        table.remove_model(name)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
     @engines.get("/is_sleeping")
     async def is_sleeping(request: Request) -> Response:
         """Whether the engines sleep: ``is_sleeping`` is true when every one does (vLLM's one engine's answer)."""
@@ -83,3 +149,48 @@ async def _each(managed: list[ManagesEngine], done: str, act: Callable[[ManagesE
             status_code=BUSY, error_type="invalid_request_error", code="engine_busy",
         )  # fmt: skip
     return json_response({"engines": {name: done for name in results}})
+
+
+def _lora_engine(request: Request, keys: KeyRing, table: ModelTable) -> ServesLoraAdapters:
+    """The engine an adapter goes to: the only one, or the one ``?provider=`` names."""
+    require_admin_key(keys, request.scope["headers"])
+    serving = [engine for engine in table.engines_here() if isinstance(engine, ServesLoraAdapters)]
+    name = request.query_params.get("provider")
+    if name is not None:
+        serving = [engine for engine in serving if engine.name == name]
+        if not serving:
+            raise InvalidRequest(f"No local chat engine is named '{name}'.", param="provider")
+    if len(serving) != 1:
+        named = ", ".join(engine.name for engine in serving)
+        reason = f"Several local chat engines serve LoRA adapters ({named}): name one with ?provider=." if serving \
+            else "No local chat engine here serves LoRA adapters."  # fmt: skip
+        raise InvalidRequest(reason, param="provider")
+    return serving[0]
+
+
+async def _read(request: Request, model: type[Checked]) -> Checked:
+    return parse_model(await read_body(request.scope, request.receive, _LORA_BODY_LIMITS.max_bytes), model,
+                       _LORA_BODY_LIMITS)  # fmt: skip
+
+
+def _upstream_names(table: ModelTable, engine: ServesLoraAdapters) -> set[str]:
+    """The upstream ``model`` names the configured models send to ``engine``: an adapter of that name would take them."""
+    return {
+        deployment.model
+        for model in table.model_names if table.parent_of(model) is None
+        for deployment in table.deployments_for(model) if deployment.provider is engine
+    }  # fmt: skip
+
+
+def _parent_name(table: ModelTable, engine: ServesLoraAdapters) -> str:
+    """The base model's name as clients know it: the first configured model the engine serves, else the engine's."""
+    return next(
+        (model for model in table.model_names if table.parent_of(model) is None
+         and any(deployment.provider is engine for deployment in table.deployments_for(model))),
+        engine.name,
+    )  # fmt: skip
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its own, as FastAPI would describe it (as tokenize.py's)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}

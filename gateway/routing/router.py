@@ -131,9 +131,11 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        previous: Router | None = None,
     ) -> None:
+        """``previous``: the router a configuration reload replaces (what its table learned is kept)."""
         self._config = config.router
-        self.table = ModelTable(config, providers, clock)
+        self.table = ModelTable(config, providers, clock, previous.table if previous is not None else None)
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()

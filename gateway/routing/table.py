@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from gateway.config import GatewayConfig, LocalFirstConfig, RoutingStrategy
+from gateway.config import CooldownConfig, GatewayConfig, LocalFirstConfig, RoutingStrategy
 from gateway.errors import ModelNotFound
 from gateway.routing.balancer import DeploymentState
 from gateway.routing.breaker import CircuitBreaker
@@ -27,8 +27,10 @@ LOCAL_FIRST_DEFAULTS = LocalFirstConfig()
 
 class ModelTable:
     def __init__(
-        self, config: GatewayConfig, providers: Mapping[str, Provider], clock: Callable[[], float] = time.monotonic
+        self, config: GatewayConfig, providers: Mapping[str, Provider], clock: Callable[[], float] = time.monotonic,
+        previous: ModelTable | None = None,
     ) -> None:
+        """``previous``: the table a configuration reload replaces; what it learned of a deployment that stays is kept."""
         self._cooldown = config.router.cooldown
         self._default_strategy = config.router.routing
         self._clock = clock
@@ -39,15 +41,26 @@ class ModelTable:
         self._local_first = {name: m.local_first for name, m in config.models.items()}
         # The deployments on each engine in this process: their requests in flight are the engine's (local_first).
         self._on_engine: dict[str, list[DeploymentState]] = {}
+        # Models made at run time (add_model: LoRA adapters), each with its parent's name.
+        self._parents: dict[str, str] = {}
+        kept = previous._kept_states(self._cooldown) if previous is not None else {}
         self._routes = {
             name: tuple(
-                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight)
+                self._state(Deployment(d.provider, d.model, self._providers[d.provider]), d.weight, kept.get(name))
                 for d in model.deployments
             )
             for name, model in config.models.items()
         }
         # Deployments reached as ``provider/model``, made on first use.
-        self._direct: dict[str, tuple[DeploymentState, ...]] = {}
+        self._direct: dict[str, tuple[DeploymentState, ...]] = {
+            name: states for name, states in previous._direct.items()
+            if all(self._providers.get(s.deployment.provider_name) is s.deployment.provider for s in states)
+        } if previous is not None else {}  # fmt: skip
+        for states in self._direct.values():
+            for state in states:
+                self._track_engine(state)
+        if previous is not None:
+            self._keep_added_models(previous)
 
     @property
     def model_names(self) -> list[str]:
@@ -113,8 +126,58 @@ class ModelTable:
         """The providers whose model loads in this process, in config order (readiness waits for them)."""
         return [provider for provider in self._providers.values() if isinstance(provider, LoadsModel)]
 
-    def _state(self, deployment: Deployment, weight: float) -> DeploymentState:
-        state = DeploymentState(deployment, weight, CircuitBreaker(self._cooldown, self._clock))
-        if isinstance(deployment.provider, ReportsEngineStats):
-            self._on_engine.setdefault(deployment.provider_name, []).append(state)
+    def add_model(self, name: str, deployment: Deployment, parent: str) -> None:
+        """Serve ``name`` by ``deployment`` from now on: a model made at run time (a LoRA adapter of ``parent``)."""
+        if name in self._routes:
+            raise ValueError(f"model {name!r} is already in the table")
+        self._routes[name] = (self._state(deployment, 1.0),)
+        self._parents[name] = parent
+
+    def remove_model(self, name: str) -> None:
+        """Stop serving a model ``add_model`` made (configured models stay)."""
+        if self._parents.pop(name, None) is None:
+            raise ValueError(f"model {name!r} was not added at run time")
+        for state in self._routes.pop(name):
+            if (on_engine := self._on_engine.get(state.deployment.provider_name)) is not None:
+                on_engine.remove(state)
+
+    def _keep_added_models(self, previous: ModelTable) -> None:
+        """Models ``previous`` made at run time stay, while the provider serving them is the same (it holds the adapter)."""
+        for name, parent in previous._parents.items():
+            states = previous._routes[name]
+            if name in self._routes or any(
+                self._providers.get(s.deployment.provider_name) is not s.deployment.provider for s in states
+            ):
+                continue  # the configuration now names it, or its engine was replaced (without the adapter)
+            self._routes[name] = states
+            self._parents[name] = parent
+            for state in states:
+                self._track_engine(state)
+
+    def parent_of(self, name: str) -> str | None:
+        """The model a run-time model (``add_model``) derives from; None for any other name."""
+        return self._parents.get(name)
+
+    def _state(
+        self, deployment: Deployment, weight: float, kept: Mapping[Deployment, DeploymentState] | None = None
+    ) -> DeploymentState:
+        state = kept.get(deployment) if kept else None
+        if state is None or state.weight != weight:
+            state = DeploymentState(deployment, weight, CircuitBreaker(self._cooldown, self._clock))
+        self._track_engine(state)
         return state
+
+    def _track_engine(self, state: DeploymentState) -> None:
+        if isinstance(state.deployment.provider, ReportsEngineStats):
+            self._on_engine.setdefault(state.deployment.provider_name, []).append(state)
+
+    def _kept_states(self, cooldown: CooldownConfig) -> dict[str, dict[Deployment, DeploymentState]]:
+        """Each model's deployment states, for the table that replaces this one (none if the breakers' rules changed).
+
+        A state is taken by the new table only for the same deployment on the
+        same provider object (one a reload kept), so its breaker, counters and
+        requests in flight stay true while both tables serve.
+        """
+        if cooldown != self._cooldown:
+            return {}
+        return {name: {state.deployment: state for state in states} for name, states in self._routes.items()}

@@ -63,3 +63,11 @@ def configure_logging(level: str, secrets: Iterable[str], log_format: str = "tex
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def add_log_secrets(secrets: Iterable[str]) -> None:
+    """Mask ``secrets`` too in the lines of the handlers ``configure_logging`` set up (keys a reload brought)."""
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, RedactingFormatter):
+            formatter.secrets = tuple(dict.fromkeys((*formatter.secrets, *secrets)))

@@ -29,8 +29,8 @@ BREAKER_VALUE = {"closed": 1.0, "half_open": 0.5, "open": 0.0}
 class GatewayMetrics:
     """The gateway's metrics, in a registry of their own (two apps in one process do not collide)."""
 
-    def __init__(self, table: ModelTable, ledger: LedgerWriter | None = None) -> None:
-        self._table = table
+    def __init__(self, ledger: LedgerWriter | None = None) -> None:
+        self.serving: ModelTable | None = None  # the table read, given by ``serve``
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "switchyard_requests", "Requests on the model endpoints, by outcome.",
@@ -77,10 +77,19 @@ class GatewayMetrics:
             "switchyard_cost_usd", "US dollars finished requests cost, where a price is known (gateway.pricing).",
             ["model", "provider", "key"], registry=self.registry,
         )  # fmt: skip
-        self.registry.register(_DeploymentCollector(table))
+        self.registry.register(_DeploymentCollector(self))
         if ledger is not None:
             self.registry.register(_LedgerCollector(ledger))
         self._engine_timings: tuple[Histogram, Histogram] | None = None
+
+    @property
+    def table(self) -> ModelTable:
+        assert self.serving is not None, "serve(table) first"
+        return self.serving
+
+    def serve(self, table: ModelTable) -> None:
+        """Read ``table`` from now on: at start, and when a configuration reload swaps it in (the counters stay)."""
+        self.serving = table
         engines = table.engines_here()
         if engines:
             self._watch_engines(engines)
@@ -91,7 +100,14 @@ class GatewayMetrics:
 
     def _watch_engines(self, engines: list[ReportsEngineStats]) -> None:
         """The local engines' state when scraped, and the histograms their requests' timings go to."""
-        self.registry.register(_EngineCollector(engines))
+        if self._engine_timings is None:
+            self.registry.register(_EngineCollector(self))
+            self._engine_timings = self._engine_histograms()
+        for engine in engines:  # each engine's series is there from the start, at zero
+            for histogram in self._engine_timings:
+                histogram.labels(engine.name)
+
+    def _engine_histograms(self) -> tuple[Histogram, Histogram]:
         first_token = Histogram(
             "switchyard_engine_time_to_first_token_seconds", "Local engine: from a request's arrival to its first token.",
             ["provider"], buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -100,10 +116,7 @@ class GatewayMetrics:
             "switchyard_engine_time_per_output_token_seconds", "Local engine: mean time between a request's tokens.",
             ["provider"], buckets=TOKEN_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        for engine in engines:  # each engine's series is there from the start, at zero
-            first_token.labels(engine.name)
-            per_token.labels(engine.name)
-        self._engine_timings = (first_token, per_token)
+        return first_token, per_token
 
     def observe_engine_timings(self, provider: str, timings: tuple[RequestTimings, ...]) -> None:
         """A finished answer's engine timings (a local provider's), beside its usage."""
@@ -118,24 +131,25 @@ class GatewayMetrics:
     def model_label(self, model: object) -> str:
         if not isinstance(model, str) or not model:
             return ""
-        if self._table.is_public(model):
+        if self.table.is_public(model):
             return model
         provider, slash, _ = model.partition("/")
-        return f"{provider}/*" if slash and provider in self._table.provider_names else "unknown"
+        return f"{provider}/*" if slash and provider in self.table.provider_names else "unknown"
 
 
 class _DeploymentCollector(Collector):
     """Each deployment's breaker state and requests in flight, read when scraped."""
 
-    def __init__(self, table: ModelTable) -> None:
-        self._table = table
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics  # its table: the one serving now
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        table = self._metrics.serving
         labels = ["model", "provider", "deployment"]
         up = GaugeMetricFamily("switchyard_deployment_up", "1 closed, 0.5 half-open (probing), 0 cooling down.", labels=labels)
         in_flight = GaugeMetricFamily("switchyard_deployment_in_flight", "Requests in flight.", labels=labels)
-        for model, states in self._table.deployment_states().items():
-            if not self._table.is_public(model):
+        for model, states in table.deployment_states().items() if table is not None else ():
+            if not table.is_public(model):
                 continue  # direct provider/model names are the clients' to choose
             for state in states:
                 values = [model, state.deployment.provider_name, state.deployment.model]
@@ -182,8 +196,8 @@ class _WebhookCollector(Collector):
 class _EngineCollector(Collector):
     """Each local engine's queue, KV cache and prefix cache, read when scraped."""
 
-    def __init__(self, engines: list[ReportsEngineStats]) -> None:
-        self._engines = engines
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics  # the engines of its table: the one serving now
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         labels = ["provider"]
@@ -194,7 +208,8 @@ class _EngineCollector(Collector):
             "switchyard_engine_prefix_cache_hit_ratio", "Prompt blocks found in the prefix cache, since start.", labels=labels
         )
         preempted = CounterMetricFamily("switchyard_engine_preemptions", "Sequences preempted for room.", labels=labels)
-        for engine in self._engines:
+        table = self._metrics.serving
+        for engine in table.engines_here() if table is not None else ():
             stats = engine.engine_stats()
             if stats is None:  # still loading, or an embedding model
                 continue

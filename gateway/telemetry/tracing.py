@@ -50,8 +50,15 @@ OPERATIONS = {
     Endpoint.CHAT: "chat",
     Endpoint.COMPLETIONS: "text_completion",
     Endpoint.EMBEDDINGS: "embeddings",
-    Endpoint.MODERATIONS: "moderation",  # no convention names one
+    Endpoint.MODERATIONS: "moderation",  # no convention names one, nor the audio and image ones below
+    Endpoint.TRANSCRIPTIONS: "transcription",
+    Endpoint.TRANSLATIONS: "translation",
+    Endpoint.SPEECH: "speech",
+    Endpoint.IMAGES: "image_generation",
+    Endpoint.IMAGE_EDITS: "image_edit",
 }
+# The endpoints whose requests carry messages or prompts (with record_content, recorded on the span).
+_MESSAGE_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.MODERATIONS})
 # gen_ai.provider.name for presets the conventions name; any other preset goes by its own name.
 PROVIDER_NAMES = {
     "openai": "openai",
@@ -117,14 +124,18 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
         self.record_content = config.record_content
         self._secrets = secrets
-        self._provider_names = {name: PROVIDER_NAMES.get(kind, kind) for name, kind in provider_types.items()}
-        self._local = frozenset(name for name, kind in provider_types.items() if kind == "local")
-        self._hosts = {name: host for name, url in base_urls.items() if (host := urlsplit(url).hostname)}
+        self.describe_providers(provider_types, base_urls)
         logger.info(
             "traces: OTLP/HTTP to %s, service %s, sampling %g of the requests no traceparent decides%s",
             traces_url(config.endpoint) or "the OTEL_EXPORTER_OTLP_* endpoint (else localhost:4318)",
             config.service_name, config.sample_ratio, ", with prompts and answers" if config.record_content else "",
         )  # fmt: skip
+
+    def describe_providers(self, provider_types: Mapping[str, str], base_urls: Mapping[str, str]) -> None:
+        """Name the providers' systems and hosts on attempt spans (at start, and after a configuration reload)."""
+        self._provider_names = {name: PROVIDER_NAMES.get(kind, kind) for name, kind in provider_types.items()}
+        self._local = frozenset(name for name, kind in provider_types.items() if kind == "local")
+        self._hosts = {name: host for name, url in base_urls.items() if (host := urlsplit(url).hostname)}
 
     def start(self, headers: list[tuple[bytes, bytes]], method: str, path: str) -> RequestSpan:
         """A request's span, current until ``RequestSpan.finish``; its parent is the client's traceparent, if any."""
@@ -227,7 +238,7 @@ class RequestSpan:
             value = payload.get(field)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attributes[attribute] = value
-        if self._tracing.record_content and endpoint is not Endpoint.EMBEDDINGS:
+        if self._tracing.record_content and endpoint in _MESSAGE_ENDPOINTS:
             attributes["gen_ai.input.messages"] = _json(input_messages(payload))
         self.span.set_attributes(attributes)  # at once: each set_attribute takes the span's lock
 

@@ -19,8 +19,8 @@ import orjson
 
 EventType = Literal["request.completed", "request.failed", "batch.completed", "budget.exceeded"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-# Accepted in config, never sent: the gateway has no batches yet (docs/webhooks.md).
-NOT_EMITTED = frozenset({"batch.completed"})
+# Types accepted in config but never sent: none since batch.completed is sent when a batch ends.
+NOT_EMITTED: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,22 @@ class BudgetExceeded:
     resets_at: str | None  # ISO 8601; None for a budget that never resets
 
 
-EventData = RequestFinished | BudgetExceeded
+@dataclass(frozen=True, slots=True)
+class BatchFinished:
+    """The data of batch.completed: a batch ended, whichever way (``status`` says which)."""
+
+    batch_id: str
+    status: str  # completed, failed, cancelled or expired
+    key: str | None
+    endpoint: str
+    total: int
+    completed: int  # lines answered 2xx
+    failed: int  # lines answered with an error (in the error file)
+    output_file_id: str | None
+    error_file_id: str | None
+
+
+EventData = RequestFinished | BudgetExceeded | BatchFinished
 
 
 @dataclass(frozen=True, slots=True)

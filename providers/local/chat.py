@@ -5,6 +5,11 @@ chains, deadlines and usage accounting. Usage is exact: the engine counts
 its own tokens. Each engine request's timings (time to the first token, mean
 time between the later ones) travel beside the usage, for the gateway's
 metrics to observe.
+
+LoRA adapters (POST /v1/load_lora_adapter, ``ServesLoraAdapters``) are read
+off the event loop and the engine's thread, then added between two steps; a
+request whose ``model`` names a loaded adapter runs through it, in the same
+batches as the base model's requests.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import orjson
 from local_engine import (
     EngineNotReady,
     InvalidInput,
+    InvalidLoraAdapter,
+    LoraLimitReached,
+    LoraNotLoaded,
     RequestOutput,
     SamplingParams,
     StepFailed,
@@ -29,7 +37,12 @@ from local_engine.inputs import PromptType
 from local_engine.stop import stream_holdback
 from local_engine.tool_calls import ToolPlan, render_prompt
 from providers.base import EngineStats, UpstreamRequest, UpstreamResponse
-from providers.errors import EngineFailed, InvalidLocalRequest, UpstreamRejected
+from providers.errors import (
+    EngineFailed,
+    InvalidLocalRequest,
+    OpenAIError,
+    UpstreamRejected,
+)
 from providers.local.answers import Formatter
 from providers.local.config import LocalProviderConfig
 from providers.local.constraints import tool_plan
@@ -77,6 +90,42 @@ class LocalChatProvider(LocalProvider):
     async def wake_up(self) -> None:
         await self.engine.call(lambda engine: engine.wake_up())
 
+    # --- LoRA adapters (ServesLoraAdapters) ---
+
+    async def load_lora_adapter(self, lora_name: str, lora_path: str) -> None:
+        self._require_ready()
+        engine = self.engine.engine
+        assert engine is not None
+        try:
+            # Reading and checking the files runs on a worker thread: neither the event loop nor a step waits on it.
+            adapter = await asyncio.to_thread(engine.read_lora, lora_name, lora_path)
+            await self.engine.call(lambda engine: engine.add_lora(adapter))
+        except InvalidLoraAdapter as error:
+            raise InvalidLocalRequest(str(error), param=error.param, provider=self.name) from None
+        except LoraLimitReached as error:
+            raise OpenAIError(
+                str(error), status_code=409, error_type="invalid_request_error", param="lora_name",
+                code="lora_limit_reached",
+            ) from None  # fmt: skip
+        except EngineNotReady:
+            raise self._not_ready() from None
+
+    async def unload_lora_adapter(self, lora_name: str) -> bool:
+        try:
+            return await self.engine.call(lambda engine: engine.remove_lora(lora_name))
+        except LoraNotLoaded as error:
+            raise OpenAIError(
+                str(error), status_code=404, error_type="invalid_request_error", param="lora_name",
+                code="model_not_found",
+            ) from None  # fmt: skip
+        except EngineNotReady:
+            raise self._not_ready() from None
+
+    def _lora_of(self, payload: dict[str, Any]) -> str | None:
+        """The loaded adapter the request's ``model`` names, if it names one (read from the engine's own table)."""
+        engine, model = self.engine.engine, payload.get("model")
+        return model if engine is not None and isinstance(model, str) and model in engine.loras.by_name else None
+
     @property
     def max_model_len(self) -> int:
         self._require_ready()
@@ -88,8 +137,9 @@ class LocalChatProvider(LocalProvider):
         formatter, params, prompts = await self._plan(request.endpoint, payload)
         timings: list[RequestTimings] = []
         # One engine request per prompt, all in the engine's batch at once.
+        lora = self._lora_of(payload)
         finished = await asyncio.gather(
-            *(_last(self._run(prompt, params, RequestOrigin(request.endpoint, payload, index), timings))
+            *(_last(self._run(prompt, params, RequestOrigin(request.endpoint, payload, index), timings, lora))
               for index, prompt in enumerate(prompts))
         )  # fmt: skip
         body = formatter.answer(finished, params.n)
@@ -102,7 +152,7 @@ class LocalChatProvider(LocalProvider):
         if len(prompts) != 1:
             raise InvalidLocalRequest("A streamed completion takes one prompt.", param="prompt")
         timings: list[RequestTimings] = []
-        outputs = self._run(prompts[0], params, RequestOrigin(request.endpoint, payload), timings)
+        outputs = self._run(prompts[0], params, RequestOrigin(request.endpoint, payload), timings, self._lora_of(payload))
         stream = LocalEventStream(
             outputs, formatter, headers, usage_requested(payload), stream_holdback(params.stop), timings
         )
@@ -145,19 +195,23 @@ class LocalChatProvider(LocalProvider):
         return formatter, params, prompts
 
     async def _run(
-        self, prompt: PromptType, params: SamplingParams, origin: RequestOrigin, timings: list[RequestTimings]
+        self, prompt: PromptType, params: SamplingParams, origin: RequestOrigin, timings: list[RequestTimings],
+        lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """The engine's outputs for one prompt, its timings added to ``timings`` once it finished;
-        a refusal named in the client's terms (``origin``)."""
+        """The engine's outputs for one prompt (through the LoRA adapter ``lora``, if given), its timings added to
+        ``timings`` once it finished; a refusal named in the client's terms (``origin``)."""
         started = time.perf_counter()
         first: float | None = None
         try:
-            async for output in self.engine.generate(uuid.uuid4().hex, prompt, params):
+            async for output in self.engine.generate(uuid.uuid4().hex, prompt, params, lora):
                 if first is None:
                     first = time.perf_counter()
                 if output.finished:
                     timings.append(_timings(started, first, output))
                 yield output
+        except LoraNotLoaded as error:  # unloaded between routing and the engine
+            raise UpstreamRejected(str(error), status_code=404, param="model", code="model_not_found",
+                                   provider=self.name) from None  # fmt: skip
         except InvalidInput as error:  # PromptTooLong and CompletionTooLong too
             raise origin.refusal(error, self.name) from None
         except EngineNotReady:

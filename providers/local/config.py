@@ -37,6 +37,10 @@ class LocalProviderConfig(BaseModel):
     load_retries: int = Field(
         2, ge=0, description="Loads retried (after 1 s, 2 s, ...) before the model is declared failed."
     )
+    max_loras: int = Field(
+        4, ge=0, description="LoRA adapters loaded at once (POST /v1/load_lora_adapter); 0 refuses every load."
+    )
+    max_lora_rank: int = Field(16, ge=1, description="The largest rank `r` a LoRA adapter may have.")
     # OpenAI defines token-id `input` in its own tokenizer's ids, and the clients that send ids mean those:
     # LangChain's OpenAIEmbeddings tokenizes every text with tiktoken (cl100k_base) and sends the ids. Read
     # as the local model's ids they index the wrong rows, or none. So by default they are decoded to text
@@ -78,4 +82,6 @@ class LocalProviderConfig(BaseModel):
             max_model_len=self.max_model_len,
             quantization=self.quantization,
             tokenizer=self.tokenizer,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
         )

@@ -55,6 +55,10 @@ class GatewayProcess:
     def log(self) -> str:
         return "".join(self.output)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        assert self._process is not None
+        self._process.send_signal(sig)
+
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         """Send ``sig`` and wait for the process to end; its exit code."""
         assert self._process is not None

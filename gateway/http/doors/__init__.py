@@ -197,7 +197,7 @@ COUNT_TOKENS_DOOR = Door(
     _message_events, None, anthropic_messages.error_body, count_input_tokens,
 )  # fmt: skip
 DOORS: dict[str, Door] = {
-    **{f"/v1/{endpoint.value}": _openai_door(endpoint) for endpoint in Endpoint},
+    **{f"/v1/{endpoint.value}": _openai_door(endpoint) for endpoint in REQUEST_MODELS},  # audio, images: http/media/
     "/v1/responses": RESPONSES_DOOR,
     "/v1/messages": MESSAGES_DOOR,
     "/v1/messages/count_tokens": COUNT_TOKENS_DOOR,

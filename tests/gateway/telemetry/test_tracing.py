@@ -23,6 +23,7 @@ from gateway.telemetry.tracing import traces_url, tracing_config
 from providers.redact import MASK
 from tests.support.fakes.faulty import Fault, FaultyUpstream
 from tests.support.otlp import OTLPReceiver, ReceivedSpan
+from tests.support.fakes.media_upstream import FakeMediaUpstream
 from tests.support.servers import ServedApp
 
 PROVIDER_KEY = "sk-upstream-secret-0123456789abcdef"
@@ -239,3 +240,22 @@ def test_without_tracing_nothing_is_sent_and_no_traceparent_goes_upstream(upstre
             model="beta", messages=[{"role": "user", "content": "x"}], extra_headers={"traceparent": TRACEPARENT}
         )
     assert "traceparent" not in b.requests[-1].headers
+
+
+def test_an_audio_request_is_traced_like_a_chat_request() -> None:
+    """The media endpoints' attempts get a span too: no endpoint of the router is left without an operation name."""
+    fake = FakeMediaUpstream(api_key="sk-media-upstream-0123456789", azure_key="unused-azure-key-0123456789")
+    fake.release_last_chunk.set()  # speech answers whole
+    with ServedApp(fake) as upstream, OTLPReceiver() as receiver:
+        config = parse_config(yaml.safe_dump({
+            "server": {"usage_ledger": False, "otel": {"endpoint": receiver.url}},
+            "providers": {"m": {"type": "custom", "base_url": f"{upstream.url}/v1", "api_key": "sk-media-upstream-0123456789"}},
+            "models": {"tts": {"deployments": [{"provider": "m", "model": "tts-1"}]}},
+        }), environ={})  # fmt: skip
+        with ServedApp(create_app(config)) as served:
+            speech = client(served.url).audio.speech.create(model="tts", voice="alloy", input="hello")
+            assert speech.response.status_code == 200 and speech.content
+    spans = receiver.wait_for(lambda spans: len(by_kind(spans, "CLIENT")) >= 1)
+    (attempt,) = by_kind(spans, "CLIENT")
+    assert attempt.attributes["gen_ai.operation.name"] == "speech"
+    assert attempt.attributes["gen_ai.request.model"] == "tts-1"

@@ -1,0 +1,38 @@
+"""Files and batches in SQLite, one file in the data directory, for a single gateway (gateway/sqlite.py: WAL)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.sqlite import connect
+
+
+class SqliteDatabase:
+    placeholder = "?"
+    shared = False  # one gateway's file
+
+    def __init__(self, path: Path, schema: Sequence[str]) -> None:
+        self.description = f"SQLite {path}"
+        self._path = path
+        self._schema = schema
+        self._db: sqlite3.Connection | None = None
+
+    def execute(self, sql: str, values: Sequence[Any]) -> sqlite3.Cursor:
+        # Autocommit: each statement is its own transaction, committed to the WAL before it returns,
+        # so a result survives a kill of the process (synchronous=NORMAL: not a power cut).
+        return self._connection().execute(sql, values)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = connect(self._path)
+            for statement in self._schema:
+                db.execute(statement)
+            self._db = db
+        return self._db

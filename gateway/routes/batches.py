@@ -1,0 +1,110 @@
+"""``/v1/batches``: create, retrieve, list and cancel, in OpenAI's shapes; run by ``gateway.batches.BatchRunner``.
+
+The input file is read and checked at creation: a line that breaks a rule
+is a 400 naming it (``gateway.batches.input``), and the key must be allowed
+every model its lines name (403). A batch is its key's only, as files are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from gateway.batches import BatchRunner, BatchStore, FileBodies, Owner, StoredBatch
+from gateway.batches.input import read_lines
+from gateway.batches.records import COMPLETION_WINDOW_SECONDS, ENDED
+from gateway.errors import BatchNotCancellable, BatchNotFound, InvalidRequest
+from gateway.http.responses import json_response
+from gateway.keys.keyring import api_key_of
+
+
+class CreateBatch(BaseModel):
+    """OpenAI's CreateBatchRequest; ``output_expires_after`` is taken and ignored (files are kept until deleted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=256, description="A file uploaded with purpose `batch`.")
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
+    output_expires_after: dict[str, object] | None = None
+
+
+def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> APIRouter:
+    api = APIRouter(prefix="/v1", tags=["batches"])
+
+    def owner_of(request: Request) -> str | None:
+        key = api_key_of(request.scope)
+        return None if key is None else key.name
+
+    async def shown(batch: StoredBatch) -> Response:
+        return json_response(batch.to_openai(*await store.counts(batch.id)))
+
+    async def found(request: Request, batch_id: str) -> StoredBatch:
+        batch = await store.get_batch(batch_id, owner_of(request))
+        if batch is None:
+            raise BatchNotFound(batch_id)
+        return batch
+
+    @api.post("/batches")
+    async def create_batch(request: Request, body: CreateBatch) -> Response:
+        """Create a batch from an uploaded file of requests; the gateway runs it through its router."""
+        key = api_key_of(request.scope)
+        owner = owner_of(request)
+        record = await store.get_file(body.input_file_id, owner)
+        if record is None or record.purpose != "batch":
+            raise InvalidRequest(f"No file with id '{body.input_file_id[:64]}' and purpose `batch` found.", param="input_file_id")
+        content = await bodies.read(record.id)
+        if content is None:
+            raise InvalidRequest(f"The file '{record.id}' has no content any more.", param="input_file_id")
+        lines = await asyncio.to_thread(read_lines, content, body.endpoint)
+        models = sorted({line.body["model"] for line in lines})
+        if key is not None:
+            for model in models:
+                key.require(model)
+        now = int(time.time())
+        batch = StoredBatch(
+            id=f"batch_{uuid.uuid4().hex}",
+            owner=Owner(owner, None if key is None else key.team, tuple(sorted(key.token_models)) if key else ("*",)),
+            endpoint=body.endpoint, input_file_id=record.id, completion_window=body.completion_window,
+            created_at=now, expires_at=now + COMPLETION_WINDOW_SECONDS[body.completion_window], total=len(lines),
+            metadata=body.metadata, model=models[0] if len(models) == 1 else None,
+        )  # fmt: skip
+        await store.put_batch(batch)
+        runner.run(batch, key)
+        return json_response(batch.to_openai(0, 0))
+
+    @api.get("/batches")
+    async def list_batches(
+        request: Request,
+        after: Annotated[str | None, Query(description="The id of the batch the page starts after.")] = None,
+        limit: Annotated[int, Query(ge=1, le=100, description="Batches per page.")] = 20,
+    ) -> Response:
+        """The batches of the calling key, newest first."""
+        page = await store.list_batches(owner_of(request), after, limit + 1)
+        data = [batch.to_openai(*await store.counts(batch.id)) for batch in page[:limit]]
+        return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None, "has_more": len(page) > limit})  # fmt: skip
+
+    @api.get("/batches/{batch_id}")
+    async def retrieve_batch(request: Request, batch_id: str) -> Response:
+        """A batch, with its request counts so far."""
+        return await shown(await found(request, batch_id))
+
+    @api.post("/batches/{batch_id}/cancel")
+    async def cancel_batch(request: Request, batch_id: str) -> Response:
+        """Cancel a running batch: no new line is sent; once those in flight end, it is cancelled (with their results)."""
+        batch = await found(request, batch_id)
+        if batch.status in ENDED:
+            raise BatchNotCancellable(batch.id, batch.status)
+        if batch.status != "cancelling":
+            batch = await runner.cancel(batch)
+        return await shown(batch)
+
+    return api
