@@ -1,10 +1,9 @@
 """Where files and batches are kept: SQLite in the data directory, or PostgreSQL shared by replicas.
 
-One interface (``BatchStore``), the SQL written once here; the two backends
-only connect (``sqlite_store.py``, ``postgres_store.py``). As in
-``gateway.conversations``, both drivers are synchronous: every call runs on
-a worker thread, one at a time per store, so the event loop never waits on
-a database. File bodies are not here but on disk (``bodies.py``).
+One interface (``BatchStore``), the SQL written once here, over either
+database of ``gateway.storage`` (which only connect). Both drivers are
+synchronous: every call runs on a worker thread, one at a time per store,
+so the event loop never waits on a database. File bodies are not here but on disk (``bodies.py``).
 
 Exactly once: a line's result is one row keyed by (batch, line), written
 with ``ON CONFLICT DO NOTHING`` before the line counts as done, so however
@@ -14,11 +13,9 @@ by one process at a time: the one holding its lease (``claim``).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
@@ -30,10 +27,12 @@ from gateway.batches.records import (
     StoredFile,
 )
 from gateway.config import ADMIN_KEY_NAME, ServerConfig
+from gateway.storage import Database, WorkerDatabase, open_database
 
-T = TypeVar("T")
 
 # Bodies are JSON text, not JSONB (which reorders keys and refuses \u0000), as in the conversations store.
+# Replicas starting together take this PostgreSQL advisory lock to create the tables.
+SCHEMA_LOCK = 0x4261_7463_6865_73  # "Batches"
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS files (
         id TEXT PRIMARY KEY,
@@ -60,27 +59,6 @@ SCHEMA = (
         PRIMARY KEY (batch_id, line)
     )""",
 )
-
-
-class Cursor(Protocol):
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Database(Protocol):
-    """One connection to SQLite or PostgreSQL, opened (with ``SCHEMA``) at its first statement; one thread at a time."""
-
-    description: str  # with no password
-    placeholder: str
-    shared: bool  # other processes may use it (PostgreSQL), or only this one (SQLite)
-
-    def execute(self, sql: str, values: Sequence[Any]) -> Cursor: ...
-
-    def close(self) -> None: ...
 
 
 class BatchStore(Protocol):
@@ -129,13 +107,12 @@ class SqlBatchStore:
         self.description = database.description
         self.shared = database.shared
         self._database = database
-        self._lock = threading.Lock()  # taken on worker threads only
-        self._closed = False
+        self._worker = WorkerDatabase(database, "the batch store")
         self._mark = database.placeholder
 
     async def put_file(self, record: StoredFile) -> None:
         m = self._mark
-        await self._call(
+        await self._worker.call(
             self._execute, f"INSERT INTO files (id, owner, filename, purpose, bytes, created_at) "
             f"VALUES ({m}, {m}, {m}, {m}, {m}, {m}) ON CONFLICT (id) DO NOTHING",
             (record.id, record.owner, record.filename, record.purpose, record.bytes, record.created_at),
@@ -143,7 +120,7 @@ class SqlBatchStore:
 
     async def get_file(self, file_id: str, owner: str | None) -> StoredFile | None:
         where, values = self._visible(file_id, owner)
-        rows = await self._call(self._rows, f"SELECT id, owner, filename, purpose, bytes, created_at FROM files WHERE {where}", values)
+        rows = await self._worker.call(self._rows, f"SELECT id, owner, filename, purpose, bytes, created_at FROM files WHERE {where}", values)
         return StoredFile(*rows[0]) if rows else None
 
     async def list_files(
@@ -157,16 +134,16 @@ class SqlBatchStore:
             values = [*values, after]
         order = "DESC" if descending else "ASC"
         sql = f"SELECT id, owner, filename, purpose, bytes, created_at FROM files WHERE {where} ORDER BY created_at {order}, id {order} LIMIT {int(limit)}"
-        return [StoredFile(*row) for row in await self._call(self._rows, sql, values)]
+        return [StoredFile(*row) for row in await self._worker.call(self._rows, sql, values)]
 
     async def delete_file(self, file_id: str, owner: str | None) -> bool:
         where, values = self._visible(file_id, owner)
-        return bool(await self._call(self._count, f"DELETE FROM files WHERE {where}", values))
+        return bool(await self._worker.call(self._count, f"DELETE FROM files WHERE {where}", values))
 
     async def put_batch(self, batch: StoredBatch) -> None:
         m = self._mark
         text = orjson.dumps(dataclasses.asdict(batch)).decode()
-        await self._call(
+        await self._worker.call(
             self._execute, f"INSERT INTO batches (id, owner, created_at, status, batch) VALUES ({m}, {m}, {m}, {m}, {m}) "
             "ON CONFLICT (id) DO UPDATE SET status = excluded.status, batch = excluded.batch",
             (batch.id, batch.owner.name, batch.created_at, batch.status, text),
@@ -174,7 +151,7 @@ class SqlBatchStore:
 
     async def get_batch(self, batch_id: str, owner: str | None) -> StoredBatch | None:
         where, values = self._visible(batch_id, owner)
-        rows = await self._call(self._rows, f"SELECT batch FROM batches WHERE {where}", values)
+        rows = await self._worker.call(self._rows, f"SELECT batch FROM batches WHERE {where}", values)
         return _batch(rows[0][0]) if rows else None
 
     async def list_batches(self, owner: str | None, after: str | None, limit: int) -> list[StoredBatch]:
@@ -184,44 +161,44 @@ class SqlBatchStore:
             where += (f" AND (created_at, id) < (SELECT created_at, id FROM batches WHERE id = {m})")
             values = [*values, after]
         sql = f"SELECT batch FROM batches WHERE {where} ORDER BY created_at DESC, id DESC LIMIT {int(limit)}"
-        return [_batch(row[0]) for row in await self._call(self._rows, sql, values)]
+        return [_batch(row[0]) for row in await self._worker.call(self._rows, sql, values)]
 
     async def unfinished(self) -> list[StoredBatch]:
         marks = ", ".join([self._mark] * len(UNFINISHED))
-        rows = await self._call(self._rows, f"SELECT batch FROM batches WHERE status IN ({marks}) ORDER BY created_at", UNFINISHED)
+        rows = await self._worker.call(self._rows, f"SELECT batch FROM batches WHERE status IN ({marks}) ORDER BY created_at", UNFINISHED)
         return [_batch(row[0]) for row in rows]
 
     async def claim(self, batch_id: str, runner: str, until: float, now: float) -> bool:
         m = self._mark
         sql = (f"UPDATE batches SET runner = {m}, lease_until = {m} WHERE id = {m} "
                f"AND (runner IS NULL OR runner = {m} OR lease_until < {m})")  # fmt: skip
-        return bool(await self._call(self._count, sql, (runner, until, batch_id, runner, now)))
+        return bool(await self._worker.call(self._count, sql, (runner, until, batch_id, runner, now)))
 
     async def release(self, batch_id: str, runner: str) -> None:
         m = self._mark
-        await self._call(self._execute, f"UPDATE batches SET runner = NULL, lease_until = 0 WHERE id = {m} AND runner = {m}", (batch_id, runner))
+        await self._worker.call(self._execute, f"UPDATE batches SET runner = NULL, lease_until = 0 WHERE id = {m} AND runner = {m}", (batch_id, runner))
 
     async def put_result(self, batch_id: str, result: LineResult) -> bool:
         m = self._mark
         sql = f"INSERT INTO batch_results (batch_id, line, ok, output) VALUES ({m}, {m}, {m}, {m}) ON CONFLICT (batch_id, line) DO NOTHING"
-        return bool(await self._call(self._count, sql, (batch_id, result.line, int(result.ok), orjson.dumps(result.output).decode())))
+        return bool(await self._worker.call(self._count, sql, (batch_id, result.line, int(result.ok), orjson.dumps(result.output).decode())))
 
     async def answered(self, batch_id: str) -> set[int]:
-        rows = await self._call(self._rows, f"SELECT line FROM batch_results WHERE batch_id = {self._mark}", (batch_id,))
+        rows = await self._worker.call(self._rows, f"SELECT line FROM batch_results WHERE batch_id = {self._mark}", (batch_id,))
         return {row[0] for row in rows}
 
     async def counts(self, batch_id: str) -> tuple[int, int]:
         sql = f"SELECT COALESCE(SUM(ok), 0), COUNT(*) FROM batch_results WHERE batch_id = {self._mark}"
-        ok, answered = (await self._call(self._rows, sql, (batch_id,)))[0]
+        ok, answered = (await self._worker.call(self._rows, sql, (batch_id,)))[0]
         return int(ok), int(answered) - int(ok)
 
     async def results(self, batch_id: str) -> list[LineResult]:
         sql = f"SELECT line, ok, output FROM batch_results WHERE batch_id = {self._mark} ORDER BY line"
-        rows = await self._call(self._rows, sql, (batch_id,))
+        rows = await self._worker.call(self._rows, sql, (batch_id,))
         return [LineResult(line, bool(ok), orjson.loads(output)) for line, ok, output in rows]
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._close)
+        await self._worker.aclose()
 
     def _visible(self, record_id: str, owner: str | None) -> tuple[str, list[Any]]:
         """WHERE finding ``record_id`` when ``owner`` may see it: admin keys see all, anyone else their own."""
@@ -244,21 +221,6 @@ class SqlBatchStore:
     def _rows(self, sql: str, values: Sequence[Any]) -> list[Any]:
         return list(self._database.execute(sql, values).fetchall())
 
-    async def _call(self, method: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(self._locked, method, *args)
-
-    def _locked(self, method: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"the batch store ({self.description}) is closed")
-            return method(*args)
-
-    def _close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._database.close()
-
 
 def _batch(text: str) -> StoredBatch:
     fields = orjson.loads(text)
@@ -270,12 +232,4 @@ def open_batch_store(server: ServerConfig) -> BatchStore:
 
     Nothing is opened here: the database is opened on a worker thread by the first call.
     """
-    if server.database_url is not None:
-        from gateway.batches.postgres_store import (
-            PostgresDatabase,  # psycopg is an optional dependency
-        )
-
-        return SqlBatchStore(PostgresDatabase(server.database_url.get_secret_value(), SCHEMA))
-    from gateway.batches.sqlite_store import SqliteDatabase
-
-    return SqlBatchStore(SqliteDatabase(server.data_dir / "batches.sqlite3", SCHEMA))
+    return SqlBatchStore(open_database(server, "batches", SCHEMA, SCHEMA_LOCK))

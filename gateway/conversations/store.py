@@ -9,21 +9,20 @@ the two backends only connect.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.config import ADMIN_KEY_NAME, ServerConfig
+from gateway.storage import Database, WorkerDatabase, open_database
 
-T = TypeVar("T")
 
 # SQLite reads DOUBLE PRECISION as REAL. The bodies are JSON text, not
 # PostgreSQL's JSONB, which reorders keys and refuses the \u0000 escape that
 # a model's text may hold.
+# Replicas starting together take this PostgreSQL advisory lock to create the table.
+SCHEMA_LOCK = 0x5265_7370_6F6E_7365  # "Response"
 SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY,
     owner TEXT,
@@ -64,37 +63,13 @@ class ResponseStore(Protocol):
         ...
 
 
-class Cursor(Protocol):
-    """What sqlite3's and psycopg's cursors both have."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-
-class Database(Protocol):
-    """One connection to SQLite or PostgreSQL, opened (with ``SCHEMA``) at its first statement.
-
-    Not thread-safe: one thread at a time, any thread.
-    """
-
-    description: str  # with no password
-    placeholder: str  # how its driver marks a parameter in SQL
-
-    def execute(self, sql: str, values: Sequence[Any]) -> Cursor: ...
-
-    def close(self) -> None: ...
-
-
 class SqlResponseStore:
     """A ``ResponseStore`` over either ``Database``, each call on a worker thread under the store's lock."""
 
     def __init__(self, database: Database) -> None:
         self.description = database.description
         self._database = database
-        self._lock = threading.Lock()  # taken on worker threads only, never on the event loop
-        self._closed = False  # read and written under the lock
+        self._worker = WorkerDatabase(database, "the response store")
         mark = database.placeholder
         updates = ", ".join(f"{column} = excluded.{column}" for column in COLUMNS[1:])
         self._upsert = (
@@ -103,16 +78,16 @@ class SqlResponseStore:
         )
 
     async def put(self, record: StoredResponse) -> None:
-        await self._call(self._put, record)
+        await self._worker.call(self._put, record)
 
     async def get(self, response_id: str, owner: str | None) -> StoredResponse | None:
-        return await self._call(self._get, response_id, owner)
+        return await self._worker.call(self._get, response_id, owner)
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
-        return await self._call(self._delete, response_id, owner)
+        return await self._worker.call(self._delete, response_id, owner)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._close)
+        await self._worker.aclose()
 
     def _put(self, record: StoredResponse) -> None:
         response = orjson.dumps(record.response).decode()
@@ -143,21 +118,6 @@ class SqlResponseStore:
             return f"id = {mark} AND owner IS NULL", [response_id]
         return f"id = {mark} AND owner = {mark}", [response_id, owner]
 
-    async def _call(self, method: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(self._locked, method, *args)
-
-    def _locked(self, method: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"the response store ({self.description}) is closed")
-            return method(*args)
-
-    def _close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._database.close()
-
 
 def open_response_store(server: ServerConfig) -> ResponseStore:
     """PostgreSQL when ``server.database_url`` is set, else SQLite at ``server.data_dir / 'responses.sqlite3'``.
@@ -165,12 +125,4 @@ def open_response_store(server: ServerConfig) -> ResponseStore:
     Nothing is opened here, so this may run on the event loop: the database
     is opened on a worker thread by the store's first call.
     """
-    if server.database_url is not None:
-        from gateway.conversations.postgres_store import (
-            PostgresDatabase,  # psycopg is an optional dependency
-        )
-
-        return SqlResponseStore(PostgresDatabase(server.database_url.get_secret_value(), SCHEMA))
-    from gateway.conversations.sqlite_store import SqliteDatabase
-
-    return SqlResponseStore(SqliteDatabase(server.data_dir / "responses.sqlite3", SCHEMA))
+    return SqlResponseStore(open_database(server, "responses", [SCHEMA], SCHEMA_LOCK))

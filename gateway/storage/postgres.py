@@ -1,8 +1,9 @@
-"""Files and batches in PostgreSQL (``server.database_url``), shared by every gateway replica.
+"""A store's tables in PostgreSQL (``server.database_url``), shared by every gateway replica.
 
-A connection found broken is reopened and the statement run once more: each
-of the store's statements, run twice, leaves the tables as running it once
-would (inserts do nothing on conflict, updates set values).
+A connection found broken (the server restarted, an idle link was cut) is
+reopened and the statement run once more: each store's statements are
+written so that run twice they leave the tables as running them once would
+(inserts do nothing or update on conflict, updates set values).
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-# Replicas starting together must not race to create the tables.
-SCHEMA_LOCK = 0x4261_7463_6865_73  # "Batches"
-
 
 class PostgresDatabase:
     placeholder = "%s"
     shared = True  # every replica's
 
-    def __init__(self, url: str, schema: Sequence[str]) -> None:
+    def __init__(self, url: str, schema: Sequence[str], schema_lock: int, application_name: str) -> None:
         parts = urlsplit(url)
         self.description = f"PostgreSQL {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
         self._url = url
         self._schema = schema
+        self._schema_lock = schema_lock
+        self._application_name = application_name  # pg_stat_activity tells the stores' connections apart
         self._db: psycopg.Connection[Any] | None = None
 
     def execute(self, sql: str, values: Sequence[Any]) -> psycopg.Cursor[Any]:
@@ -33,7 +33,7 @@ class PostgresDatabase:
         try:
             return db.execute(sql, values)
         except psycopg.OperationalError:
-            if not db.broken:
+            if not db.broken:  # the statement failed, not the connection
                 raise
         return self._connection().execute(sql, values)
 
@@ -44,9 +44,9 @@ class PostgresDatabase:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.broken:
             self.close()
-            db = psycopg.connect(self._url, autocommit=True, connect_timeout=5, application_name="switchyard-batches")
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            db = psycopg.connect(self._url, autocommit=True, connect_timeout=5, application_name=self._application_name)
+            with db.transaction():  # replicas starting together must not race to create the tables
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (self._schema_lock,))
                 for statement in self._schema:
                     db.execute(statement)
             self._db = db
