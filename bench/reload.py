@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
 import re
 import signal
 import sys
@@ -34,18 +36,16 @@ from servers import Servers  # noqa: E402
 from workload import Scenario  # noqa: E402
 
 SCENARIOS = [Scenario("c16", False, 16), Scenario("stream16", True, 16)]
+_WRITES = itertools.count(1)
 
 
-async def reload_every(interval: float, config: Path, process_pid: int, stop: asyncio.Event) -> int:
-    """Rewrite ``config`` and SIGHUP the gateway every ``interval`` seconds until ``stop``; how many were sent."""
-    import os
-
-    text = config.read_text()
+async def reload_every(interval: float, config: Path, text: str, process_pid: int, stop: asyncio.Event) -> int:
+    """Write ``text`` changed to ``config`` and SIGHUP the gateway every ``interval`` s until ``stop``; how many were sent."""
     sent = 0
     while not stop.is_set():
         sent += 1
-        # max_model_chars reloads: each rewrite is a real change, so each SIGHUP assembles a new generation.
-        config.write_text(text.replace("server: {", f"server: {{max_model_chars: {256 + sent % 2}, ", 1))
+        # max_model_chars reloads, a new value each time: a reload reading the file finds a change.
+        config.write_text(text.replace("server: {", f"server: {{max_model_chars: {256 + next(_WRITES)}, ", 1))
         os.kill(process_pid, signal.SIGHUP)
         try:
             await asyncio.wait_for(stop.wait(), interval)
@@ -61,13 +61,14 @@ async def bench(args: argparse.Namespace, servers: Servers, config: Path) -> Non
         await run_phase(scenario, port, 1.0, pids)
     totals: dict[tuple[str, str], Measurement] = defaultdict(Measurement)
     reloads = 0
+    original = config.read_text()
     for round_no in range(args.rounds):
         arms = ["quiet", "reloading"] if round_no % 2 == 0 else ["reloading", "quiet"]
         for scenario in SCENARIOS:
             for arm in arms:
                 stop = asyncio.Event()
                 reloader = (
-                    asyncio.create_task(reload_every(args.interval, config, process.pid, stop))
+                    asyncio.create_task(reload_every(args.interval, config, original, process.pid, stop))
                     if arm == "reloading"
                     else None
                 )
@@ -75,6 +76,7 @@ async def bench(args: argparse.Namespace, servers: Servers, config: Path) -> Non
                 stop.set()
                 if reloader is not None:
                     reloads += await reloader
+                    await asyncio.sleep(1.0)  # the last reload ends before the next phase
                 totals[(scenario.name, arm)].add(phase)
                 print(
                     f"round {round_no + 1} {scenario.name:8} {arm:9}: {phase.requests:6} ok {phase.errors:3} err "

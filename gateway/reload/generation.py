@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
@@ -37,22 +37,23 @@ class Generation:
     shadows: ShadowTraffic | None = None
     number: int = 1
     in_flight: int = 0  # its requests being answered (the ReloadableApp counts them)
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once it is replaced and its last request ended; until it is replaced, counting is all a request costs.
+    _drained: asyncio.Event | None = None
     _load_watch: asyncio.Task[None] | None = None
 
     def request_started(self) -> None:
         self.in_flight += 1
-        self._idle.clear()
 
     def request_finished(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
+        if self._drained is not None and not self.in_flight:
+            self._drained.set()
 
     async def drained(self) -> None:
-        """Return once none of its requests is being answered (streams included)."""
+        """Once it no longer takes new requests: return when none of its requests is being answered (streams too)."""
+        self._drained = asyncio.Event()
         if self.in_flight:
-            await self._idle.wait()
+            await self._drained.wait()
 
     async def start(self, adapters: Iterable[Provider]) -> None:
         """Start ``adapters`` (those not already running for another generation): local models begin loading."""
