@@ -132,6 +132,7 @@ class ReloadableApp:
             failure = await load_failure(built.values())
             if failure is not None:
                 raise ReloadRefused(f"{failure}. Nothing was reloaded.", 422, "model_load_failed")
+            await self._services.seed_budgets(new.keys, old.keys)  # before its first request: a new budget holds at once
         except ConfigError as error:
             await close_adapters(built.values())
             raise ReloadRefused(str(error), 422, "invalid_config") from None
@@ -142,7 +143,6 @@ class ReloadableApp:
         add_log_secrets(config.secrets)
         self._generation = new  # from here, new requests go to the new generation (batch lines too)
         self._services.serve(new)
-        await self._services.seed_budgets(new.keys, old.keys)
         stopped = [adapter for adapter in old.adapters.values() if all(adapter is not a for a in adapters.values())]
         retiring = asyncio.create_task(self._retire(old, stopped))
         self._retiring.add(retiring)
