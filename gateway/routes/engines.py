@@ -24,7 +24,7 @@ requests run it is a 409 ``engine_busy`` and the adapter stays, as /sleep does.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +42,7 @@ from providers import OpenAIError
 from providers.base import ManagesEngine, ServesLoraAdapters
 
 BUSY = 409
+E = TypeVar("E")
 # An adapter's request is two short strings: nothing legitimate comes near these limits.
 _LORA_BODY_LIMITS = BodyLimits(max_bytes=1 << 16, max_depth=2, max_model_chars=256)
 
@@ -67,14 +68,7 @@ def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
     engines = APIRouter(tags=["engines"])
 
     def chosen(request: Request) -> list[ManagesEngine]:
-        require_admin_key(keys, request.scope["headers"])
-        managed = [engine for engine in table.engines_here() if isinstance(engine, ManagesEngine)]
-        name = request.query_params.get("provider")
-        if name is not None:
-            managed = [engine for engine in managed if engine.name == name]
-            if not managed:
-                raise InvalidRequest(f"No local chat engine is named '{name}'.", param="provider")
-        return managed
+        return _engines(request, keys, table, ManagesEngine)
 
     @engines.post("/reset_prefix_cache")
     async def reset_prefix_cache(request: Request) -> Response:
@@ -151,15 +145,21 @@ async def _each(managed: list[ManagesEngine], done: str, act: Callable[[ManagesE
     return json_response({"engines": {name: done for name in results}})
 
 
-def _lora_engine(request: Request, keys: KeyRing, table: ModelTable) -> ServesLoraAdapters:
-    """The engine an adapter goes to: the only one, or the one ``?provider=`` names."""
+def _engines(request: Request, keys: KeyRing, table: ModelTable, kind: type[E]) -> list[E]:
+    """The engines here of ``kind`` (an admin key checked first): all, or the one ``?provider=`` names."""
     require_admin_key(keys, request.scope["headers"])
-    serving = [engine for engine in table.engines_here() if isinstance(engine, ServesLoraAdapters)]
+    found = [engine for engine in table.engines_here() if isinstance(engine, kind)]
     name = request.query_params.get("provider")
     if name is not None:
-        serving = [engine for engine in serving if engine.name == name]
-        if not serving:
+        found = [engine for engine in found if engine.name == name]  # type: ignore[attr-defined]
+        if not found:
             raise InvalidRequest(f"No local chat engine is named '{name}'.", param="provider")
+    return found
+
+
+def _lora_engine(request: Request, keys: KeyRing, table: ModelTable) -> ServesLoraAdapters:
+    """The engine an adapter goes to: the only one, or the one ``?provider=`` names."""
+    serving = _engines(request, keys, table, ServesLoraAdapters)
     if len(serving) != 1:
         named = ", ".join(engine.name for engine in serving)
         reason = f"Several local chat engines serve LoRA adapters ({named}): name one with ?provider=." if serving \
