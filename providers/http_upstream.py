@@ -4,6 +4,7 @@ An adapter (``openai_compatible.py``, ``anthropic/provider.py``) says where a
 request goes and what its body is; this layer posts it and reads the answer:
 
     HTTPUpstream.post(url, body)         a whole answer: (response, body), or a ProviderError
+    HTTPUpstream.call(method, url, ...)  the same for any method (the Batch API's GETs and DELETEs)
     HTTPUpstream.open(url, body)         an open event stream (status 2xx, text/event-stream), or a ProviderError;
                                          with ``event_stream=False``, any 2xx body read as it comes (speech audio)
 
@@ -12,6 +13,12 @@ headers (a multipart upload read from its spool: ``providers/media.py``).
 
 One ``aiohttp.ClientSession`` per provider keeps connections alive across
 requests; it is made on first use, on the event loop that runs it.
+
+A request written to a pooled connection the upstream had just closed
+(``EPIPE``: it closed an idle keep-alive connection as the request took it)
+is sent once more at once, on a new connection: the upstream never read it.
+Any other transport failure is the router's to retry (an upstream that read
+the request may have answered it).
 
 Why aiohttp and not httpx: on the hot path the HTTP client is the largest
 single cost. Against the same local upstream, httpx's AsyncClient spent
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterable, Mapping
 
@@ -86,11 +94,21 @@ class HTTPUpstream:
         self, url: URL, body: Body, headers: Mapping[str, str] | None = None
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Post ``body`` and read the whole 2xx answer; anything else raises."""
-        try:
-            async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as response:
-                answer = await response.read()
-        except TRANSPORT_ERRORS as exc:
-            raise self._transport_error(exc) from None
+        return await self.call("POST", url, body, headers)
+
+    async def call(
+        self, method: str, url: URL, body: Body | None = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """``method`` on ``url`` (a GET, a DELETE: the Batch API's reads); the whole 2xx answer, anything else raises."""
+        for attempt in (1, 2):
+            try:
+                async with self._client().request(method, url, data=body, headers=headers, allow_redirects=False) as response:
+                    answer = await response.read()
+                break
+            except TRANSPORT_ERRORS as exc:
+                if attempt == 1 and _closed_before_sent(exc, body):
+                    continue
+                raise self._transport_error(exc) from None
         if response.status >= 300:
             raise self.error_from_response(response.status, answer, response.headers)
         return response, answer
@@ -103,13 +121,17 @@ class HTTPUpstream:
         ``event_stream=False``: any 2xx answer, its body to be read as it arrives (speech audio).
         """
         wanted = STREAM_HEADERS if event_stream else _ANY_BODY_HEADERS
-        try:
-            response = await self._client().post(
-                url, data=body, headers={**wanted, **headers} if headers else wanted, timeout=self._stream_timeout,
-                allow_redirects=False,
-            )  # fmt: skip
-        except TRANSPORT_ERRORS as exc:
-            raise self._transport_error(exc) from None
+        for attempt in (1, 2):
+            try:
+                response = await self._client().post(
+                    url, data=body, headers={**wanted, **headers} if headers else wanted, timeout=self._stream_timeout,
+                    allow_redirects=False,
+                )  # fmt: skip
+                break
+            except TRANSPORT_ERRORS as exc:
+                if attempt == 1 and _closed_before_sent(exc, body):
+                    continue
+                raise self._transport_error(exc) from None
         try:
             if response.status >= 300:
                 answer = await response.read()
@@ -155,6 +177,15 @@ class HTTPUpstream:
             return UpstreamTimeout(f"provider '{self.name}' did not answer in time", provider=self.name)
         return UpstreamUnreachable(f"provider '{self.name}' dropped the connection", provider=self.name)
 
+
+def _closed_before_sent(exc: BaseException, body: Body | None) -> bool:
+    """The request was written to a pooled connection the upstream had already closed, so it never read it whole:
+    sending it again on a new connection cannot answer it twice. Two signs: EPIPE (the upstream closed an idle
+    keep-alive connection as this request took it) and aiohttp's failure to write the body at all. Only a body
+    that can be sent again (bytes) is."""
+    if not isinstance(exc, aiohttp.ClientOSError) or isinstance(body, AsyncIterable):
+        return False
+    return exc.errno == errno.EPIPE or (exc.strerror or "").startswith("Can not write request body")
 
 
 def stream_interrupted(provider: str, exc: BaseException) -> StreamInterrupted:
