@@ -181,7 +181,7 @@ def assemble(
         )  # fmt: skip
     # Outermost, so it sees every byte any layer writes (docs/security.md).
     app = RedactSecretsMiddleware(app, mask) if mask else app
-    return Generation(config, adapters, router, keys, app, relay, cache, shadows)
+    return Generation(config, adapters, router, keys, app, relay, accounting, cache, shadows)
 
 
 def _response_cache(config: GatewayConfig, adapters: Mapping[str, Provider], services: Services) -> ResponseCache | None:

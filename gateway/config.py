@@ -418,6 +418,23 @@ class ShadowConfig(_Frozen):
     sample: float = Field(gt=0, le=1, description="Share of requests copied, 0 to 1.")
 
 
+class BatchConfig(_Frozen):
+    """How this model's batches run (docs/batches.md): the gateway sends each line through its router, or the
+    provider's own Batch API runs the whole file at its discount."""
+
+    mode: Literal["gateway", "native"] = Field(
+        "gateway", description="gateway: each line through the router (any provider, the local engine); native: "
+        "a batch whose lines all name this model is run by the Batch API of its first deployment that has one.",
+    )
+    discount: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="native: the share off the ordinary price the provider "
+        "bills a batch's tokens; default: its preset's (openai, azure 0.5; groq 0.25; custom 0).",
+    )
+    poll_interval: float = Field(
+        30.0, gt=0, le=3600, allow_inf_nan=False, description="native: seconds between two reads of the provider's batch.",
+    )
+
+
 class ModelConfig(_Frozen):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     routing: RoutingStrategy | None = Field(None, description="How a deployment is picked; default: router.routing.")
@@ -439,6 +456,7 @@ class ModelConfig(_Frozen):
         None, description="This model's price on every one of its deployments, over genai-prices' (and a local "
         "model's zero); default: genai-prices', or unknown.",
     )
+    batch: BatchConfig | None = Field(None, description="How its batches run; default: by the gateway (mode gateway).")
 
 
 class RetryConfig(_Frozen):
@@ -474,6 +492,19 @@ class GatewayConfig(_Frozen):
     context_window_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     content_policy_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     default_fallbacks: list[str] = Field(default_factory=list)
+
+    def native_batch_target(self, model: str) -> tuple[DeploymentConfig, float] | None:
+        """Under ``batch: {mode: native}``: the deployment whose provider's Batch API runs ``model``'s batches
+        (its first on a provider that has one), and the discount it bills them at."""
+        entry = self.models.get(model)
+        if entry is None or entry.batch is None or entry.batch.mode != "native":
+            return None
+        for deployment in entry.deployments:
+            provider = self.providers.get(deployment.provider)
+            if isinstance(provider, HostedProviderConfig) and provider.preset.batch_discount is not None:
+                discount = entry.batch.discount
+                return deployment, provider.preset.batch_discount if discount is None else discount
+        return None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -598,6 +629,10 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
             if shadow.model not in config.models or shadow.model == model_name:
                 problems.append(f"models.{model_name}.shadow[{index}].model: {shadow.model!r} is not another model under `models:`")
         problems += _cache_problems(model_name, model, config)
+        if model.batch is not None and model.batch.mode == "native" and config.native_batch_target(model_name) is None:
+            offered = ", ".join(name for name, preset in PRESETS.items() if preset.batch_discount is not None)
+            problems.append(f"models.{model_name}.batch.mode: native needs a deployment on a provider with a Batch API "
+                            f"({offered})")  # fmt: skip
         if model.local_first is not None and (model.routing or config.router.routing) != "local_first":
             problems.append(f"models.{model_name}.local_first: only read under `routing: local_first`")
         if model.routing == "local_first" and not any(

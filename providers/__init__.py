@@ -5,6 +5,7 @@
 
 from providers.base import (
     EngineStats,
+    HasBatchAPI,
     LoadsModel,
     Provider,
     ReportsEngineStats,
@@ -33,6 +34,7 @@ __all__ = [
     "Endpoint",
     "EngineStats",
     "HostedProviderConfig",
+    "HasBatchAPI",
     "LoadsModel",
     "LocalProviderConfig",
     "MissingAPIKey",

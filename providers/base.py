@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from providers.wire import Door, Endpoint, RequestTimings, Usage
+
+if TYPE_CHECKING:
+    from providers.batch_api import UpstreamBatches
 
 UnsupportedPolicy = Literal["drop", "reject"]
 
@@ -123,6 +126,15 @@ class SpeaksDoor(Protocol):
 
     def speaks(self, door: Door) -> bool:
         """Whether a request in ``door``'s API can be passed through to this upstream as it is."""
+        ...
+
+
+@runtime_checkable
+class HasBatchAPI(Protocol):
+    """A provider whose upstream runs whole batches itself (OpenAI's Batch API): ``batch: {mode: native}``."""
+
+    def batches(self) -> UpstreamBatches | None:
+        """Its Batch API, or None when its preset has none."""
         ...
 
 

@@ -19,6 +19,7 @@ import orjson
 from yarl import URL
 
 from providers.base import UpstreamRequest, UpstreamResponse
+from providers.batch_api import UpstreamBatches
 from providers.config import HostedProviderConfig
 from providers.errors import (
     EndpointNotOffered,
@@ -122,6 +123,13 @@ class OpenAICompatibleProvider(HTTPUpstream):
 
     def speaks(self, door: Door) -> bool:
         return door in self._preset.native_doors
+
+    def batches(self) -> UpstreamBatches | None:
+        """Its own Batch API, where its preset has one (``batch: {mode: native}``, docs/batches.md)."""
+        if self._preset.batch_discount is None:
+            return None
+        upstream = self._upstream
+        return UpstreamBatches(self, upstream.base_url, upstream.api_version if upstream.url_style == "azure" else None)
 
     def _prepare(self, request: UpstreamRequest) -> tuple[URL, dict[str, Any], dict[str, str]]:
         """Where to send ``request``, its body as this provider takes it, and headers for the client."""

@@ -43,6 +43,9 @@ class ProviderPreset:
     local: bool = False
     # The other APIs the upstream speaks itself: a request through that door is passed through untranslated.
     native_doors: frozenset[Door] = frozenset()
+    # It serves OpenAI's Files and Batch APIs (/files, /batches), billed at this share off the ordinary price:
+    # a model's `batch: {mode: native}` may use them (docs/batches.md cites each). None: no batch API.
+    batch_discount: float | None = None
 
     def key_from(self, environ: Mapping[str, str]) -> str | None:
         """The key in the preset's environment variable, when it has one and it is set (empty is not set)."""
@@ -62,13 +65,15 @@ _NO_LOGPROBS = {"logprobs": Unsupported(allowed=(False,)), "top_logprobs": Unsup
 
 PRESETS: dict[str, ProviderPreset] = {
     "openai": ProviderPreset(
-        base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY", native_doors=frozenset({Door.RESPONSES})
+        base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY", native_doors=frozenset({Door.RESPONSES}),
+        batch_discount=0.5,
     ),
     "groq": ProviderPreset(
         base_url="https://api.groq.com/openai/v1",
         api_key_env="GROQ_API_KEY",
         endpoints=CHAT_ONLY | WHISPER,
         params={**_NO_LOGPROBS, "logit_bias": Unsupported(), "n": Unsupported(allowed=(1,))},
+        batch_discount=0.25,
     ),
     "together": ProviderPreset(
         base_url="https://api.together.ai/v1",
@@ -142,6 +147,7 @@ PRESETS: dict[str, ProviderPreset] = {
         url_style="azure",
         api_version="2024-10-21",
         endpoints=OPENAI_ENDPOINTS | MEDIA,
+        batch_discount=0.5,  # on a Global Batch deployment
     ),
     # Google's OpenAI-compatible endpoint (a beta, by Google's word). Fields its schema lacks are a 400
     # "Unknown name ...: Cannot find field" (docs/providers.md has the reports); its error body is a
@@ -177,7 +183,9 @@ PRESETS: dict[str, ProviderPreset] = {
             "modalities": Unsupported(allowed=(["text"],)),
         },
     ),
-    "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False),
+    # A custom server may serve OpenAI's Batch API (another Switchyard does; one that does not answers 404),
+    # at no discount unless the model's `batch: {discount: ...}` says.
+    "custom": ProviderPreset(base_url=None, api_key_env=None, requires_api_key=False, batch_discount=0.0),
     # The local engine: chat and completions for a causal LM, embeddings for a sentence encoder
     # (each local provider offers the ones its model's kind can serve: providers/local/).
     "local": ProviderPreset(

@@ -42,6 +42,27 @@ class Owner:
 
 
 @dataclass(slots=True)
+class NativeState:
+    """A batch passed whole to a provider's Batch API (``batch: {mode: native}``): where, and how far it has come.
+
+    Each step is kept before the next is taken, so a resumed batch carries on
+    where it stopped: the upload is not sent twice, a create whose answer was
+    lost is looked for (by its tag) before another is sent.
+    """
+
+    provider: str  # the configured provider whose Batch API runs it
+    model: str  # the model's name there (each line's body.model becomes it)
+    discount: float  # the share off the ordinary price it is billed at
+    poll_interval: float  # seconds between two reads of the provider's batch
+    file_id: str | None = None  # the input file as uploaded there
+    batch_id: str | None = None  # the provider's batch
+    creating: bool = False  # a create was sent (its batch may exist though its answer never came)
+    cancel_sent: bool = False
+    status: str | None = None  # the provider's batch's status, as last read
+    counts: dict[str, int] | None = None  # and its request_counts
+
+
+@dataclass(slots=True)
 class StoredBatch:
     """A batch: the Batch object's own fields; its request counts come from the results kept."""
 
@@ -61,9 +82,13 @@ class StoredBatch:
     errors: list[dict[str, Any]] | None = None  # a batch that failed as a whole: why (OpenAI's errors.data)
     times: dict[str, int] = field(default_factory=dict)  # in_progress_at, finalizing_at, completed_at, ...
     ending: str | None = None  # while finalizing: the status it ends in (completed, cancelled, expired)
+    native: NativeState | None = None  # run by a provider's Batch API, not line by line here
 
     def to_openai(self, completed: int, failed: int) -> dict[str, Any]:
-        """The Batch object, with ``completed``/``failed`` lines counted from the results kept."""
+        """The Batch object, with ``completed``/``failed`` lines counted from the results kept (the provider's
+        counts while its Batch API runs it: its results come back only at its end)."""
+        if self.native is not None and self.native.counts is not None and not completed + failed:
+            completed, failed = self.native.counts.get("completed", 0), self.native.counts.get("failed", 0)
         stamps = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
         return {
             "id": self.id, "object": "batch", "endpoint": self.endpoint, "model": self.model,

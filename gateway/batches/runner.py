@@ -34,7 +34,8 @@ import orjson
 from gateway.batches.bodies import FileBodies
 from gateway.batches.input import BatchLine, read_lines
 from gateway.batches.lines import Answer, answered, send_line, unanswered
-from gateway.batches.records import ENDED, Owner, StoredBatch, StoredFile
+from gateway.batches.native import ProviderBatches, plan
+from gateway.batches.records import ENDED, NativeState, Owner, StoredBatch, StoredFile
 from gateway.batches.store import BatchStore
 from gateway.batches.targets import Serving
 from gateway.config import ADMIN_KEY_NAME
@@ -68,7 +69,17 @@ class BatchRunner:
         self._cancels: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
+        self._native = ProviderBatches(store, serving)
         self.runner_id = f"runner-{uuid.uuid4().hex}"
+
+    def plan(self, endpoint: str, models: list[str]) -> NativeState | None:
+        """The provider's Batch API a new batch of ``models`` is passed to, under the configuration serving now."""
+        return plan(self._serving().config, endpoint, models)
+
+    async def admit_native(self, key: ApiKey, model: str) -> None:
+        """A native batch is billed by its provider at its end: refused (429) at creation when its key's dollar
+        budget for the model is spent already; the key's rpm and tpm are not its (the provider's batch quota is)."""
+        await self._serving().accounting.refuse_if_spent(key, model)
 
     async def start(self) -> None:
         """Resume every batch that has not ended, in the background (a database down at start is retried)."""
@@ -145,6 +156,9 @@ class BatchRunner:
                 batch.errors = [{"code": "invalid_input", "message": error.message, "param": "input_file_id", "line": None}]
                 await self._finish(batch, "failed")
                 return
+            if batch.native is not None:
+                await self._run_at_provider(batch, lines, key)
+                return
             ended = await self._answer_lines(batch, lines, key)
             if not ended:
                 return  # stopping: the batch stays as it is for the next start
@@ -155,6 +169,19 @@ class BatchRunner:
             await self._finish(batch, "cancelled" if batch.status == "cancelling" else "completed")
         elif batch.status == "finalizing":  # stopped while writing its files: write them again, same ids
             await self._finish(batch, batch.ending or "completed")
+
+    async def _run_at_provider(self, batch: StoredBatch, lines: list[BatchLine], key: ApiKey | None) -> None:
+        """A native batch: its provider's Batch API runs it (``native.py``); the ending is written here as any batch's."""
+        cancelled = self._cancels.get(batch.id) or asyncio.Event()
+        if batch.status == "cancelling":
+            cancelled.set()
+        policy = key or self._policy(batch.owner)
+        ending = await self._native.advance(batch, lines, policy if isinstance(policy, ApiKey) else None, cancelled, self._stopping)
+        if ending is None:
+            return  # stopping: it carries on at the next start
+        if ending == "expired":
+            await self._expire_rest(batch, lines)
+        await self._finish(batch, ending)
 
     async def _answer_lines(self, batch: StoredBatch, lines: list[BatchLine], key: ApiKey | None) -> bool:
         """Send the lines that have no result; True once none is left to send (all answered, cancelled or expired)."""

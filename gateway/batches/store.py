@@ -22,6 +22,7 @@ import orjson
 from gateway.batches.records import (
     UNFINISHED,
     LineResult,
+    NativeState,
     Owner,
     StoredBatch,
     StoredFile,
@@ -224,7 +225,9 @@ class SqlBatchStore:
 
 def _batch(text: str) -> StoredBatch:
     fields = orjson.loads(text)
-    return StoredBatch(**{**fields, "owner": Owner(**{**fields["owner"], "token_models": tuple(fields["owner"]["token_models"])})})
+    owner = Owner(**{**fields["owner"], "token_models": tuple(fields["owner"]["token_models"])})
+    native = fields.get("native")
+    return StoredBatch(**{**fields, "owner": owner, "native": None if native is None else NativeState(**native)})
 
 
 def open_batch_store(server: ServerConfig) -> BatchStore:

@@ -7,19 +7,25 @@ counted among that generation's requests (a retiring one waits for it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from starlette.types import ASGIApp
 
+from gateway.config import GatewayConfig
+from gateway.keys.accounting import Accounting
 from gateway.keys.keyring import KeyRing
+from providers import Provider
 
 
 class Served(Protocol):
     """A generation, as far as batches need one."""
 
+    config: GatewayConfig
     keys: KeyRing
     relay: ASGIApp  # its relay: a line is one of its requests, sent in process
+    adapters: Mapping[str, Provider]  # a native batch's provider (its Batch API)
+    accounting: Accounting  # a native batch's lines are counted as its requests
 
     def request_started(self) -> None: ...
 

@@ -75,7 +75,7 @@ OWN_STATUSES: dict[str, tuple[str, ...]] = {
     # Files and batches (gateway/routes/files.py, batches.py): each its key's only, 404 for another key's.
     "/v1/files/{file_id}": ("404",),
     "/v1/files/{file_id}/content": ("404",),
-    "/v1/batches": ("403",),  # a line's model the key may not use
+    "/v1/batches": ("403", "429"),  # a line's model the key may not use; a native batch's spent budget
     "/v1/batches/{batch_id}": ("404",),
     "/v1/batches/{batch_id}/cancel": ("404", "409"),
     # vLLM's operational endpoints (gateway/routes/engines.py): an admin key, and 409 while requests run.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -26,7 +26,7 @@ from gateway.errors import (
     ModelNotPriced,
     RateLimitReached,
 )
-from gateway.keys.budgets import BudgetBook, Refusal, Reservation, reset_time
+from gateway.keys.budgets import BudgetBook, Refusal, Reservation, charge, reset_time
 from gateway.keys.keyring import ApiKey
 from gateway.keys.limits import KeyLimits
 from gateway.ledger import LedgerWriter, UsageRecord
@@ -54,7 +54,7 @@ class Outcome:
     """What one request came to, filled in as it goes."""
 
     __slots__ = (
-        "answer", "answered_by", "cache", "deployment", "key", "model", "payload", "priced", "provider", "request_id",
+        "answer", "answered_by", "cache", "deployment", "discount", "key", "model", "payload", "priced", "provider", "request_id",
         "reservation", "saved", "shadow_of", "similarity", "span", "status", "stream", "trace", "usage",
     )  # fmt: skip
 
@@ -78,6 +78,7 @@ class Outcome:
         self.similarity: float | None = None  # a shadow copy: its answer's similarity to the real one
         self.span: RequestSpan | None = None  # its trace, when tracing is on
         self.payload: dict[str, Any] | None = None  # the request as routed, for webhooks with include_content
+        self.discount = 0.0  # the share off its price: a line of a batch run by the provider's Batch API
 
     def routed(self, routed: Routed[Any], status: int) -> None:
         self.answered_by = routed.deployment
@@ -132,11 +133,7 @@ class Accounting:
             raise ModelNotPriced(key.name, model)
         held = await self._budgets.reserve(budgets, worst)
         if isinstance(held, Refusal):
-            resets_at = reset_time(held, self._budgets.timezone)
-            self._budget_exceeded(BudgetExceeded(
-                outcome.request_id, key.name, model, held.budget.described, None if resets_at is None else resets_at.isoformat()
-            ))  # fmt: skip
-            raise DollarBudgetSpent(held.budget.described, resets_at)
+            self._refuse(held, key, model, outcome.request_id)
         outcome.reservation = held
         if math.isinf(held.remaining_usd):  # let through unheld (Redis unreachable): nothing known is left
             return []
@@ -160,8 +157,41 @@ class Accounting:
         if outcome.priced is not None and outcome.priced[0] is usage:  # the answer's header priced it already
             return outcome.priced[1]
         cost = self._prices.cost(outcome.model, outcome.answered_by, usage)
+        if cost is not None and outcome.discount:
+            cost = Cost(cost.usd * (1.0 - outcome.discount), f"{cost.source}, batch {outcome.discount:.0%} off")
         outcome.priced = (usage, cost)
         return cost
+
+    async def refuse_if_spent(self, key: ApiKey, model: str) -> None:
+        """Raise the 429 of a spent dollar budget of ``key`` for ``model`` (a native batch, billed only at its end),
+        or the 403 of a model with no known price, which a budget cannot count."""
+        budgets = key.budgets_for(model)
+        if not budgets:
+            return
+        if self._prices.worst_case(model, self._table.deployments_for(model), 1, 1) is None:
+            raise ModelNotPriced(key.name, model)
+        held = await self._budgets.reserve(budgets, 0.0)
+        if isinstance(held, Refusal):
+            self._refuse(held, key, model, None)
+        self._budgets.settle(held, 0.0)
+
+    def _refuse(self, refusal: Refusal, key: ApiKey, model: str, request_id: str | None) -> NoReturn:
+        """budget.exceeded sent, and the 429 raised."""
+        resets_at = reset_time(refusal, self._budgets.timezone)
+        self._budget_exceeded(BudgetExceeded(
+            request_id, key.name, model, refusal.budget.described, None if resets_at is None else resets_at.isoformat()
+        ))  # fmt: skip
+        raise DollarBudgetSpent(refusal.budget.described, resets_at)
+
+    async def finish_answered(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> None:
+        """Count a request answered outside the relay (a line of a batch the provider's Batch API ran): its
+        cost is charged to its key's budgets as spent, never held before (nothing here admitted it)."""
+        key = outcome.key
+        budgets = () if key is None or not isinstance(outcome.model, str) else key.budgets_for(outcome.model)
+        cost = self.cost(outcome, outcome.usage)
+        if budgets:
+            await charge(self._budgets, budgets, 0.0 if cost is None else cost.usd)
+        self.finish(endpoint, outcome, time.perf_counter() - elapsed)
 
     async def admit(self, key: ApiKey, model: str, request_id: str | None = None) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""

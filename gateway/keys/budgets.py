@@ -120,7 +120,7 @@ class LocalBudgetBook:
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """In the periods the reservation was made in."""
         for key in reservation.held:
-            account = self._accounts[key]
+            account = self._accounts.setdefault(key, _Account())  # a charge with nothing reserved (``charge``)
             account.reserved = max(0.0, account.reserved - reservation.usd)
             account.spent += actual_usd
 
@@ -130,6 +130,16 @@ class LocalBudgetBook:
 
     async def aclose(self) -> None:
         pass
+
+
+async def charge(book: BudgetBook, budgets: Sequence[DollarBudget], usd: float) -> None:
+    """Count ``usd`` already spent on ``budgets`` (an answer billed by its provider, never admitted here: a line of a
+    native batch), over their limits if it must: the money is gone either way."""
+    held = await book.reserve(budgets, 0.0)
+    if isinstance(held, Refusal):  # already spent: still counted, in each budget's current period
+        now = book.clock()
+        held = Reservation(tuple((b.account, period_of(b.period, now, book.timezone)) for b in budgets), 0.0, 0.0)
+    book.settle(held, usd)
 
 
 def reset_time(refusal: Refusal, timezone: ZoneInfo) -> datetime | None:

@@ -17,6 +17,7 @@ from providers import LoadsModel, Provider
 
 if TYPE_CHECKING:
     from gateway.cache import ResponseCache
+    from gateway.keys.accounting import Accounting
     from gateway.http.shadow import ShadowTraffic
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Generation:
     keys: KeyRing
     app: ASGIApp  # the whole stack a client's request goes through
     relay: ASGIApp  # inside the key check: where a batch line goes as its creator's request
+    accounting: Accounting
     cache: ResponseCache | None = None
     shadows: ShadowTraffic | None = None
     number: int = 1

@@ -68,13 +68,16 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
         if key is not None:
             for model in models:
                 key.require(model)
+        native = runner.plan(body.endpoint, models)
+        if native is not None and key is not None:
+            await runner.admit_native(key, models[0])
         now = int(time.time())
         batch = StoredBatch(
             id=f"batch_{uuid.uuid4().hex}",
             owner=Owner(owner, None if key is None else key.team, tuple(sorted(key.token_models)) if key else ("*",)),
             endpoint=body.endpoint, input_file_id=record.id, completion_window=body.completion_window,
             created_at=now, expires_at=now + COMPLETION_WINDOW_SECONDS[body.completion_window], total=len(lines),
-            metadata=body.metadata, model=models[0] if len(models) == 1 else None,
+            metadata=body.metadata, model=models[0] if len(models) == 1 else None, native=native,
         )  # fmt: skip
         await store.put_batch(batch)
         runner.run(batch, key)

@@ -80,6 +80,8 @@ def provider_matrix() -> list[str]:
         f"| `POST /v1/{endpoint.value}` | " + " | ".join("✓" if endpoint in PRESETS[n].endpoints else "400" for n in names) + " |"
         for endpoint in Endpoint
     ]
+    rows.append("| `batch: {mode: native}` | " + " | ".join(
+        "—" if PRESETS[n].batch_discount is None else f"{PRESETS[n].batch_discount:.0%} off" for n in names) + " |")
     return rows
 
 
