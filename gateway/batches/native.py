@@ -98,8 +98,9 @@ class ProviderBatches:
                                    "longer configured with a Batch API.")]  # fmt: skip
             return "failed"
         while state.batch_id is None:
-            if cancelled.is_set() and not state.creating:
-                return "cancelled"  # nothing was handed over
+            if cancelled.is_set() and not state.creating:  # nothing was handed over
+                await _delete_quietly(api, state.file_id, batch.id)
+                return "cancelled"
             try:
                 if not await self._hand_over(batch, lines, api):
                     return "completed"  # every line was answered here: nothing to send
@@ -231,11 +232,7 @@ class ProviderBatches:
                 if await self._store.put_result(batch.id, LineResult(line.index, ok, row)):  # type: ignore[arg-type]
                     await self._count(batch, line, key, status if isinstance(status, int) else 500,
                                       response.get("body") if response is not None else None, started)  # fmt: skip
-        if state.file_id is not None:
-            try:
-                await api.delete(state.file_id)  # the upload was the gateway's own; its outputs stay the provider's
-            except ProviderError as error:
-                logger.info("batch %s: its input file at provider %s was not deleted (%s)", batch.id, state.provider, error.message)
+        await _delete_quietly(api, state.file_id, batch.id)  # the upload was the gateway's own; its outputs stay the provider's
         return {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}[state.status or "completed"]
 
     async def _count(
@@ -262,6 +259,16 @@ class ProviderBatches:
     def _api(self, provider_name: str) -> UpstreamBatches | None:
         adapter = self._serving().adapters.get(provider_name)
         return adapter.batches() if isinstance(adapter, HasBatchAPI) else None
+
+
+async def _delete_quietly(api: UpstreamBatches, file_id: str | None, batch_id: str) -> None:
+    """Delete the input file the gateway uploaded, if it did; a failure is only logged (the file is the provider's to expire)."""
+    if file_id is None:
+        return
+    try:
+        await api.delete(file_id)
+    except ProviderError as error:
+        logger.info("batch %s: its input file %s was not deleted at the provider (%s)", batch_id, file_id, error.message)
 
 
 def _read(state: NativeState, upstream: dict[str, Any]) -> None:

@@ -163,7 +163,7 @@ class BatchRunner:
             if not ended:
                 return  # stopping: the batch stays as it is for the next start
             if batch.status != "cancelling" and self._clock() >= batch.expires_at:
-                await self._expire_rest(batch, lines)
+                await self._answer_rest(batch, lines, "batch_expired", "This line was not sent before the batch expired.")
                 await self._finish(batch, "expired")
                 return
             await self._finish(batch, "cancelled" if batch.status == "cancelling" else "completed")
@@ -180,7 +180,10 @@ class BatchRunner:
         if ending is None:
             return  # stopping: it carries on at the next start
         if ending == "expired":
-            await self._expire_rest(batch, lines)
+            await self._answer_rest(batch, lines, "batch_expired", "This line was not answered before the batch expired.")
+        elif ending == "completed":  # a provider's completed batch holds every line; one it left out is said so
+            await self._answer_rest(batch, lines, "missing_from_provider_output",
+                                    f"Provider '{batch.native.provider}' ended its batch without an answer for this line.")  # type: ignore[union-attr]
         await self._finish(batch, ending)
 
     async def _answer_lines(self, batch: StoredBatch, lines: list[BatchLine], key: ApiKey | None) -> bool:
@@ -242,11 +245,12 @@ class BatchRunner:
             return LookupError(f"The key '{owner.name}' that created this batch is no longer configured.")
         return key
 
-    async def _expire_rest(self, batch: StoredBatch, lines: list[BatchLine]) -> None:
+    async def _answer_rest(self, batch: StoredBatch, lines: list[BatchLine], code: str, message: str) -> None:
+        """An error line (``code``, no response) for each line that has no result."""
         done = await self._store.answered(batch.id)
         for line in lines:
             if line.index not in done:
-                await self._store.put_result(batch.id, unanswered(line, "batch_expired", "This line was not sent before the batch expired."))
+                await self._store.put_result(batch.id, unanswered(line, code, message))
 
     async def _finish(self, batch: StoredBatch, ending: str) -> None:
         """Write the output and error files of the results kept, then end the batch as ``ending``."""

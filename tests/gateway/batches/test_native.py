@@ -156,6 +156,16 @@ def test_a_create_whose_answer_was_lost_is_found_not_sent_again(tmp_path: Path, 
     assert next(iter(fake.batches.values()))["metadata"] == {"switchyard_batch_id": batch.id}
 
 
+def test_a_line_the_provider_left_out_is_an_error_line(tmp_path: Path, provider: tuple[FakeBatchAPI, ServedApp]) -> None:
+    _, served = provider
+    with ServedApp(create_app(config_for(tmp_path, served))) as gateway:
+        client, batch = submitted(gateway.url, "mini", ["one", "omit"])
+        done = ended(client, batch.id)
+        errors = jsonl(client.files.content(done.error_file_id).read())  # type: ignore[arg-type]
+    assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (1, 1)  # type: ignore[union-attr]
+    assert [(e["custom_id"], e["response"], e["error"]["code"]) for e in errors] == [("line-1", None, "missing_from_provider_output")]
+
+
 def test_a_restart_follows_the_same_provider_batch(tmp_path: Path, provider: tuple[FakeBatchAPI, ServedApp]) -> None:
     fake, served = provider
     fake.reads_to_finish = 10**9  # runs until the test lets it finish

@@ -14,7 +14,7 @@ line breaks the Batch API's rules: another ``url``, no ``body.model``);
 after ``reads_to_finish`` reads it is ``completed``, each line answered in
 the output file (a chat completion quoting the last user message, with
 usage) or, for a message ``fail-<status>``, in the error file with that
-status. ``POST /v1/chat/completions`` answers the same chat completion
+status; a message ``omit`` is in neither (a provider that lost it). ``POST /v1/chat/completions`` answers the same chat completion
 live (for a batch the gateway runs line by line). A cancelled batch is ``cancelling`` then ``cancelled`` at the next
 read, with no line answered. Scripted failures: ``create_failures`` creates
 answer 503 after the batch was made (the client never learns its id),
@@ -162,6 +162,8 @@ class FakeBatchAPI:
         output, errors = [], []
         for number, line in enumerate(lines):
             said = line["body"]["messages"][-1]["content"]
+            if said == "omit":  # a provider that loses a line: in neither file
+                continue
             row = {"id": f"batch_req_up{number}", "custom_id": line["custom_id"], "error": None}
             if said.startswith("fail-"):
                 status = int(said.removeprefix("fail-"))
