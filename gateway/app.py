@@ -47,6 +47,7 @@ from gateway.errors import (
     MethodNotAllowed,
     not_found_error,
 )
+from gateway.http.doors import error_body_for
 from gateway.http.media import MediaRelay
 from gateway.http.middleware.answered_errors import AnsweredErrorsMiddleware
 from gateway.http.middleware.browser_guard import BrowserGuardMiddleware, host_check_for
@@ -68,6 +69,7 @@ from gateway.routes.batches import batch_routes
 from gateway.routes.engines import engine_routes
 from gateway.routes.files import file_routes
 from gateway.routes.health import health_routes
+from gateway.routes.message_batches import message_batch_routes
 from gateway.routes.models import model_routes
 from gateway.routes.responses import response_routes
 from gateway.routes.status import status_routes
@@ -143,6 +145,7 @@ def assemble(
     batches = services.batches
     api.include_router(file_routes(batches.store, batches.bodies, batches.max_file_bytes))
     api.include_router(batch_routes(batches.store, batches.bodies, batches.runner))
+    api.include_router(message_batch_routes(batches.store, batches.bodies, batches.runner))
     _install_error_handlers(api)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     accounting = Accounting(
@@ -214,27 +217,30 @@ def _embedder(adapters: Mapping[str, Provider], name: str | None = None) -> Embe
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    def shaped(request: Request, error: OpenAIError) -> Response:
+        return error_response(error, error_body_for(request.url.path))  # Anthropic's under /v1/messages/
+
     async def openai_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, OpenAIError)
-        return error_response(error)
+        return shaped(request, error)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         if error.status_code == 404:
-            return error_response(not_found_error(request.method, request.url.path))
+            return shaped(request, not_found_error(request.method, request.url.path))
         if error.status_code == 405:
-            return error_response(MethodNotAllowed(request.method, request.url.path, _allowed(app, request.url.path)))
-        return error_response(OpenAIError(str(error.detail), status_code=error.status_code))
+            return shaped(request, MethodNotAllowed(request.method, request.url.path, _allowed(app, request.url.path)))
+        return shaped(request, OpenAIError(str(error.detail), status_code=error.status_code))
 
     async def validation_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         first = error.errors()[0]
         param = ".".join(str(part) for part in first["loc"][1:]) or None
-        return error_response(InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param))
+        return shaped(request, InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param))
 
     async def unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InternalError())
+        return shaped(request, InternalError())
 
     app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(HTTPException, http_error)

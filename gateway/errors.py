@@ -27,6 +27,7 @@ Every one is an OpenAI-shaped error that the HTTP layer writes as it is
         ├── MethodNotAllowed       405, with Allow
         ├── RequestTimeout         408, headers or body too slow (gateway.http.server)
         ├── BatchNotCancellable    409, cancel of a batch that has ended
+        ├── BatchStillRunning      409, a Message Batch's results or deletion before it ended
         ├── ReloadRefused          409 or 422, /admin/reload not done: the configuration before still serves
         ├── RequestTooLarge        413, past server.max_body_bytes
         ├── FileTooLarge           413, an upload past server.max_file_bytes
@@ -150,6 +151,15 @@ class BatchNotCancellable(GatewayError):
 
     def __init__(self, batch_id: str, status: str) -> None:
         super().__init__(f"Batch '{_shown(batch_id)}' is {status}: only a batch still running can be cancelled.")
+
+
+class BatchStillRunning(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "batch_still_running"
+
+    def __init__(self, batch_id: str, wanted: str) -> None:
+        super().__init__(f"Message batch '{_shown(batch_id)}' is still processing: {wanted} once it has ended.")
 
 
 class FileTooLarge(GatewayError):

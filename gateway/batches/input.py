@@ -16,8 +16,10 @@ import orjson
 
 from gateway.errors import InvalidBatchInput
 
-# The endpoints a batch may target: the relay's doors that answer a whole JSON body.
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses")
+# The endpoints a batch may target: the relay's doors that answer a whole JSON body (/v1/messages: Anthropic's
+# Message Batches, gateway/routes/message_batches.py).
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses",
+                   "/v1/messages")
 # OpenAI's limit on requests per batch.
 MAX_LINES = 50_000
 MAX_CUSTOM_ID_CHARS = 512

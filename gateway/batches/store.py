@@ -76,8 +76,12 @@ class BatchStore(Protocol):
         """Keep ``batch`` (its status and every field), replacing the one with its id."""
         ...
     async def get_batch(self, batch_id: str, owner: str | None) -> StoredBatch | None: ...
-    async def list_batches(self, owner: str | None, after: str | None, limit: int) -> list[StoredBatch]:
-        """Newest first, those created before ``after`` (an id) when given."""
+    async def list_batches(self, owner: str | None, after: str | None, limit: int, kind: str = "batch_") -> list[StoredBatch]:
+        """Newest first, those created before ``after`` (an id) when given; ``kind``: the ids' prefix, the API
+        that made them (``batch_`` OpenAI's, ``msgbatch_`` Anthropic's)."""
+        ...
+    async def delete_batch(self, batch_id: str, owner: str | None) -> bool:
+        """Forget an ended batch and its results (its files stay); False when there is no such batch."""
         ...
     async def unfinished(self) -> list[StoredBatch]:
         """Every batch that has not ended, whoever runs it."""
@@ -155,14 +159,22 @@ class SqlBatchStore:
         rows = await self._worker.call(self._rows, f"SELECT batch FROM batches WHERE {where}", values)
         return _batch(rows[0][0]) if rows else None
 
-    async def list_batches(self, owner: str | None, after: str | None, limit: int) -> list[StoredBatch]:
+    async def list_batches(self, owner: str | None, after: str | None, limit: int, kind: str = "batch_") -> list[StoredBatch]:
         where, values = self._owned(owner)
         m = self._mark
+        where, values = f"{where} AND id LIKE {m}", [*values, f"{kind}%"]
         if after is not None:  # the page after that batch: older, or as old with a smaller id
             where += (f" AND (created_at, id) < (SELECT created_at, id FROM batches WHERE id = {m})")
             values = [*values, after]
         sql = f"SELECT batch FROM batches WHERE {where} ORDER BY created_at DESC, id DESC LIMIT {int(limit)}"
         return [_batch(row[0]) for row in await self._worker.call(self._rows, sql, values)]
+
+    async def delete_batch(self, batch_id: str, owner: str | None) -> bool:
+        where, values = self._visible(batch_id, owner)
+        deleted = bool(await self._worker.call(self._count, f"DELETE FROM batches WHERE {where}", values))
+        if deleted:
+            await self._worker.call(self._execute, f"DELETE FROM batch_results WHERE batch_id = {self._mark}", (batch_id,))
+        return deleted
 
     async def unfinished(self) -> list[StoredBatch]:
         marks = ", ".join([self._mark] * len(UNFINISHED))

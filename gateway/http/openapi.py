@@ -78,6 +78,11 @@ OWN_STATUSES: dict[str, tuple[str, ...]] = {
     "/v1/batches": ("403", "429"),  # a line's model the key may not use; a native batch's spent budget
     "/v1/batches/{batch_id}": ("404",),
     "/v1/batches/{batch_id}/cancel": ("404", "409"),
+    # Anthropic's Message Batches (gateway/routes/message_batches.py): the same rules, Anthropic's error shape.
+    "/v1/messages/batches": ("403", "429"),
+    "/v1/messages/batches/{message_batch_id}": ("404", "409"),  # DELETE of one still processing: 409
+    "/v1/messages/batches/{message_batch_id}/cancel": ("404", "409"),
+    "/v1/messages/batches/{message_batch_id}/results": ("404", "409"),
     # vLLM's operational endpoints (gateway/routes/engines.py): an admin key, and 409 while requests run.
     "/reset_prefix_cache": ("401", "403", "409"),
     "/sleep": ("401", "403", "409"),

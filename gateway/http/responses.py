@@ -36,5 +36,6 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
 
 
-def error_response(error: OpenAIError) -> Response:
-    return Response(error.to_json(), status_code=error.status_code, headers=error.headers, media_type="application/json")
+def error_response(error: OpenAIError, body: Callable[[OpenAIError], bytes] = OpenAIError.to_json) -> Response:
+    """``error`` as an answer; ``body``: how it is written (OpenAI's shape, or a door's: ``error_body_for``)."""
+    return Response(body(error), status_code=error.status_code, headers=error.headers, media_type="application/json")

@@ -8,17 +8,16 @@ every model its lines name (403). A batch is its key's only, as files are.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from gateway.batches import BatchRunner, BatchStore, FileBodies, Owner, StoredBatch
+from gateway.batches import BatchRunner, BatchStore, FileBodies, StoredBatch
+from gateway.batches.creation import submit_batch
 from gateway.batches.input import read_lines
-from gateway.batches.records import COMPLETION_WINDOW_SECONDS, ENDED
+from gateway.batches.records import ENDED
 from gateway.errors import BatchNotCancellable, BatchNotFound, InvalidRequest
 from gateway.http.responses import json_response
 from gateway.keys.keyring import api_key_of
@@ -64,23 +63,7 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
         if content is None:
             raise InvalidRequest(f"The file '{record.id}' has no content any more.", param="input_file_id")
         lines = await asyncio.to_thread(read_lines, content, body.endpoint)
-        models = sorted({line.body["model"] for line in lines})
-        if key is not None:
-            for model in models:
-                key.require(model)
-        native = runner.plan(body.endpoint, models)
-        if native is not None and key is not None:
-            await runner.admit_native(key, models[0])
-        now = int(time.time())
-        batch = StoredBatch(
-            id=f"batch_{uuid.uuid4().hex}",
-            owner=Owner(owner, None if key is None else key.team, tuple(sorted(key.token_models)) if key else ("*",)),
-            endpoint=body.endpoint, input_file_id=record.id, completion_window=body.completion_window,
-            created_at=now, expires_at=now + COMPLETION_WINDOW_SECONDS[body.completion_window], total=len(lines),
-            metadata=body.metadata, model=models[0] if len(models) == 1 else None, native=native,
-        )  # fmt: skip
-        await store.put_batch(batch)
-        runner.run(batch, key)
+        batch = await submit_batch(store, runner, key, record.id, body.endpoint, lines, body.metadata)
         return json_response(batch.to_openai(0, 0))
 
     @api.get("/batches")

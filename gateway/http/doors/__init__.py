@@ -205,6 +205,7 @@ DOORS: dict[str, Door] = {
 
 
 def error_body_for(path: str) -> Callable[[OpenAIError], bytes]:
-    """How an error is written at ``path``: the door's shape, OpenAI's anywhere else."""
-    door = DOORS.get(path)
+    """How an error is written at ``path``: the door's shape (Anthropic's under ``/v1/messages/``, the Message
+    Batches' URLs too), OpenAI's anywhere else."""
+    door = DOORS.get(path) or (MESSAGES_DOOR if path.startswith("/v1/messages/") else None)
     return OpenAIError.to_json if door is None else door.error_body
