@@ -24,6 +24,7 @@ a guess from the message text::
         ├── UnsupportedParameter     400 unsupported_parameter: the model's unsupported_params is reject
         ├── ModelNotReady            503 the local model cannot answer now   fallback, never trips the breaker
         │   ├── ModelLoading         503 model_loading
+        │   ├── ModelAsleep          503 model_sleeping: put to sleep (POST /sleep) until POST /wake_up
         │   └── ModelLoadFailed      503 model_load_failed
         └── EngineFailed             500 the local engine's step failed on this request   fallback
     ValueError                       the Python client (client.py), before any call
@@ -261,6 +262,12 @@ class ModelNotReady(ProviderError):
 
 class ModelLoading(ModelNotReady):
     code = "model_loading"
+
+
+class ModelAsleep(ModelNotReady):
+    """The engine was put to sleep (``POST /sleep``): its KV cache is freed until ``POST /wake_up``."""
+
+    code = "model_sleeping"
 
 
 class ModelLoadFailed(ModelNotReady):

@@ -113,7 +113,9 @@ def _quoted(text: str) -> str:
 
 
 def is_multipart(payload: dict[str, Any]) -> bool:
-    return any(isinstance(value, Upload) for value in payload.values())
+    """The payload carries a file: a field's value, or one of a field's values (``image[]`` sent twice)."""
+    return any(isinstance(value, Upload) or (isinstance(value, list) and any(isinstance(item, Upload) for item in value))
+               for value in payload.values())  # fmt: skip
 
 
 def requested_usage(endpoint: Endpoint, payload: dict[str, Any]) -> Usage | None:

@@ -22,6 +22,10 @@ from gateway.batches.records import LineResult
 from gateway.keys.keyring import SCOPE_KEY, ApiKey
 
 
+# A local model's 503s that pass: it is loading, or asleep until POST /wake_up (providers/errors.py).
+WAITING_CODES = frozenset({"model_loading", "model_sleeping"})
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -29,12 +33,15 @@ class Answer:
     retry_after: float | None  # seconds, from Retry-After
 
     @property
-    def waits_for_a_limit(self) -> bool:
-        """A 429 that says wait (a rate limit, the key's or an upstream's), not a spent budget."""
-        if self.status != 429:
-            return False
+    def says_wait(self) -> bool:
+        """An answer that says "later", not "no": a 429 of a rate limit (the key's or an upstream's; not a spent
+        budget), or a 503 of a local model still loading or put to sleep (a batch resumed at start comes before
+        its model has loaded)."""
         error = self.body.get("error") if isinstance(self.body, dict) else None
-        return not (isinstance(error, dict) and error.get("code") == "insufficient_quota")
+        code = error.get("code") if isinstance(error, dict) else None
+        if self.status == 429:
+            return code != "insufficient_quota"
+        return self.status == 503 and code in WAITING_CODES
 
 
 async def send_line(relay: ASGIApp, path: str, body: dict[str, Any], request_id: str, key: ApiKey | None) -> Answer:

@@ -39,7 +39,7 @@ from gateway.batches.records import ENDED, NativeState, Owner, StoredBatch, Stor
 from gateway.batches.store import BatchStore
 from gateway.batches.targets import Serving
 from gateway.config import ADMIN_KEY_NAME
-from gateway.errors import InvalidBatchInput
+from gateway.errors import InvalidBatchInput, ModelNotFound
 from gateway.keys.keyring import ApiKey
 from gateway.webhooks import Event, WebhookSender
 from gateway.webhooks.events import BatchFinished
@@ -75,6 +75,21 @@ class BatchRunner:
     def plan(self, endpoint: str, models: list[str]) -> NativeState | None:
         """The provider's Batch API a new batch of ``models`` is passed to, under the configuration serving now."""
         return plan(self._serving().config, endpoint, models)
+
+    def unserved(self, lines: list[BatchLine]) -> BatchLine | None:
+        """The first line naming a model nobody serves here (a batch is refused for it, as OpenAI's is)."""
+        table = self._serving().router.table
+        known: dict[str, bool] = {}
+        for line in lines:
+            model = line.body["model"]
+            if model not in known:
+                try:
+                    known[model] = bool(table.deployments_for(model))
+                except ModelNotFound:
+                    known[model] = False
+            if not known[model]:
+                return line
+        return None
 
     async def admit_native(self, key: ApiKey, model: str) -> None:
         """A native batch is billed by its provider at its end: refused (429) at creation when its key's dollar
@@ -227,11 +242,11 @@ class BatchRunner:
                     answer = await send_line(generation.relay, batch.endpoint, line.body, request_id, key)
                 finally:
                     generation.request_finished()
-                # The key's own rpm/tpm (or an upstream's limit) past the router's retries: wait, the line is not failed.
-                if not answer.waits_for_a_limit or self._stopping.is_set() or self._clock() >= batch.expires_at:
+                # A rate limit past the router's retries, or a local model not ready yet: wait, the line is not failed.
+                if not answer.says_wait or self._stopping.is_set() or self._clock() >= batch.expires_at:
                     break
                 await asyncio.sleep(min(answer.retry_after if answer.retry_after is not None else DEFAULT_LIMIT_WAIT, MAX_LIMIT_WAIT))
-            if answer.waits_for_a_limit and self._stopping.is_set():
+            if answer.says_wait and self._stopping.is_set():
                 return  # not answered: sent again after the restart
         await self._store.put_result(batch.id, answered(line, answer, request_id))
 
@@ -253,13 +268,13 @@ class BatchRunner:
                 await self._store.put_result(batch.id, unanswered(line, code, message))
 
     async def _finish(self, batch: StoredBatch, ending: str) -> None:
-        """Write the output and error files of the results kept, then end the batch as ``ending``."""
+        """Write the output and error files of the results kept (whatever the ending), then end the batch as ``ending``."""
         batch.ending = ending
         await self._set(batch, "finalizing")
-        if ending != "failed":
-            results = await self._store.results(batch.id)
-            batch.output_file_id = await self._write_file(batch, "output", [r.output for r in results if r.ok])
-            batch.error_file_id = await self._write_file(batch, "errors", [r.output for r in results if not r.ok])
+        # A failed batch keeps the lines answered before it failed (and billed): they are in its files too.
+        results = await self._store.results(batch.id)
+        batch.output_file_id = await self._write_file(batch, "output", [r.output for r in results if r.ok])
+        batch.error_file_id = await self._write_file(batch, "errors", [r.output for r in results if not r.ok])
         await self._set(batch, ending)  # type: ignore[arg-type]
         completed, failed = await self._store.counts(batch.id)
         logger.info("batch %s %s: %d lines answered, %d failed", batch.id, ending, completed, failed)

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from gateway.config import GatewayConfig
 from gateway.keys.accounting import Accounting
 from gateway.keys.keyring import KeyRing
+from gateway.routing.router import Router
 from providers import Provider
 
 
@@ -26,6 +27,7 @@ class Served(Protocol):
     relay: ASGIApp  # its relay: a line is one of its requests, sent in process
     adapters: Mapping[str, Provider]  # a native batch's provider (its Batch API)
     accounting: Accounting  # a native batch's lines are counted as its requests
+    router: Router  # its table: which models a new batch's lines may name
 
     def request_started(self) -> None: ...
 

@@ -118,6 +118,7 @@ class ReloadableApp:
                 409, "restart_required",
             )  # fmt: skip
         if config == old.config:
+            logger.info("configuration unchanged: generation %d serves on", old.number)
             return _report(old, old, unchanged=True)
         kept = kept_providers(old.config, config, old.adapters)
         try:

@@ -16,9 +16,9 @@ from starlette.responses import Response
 
 from gateway.batches import BatchRunner, BatchStore, FileBodies, StoredBatch
 from gateway.batches.creation import submit_batch
-from gateway.batches.input import read_lines
+from gateway.batches.input import BatchLine, read_lines
 from gateway.batches.records import ENDED
-from gateway.errors import BatchNotCancellable, BatchNotFound, InvalidRequest
+from gateway.errors import BatchNotCancellable, BatchNotFound, InvalidBatchInput, InvalidRequest
 from gateway.http.responses import json_response
 from gateway.keys.keyring import api_key_of
 
@@ -63,7 +63,7 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
         if content is None:
             raise InvalidRequest(f"The file '{record.id}' has no content any more.", param="input_file_id")
         lines = await asyncio.to_thread(read_lines, content, body.endpoint)
-        batch = await submit_batch(store, runner, key, record.id, body.endpoint, lines, body.metadata)
+        batch = await submit_batch(store, runner, key, record.id, body.endpoint, lines, _unserved, body.metadata)
         return json_response(batch.to_openai(0, 0))
 
     @api.get("/batches")
@@ -94,3 +94,8 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
         return await shown(batch)
 
     return api
+
+
+def _unserved(line: BatchLine) -> InvalidBatchInput:
+    return InvalidBatchInput(None, f"request {line.index + 1} (custom_id '{line.custom_id[:64]}') names the model "
+                             f"'{str(line.body['model'])[:128]}', which this gateway does not serve.")  # fmt: skip

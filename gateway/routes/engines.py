@@ -24,9 +24,9 @@ requests run it is a 409 ``engine_busy`` and the adapter stays, as /sleep does.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import PlainTextResponse, Response
 
@@ -64,6 +64,10 @@ class UnloadLoraAdapterRequest(BaseModel):
     lora_name: str = Field(min_length=1, max_length=256)
 
 
+# vLLM's wake_up tags: what to take back. The weights never leave here (sleep level 1 frees the KV cache only).
+WAKE_TAGS = frozenset({"weights", "kv_cache"})
+
+
 def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
     engines = APIRouter(tags=["engines"])
 
@@ -76,17 +80,31 @@ def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
         return await _each(chosen(request), "reset", lambda engine: engine.reset_prefix_cache())
 
     @engines.post("/sleep")
-    async def sleep(request: Request) -> Response:
+    async def sleep(
+        request: Request, level: Annotated[int, Query(description="vLLM's sleep level: 1 (level 2 is not built).")] = 1
+    ) -> Response:
         """Release the KV cache's memory; the engine refuses requests until /wake_up."""
-        return await _each(chosen(request), "sleeping", lambda engine: engine.sleep())
+        targets = chosen(request)  # the admin key first
+        if level != 1:  # vLLM's level 2 discards the weights too, to load them again at wake-up: not built
+            raise InvalidRequest(f"Sleep level {level} is not served: level 1 frees the KV cache; level 2 (the "
+                                 "weights discarded too) is not built.", param="level")  # fmt: skip
+        return await _each(targets, "sleeping", lambda engine: engine.sleep())
 
     @engines.post("/wake_up")
-    async def wake_up(request: Request) -> Response:
-        """Take the KV cache's memory again and serve."""
+    async def wake_up(
+        request: Request,
+        tags: Annotated[list[str] | None, Query(description="vLLM's: weights, kv_cache; default both.")] = None,
+    ) -> Response:
+        """Take the KV cache's memory again and serve (``tags=weights`` alone: the weights never left, nothing to do)."""
+        targets = chosen(request)  # the admin key first
+        unknown = sorted(set(tags or ()) - WAKE_TAGS)
+        if unknown:
+            raise InvalidRequest(f"Unknown wake_up tags {unknown}; expected any of {sorted(WAKE_TAGS)}.", param="tags")
         done = {}
-        for engine in chosen(request):
-            await engine.wake_up()
-            done[engine.name] = "awake"
+        for engine in targets:
+            if tags is None or "kv_cache" in tags:
+                await engine.wake_up()
+            done[engine.name] = "sleeping" if engine.sleeping else "awake"
         return json_response({"engines": done})
 
     @engines.post("/v1/load_lora_adapter", response_class=PlainTextResponse,

@@ -58,6 +58,8 @@ def file_routes(store: BatchStore, bodies: FileBodies, max_file_bytes: int) -> A
             raise InvalidRequest(f"The multipart body cannot be read: {error.message}", param="file") from None
         try:
             purpose, upload = form.get("purpose"), form.get("file")
+            if purpose is None:
+                raise InvalidRequest("The form has no `purpose` field: send `purpose=batch` with the `file`.", param="purpose")
             if purpose not in UPLOAD_PURPOSES:
                 raise InvalidRequest(f"`purpose` must be one of {', '.join(UPLOAD_PURPOSES)}: this gateway keeps files for batches.", param="purpose")
             if not isinstance(upload, UploadFile):

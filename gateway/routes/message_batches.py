@@ -83,7 +83,7 @@ def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRun
         file_id = f"file-{uuid.uuid4().hex}"
         await bodies.write(file_id, content)
         await store.put_file(StoredFile(file_id, owner_of(request), "message_batch_requests.jsonl", "batch", len(content), now))
-        batch = await submit_batch(store, runner, key, file_id, ENDPOINT, lines, kind=KIND)
+        batch = await submit_batch(store, runner, key, file_id, ENDPOINT, lines, _unserved, kind=KIND)
         return json_response(await shown(request, batch))
 
     @api.get("")
@@ -162,6 +162,11 @@ def _checked_lines(requests: list[BatchRequest]) -> list[BatchLine]:
                                  param=f"requests[{index}].params.{where}") from None  # fmt: skip
         lines.append(BatchLine(index, entry.custom_id, entry.params))
     return lines
+
+
+def _unserved(line: BatchLine) -> InvalidRequest:
+    return InvalidRequest(f"requests[{line.index}].params.model: '{str(line.body['model'])[:128]}' is not a model this "
+                          "gateway serves.", param=f"requests[{line.index}].params.model")  # fmt: skip
 
 
 def message_batch(batch: StoredBatch, results: list[LineResult], base_url: str) -> dict[str, Any]:

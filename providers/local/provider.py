@@ -17,6 +17,7 @@ from providers.base import EngineStats, UpstreamRequest
 from providers.errors import (
     EndpointNotOffered,
     InvalidLocalRequest,
+    ModelAsleep,
     ModelLoadFailed,
     ModelLoading,
     ModelNotReady,
@@ -133,4 +134,6 @@ class LocalProvider:
         if self.state == "failed":
             detail = self.error or "the model could not be loaded"
             return ModelLoadFailed(f"{detail[0].upper()}{detail[1:]}.", provider=self.name)
+        if self.state == "sleeping":
+            return ModelAsleep(f"The model of provider '{self.name}' is sleeping (POST /wake_up wakes it).", provider=self.name)
         return ModelLoading(f"The model of provider '{self.name}' is {self.state}.", provider=self.name)

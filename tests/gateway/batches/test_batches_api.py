@@ -45,6 +45,7 @@ models:
   gpt-test: {{deployments: [{{provider: flaky, model: flaky-model}}]}}
   slow: {{deployments: [{{provider: fake, model: slow-0.3}}]}}
   refused: {{deployments: [{{provider: fake, model: status-400}}]}}
+  vanished: {{deployments: [{{provider: fake, model: status-404}}]}}
   live: {{deployments: [{{provider: fake, model: fake-model}}]}}
   busy: {{deployments: [{{provider: flaky, model: busy-6}}]}}
 """
@@ -163,7 +164,7 @@ def test_a_batch_is_answered_through_failing_upstream_calls(
 
 def test_failed_lines_go_to_the_error_file_in_openais_shape(gateway: str) -> None:
     client = client_for(gateway)
-    lines = chat_lines(2) + chat_lines(1, model="refused", start=2) + chat_lines(1, model="no-such-model", start=3)
+    lines = chat_lines(2) + chat_lines(1, model="refused", start=2) + chat_lines(1, model="vanished", start=3)
     source = client.files.create(file=("requests.jsonl", lines), purpose="batch")
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert batch.model is None  # several models
@@ -172,8 +173,8 @@ def test_failed_lines_go_to_the_error_file_in_openais_shape(gateway: str) -> Non
     errors = {line["custom_id"]: line for line in jsonl(client.files.content(done.error_file_id).read())}  # type: ignore[arg-type]
     assert errors["line-2"]["response"]["status_code"] == 400
     assert errors["line-2"]["response"]["body"]["error"]["message"] == "fake upstream error 400"
-    assert errors["line-3"]["response"]["status_code"] == 404
-    assert errors["line-3"]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert errors["line-3"]["response"]["status_code"] == 404  # the upstream's own status, passed on
+    assert errors["line-3"]["response"]["body"]["error"]["message"] == "fake upstream error 404"
     assert all(line["error"] is None and line["response"]["request_id"] for line in errors.values())
     assert len(jsonl(client.files.content(done.output_file_id).read())) == 2  # type: ignore[arg-type]
 
@@ -196,6 +197,15 @@ def test_a_bad_input_line_is_a_400_naming_it(gateway: str, line: bytes, number: 
         client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert refused.value.body["param"] == "input_file_id"  # type: ignore[index]
     assert f"Line {number} of the input file" in refused.value.message and wanted in refused.value.message
+
+
+def test_a_batch_naming_a_model_nobody_serves_is_refused(gateway: str) -> None:
+    client = client_for(gateway)
+    source = client.files.create(file=("requests.jsonl", chat_lines(2) + chat_lines(1, model="nope-model", start=2)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert refused.value.body["param"] == "input_file_id"  # type: ignore[index]
+    assert "request 3" in refused.value.message and "'nope-model'" in refused.value.message
 
 
 def test_a_batch_needs_the_keys_models_and_its_own_file(gateway: str) -> None:

@@ -92,6 +92,9 @@ def test_a_bad_request_is_refused_at_creation_in_anthropics_shape(gateway: str) 
     with pytest.raises(anthropic.BadRequestError) as twice:
         client.messages.batches.create(requests=[request("same", "a"), request("same", "b")])  # type: ignore[list-item]
     assert "requests[1].custom_id" in twice.value.body["error"]["message"]  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as unknown:
+        client.messages.batches.create(requests=[request("a", "b"), request("c", "d", model="claude-elsewhere")])  # type: ignore[list-item]
+    assert unknown.value.body["error"]["message"].startswith("requests[1].params.model: 'claude-elsewhere'")  # type: ignore[index]
     with pytest.raises(anthropic.PermissionDeniedError) as denied:  # a model this key may not call
         client_for(gateway, OTHER).messages.batches.create(requests=[request("x", "y", model="claude-slow")])  # type: ignore[list-item]
     assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]

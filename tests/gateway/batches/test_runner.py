@@ -78,3 +78,28 @@ async def test_a_batch_past_its_window_expires_with_its_unsent_lines_as_errors(t
     assert [line["custom_id"] for line in errors] == ["line-2", "line-3", "line-4"]
     assert all(line["response"] is None and line["error"]["code"] == "batch_expired" for line in errors)
     await store.aclose()
+
+
+async def test_a_batch_that_fails_at_a_resume_keeps_the_lines_it_had_answered(tmp_path: Path) -> None:
+    from gateway.batches import LineResult
+
+    server = ServerConfig(data_dir=tmp_path)
+    store, bodies = open_batch_store(server), FileBodies.of(server)
+    runner = BatchRunner(store, bodies, lambda: Generation(answering_relay), 1)  # type: ignore[arg-type,return-value]
+    batch = StoredBatch("batch_input_gone", Owner(None), "/v1/chat/completions", "file-deleted", "24h", 1000, 10**10, 5,
+                        status="in_progress")  # fmt: skip
+    await store.put_batch(batch)
+    for line, ok in ((0, True), (1, False), (2, True)):  # answered before the stop; then its input file was deleted
+        await store.put_result(batch.id, LineResult(line, ok, {"custom_id": f"line-{line}", "response": {"status_code": 200 if ok else 400}}))
+    await runner.start()
+    for _ in range(200):
+        kept = await store.get_batch(batch.id, ADMIN_KEY_NAME)
+        if kept is not None and kept.status == "failed":
+            break
+        await asyncio.sleep(0.01)
+    await runner.aclose()
+    assert kept is not None and kept.status == "failed" and kept.errors[0]["code"] == "input_file_missing"  # type: ignore[index]
+    output = [orjson.loads(line) for line in (await bodies.read(kept.output_file_id)).splitlines()]  # type: ignore[arg-type, union-attr]
+    errors = [orjson.loads(line) for line in (await bodies.read(kept.error_file_id)).splitlines()]  # type: ignore[arg-type, union-attr]
+    assert [line["custom_id"] for line in output] == ["line-0", "line-2"] and [line["custom_id"] for line in errors] == ["line-1"]
+    await store.aclose()

@@ -251,6 +251,17 @@ def test_images_are_counted_by_the_image_and_gpt_image_by_its_tokens_too(
     assert row["cost_usd"] == pytest.approx((50 * 5 + 4160 * 40) / 1e6)  # tokens at the model's rates; no per_image
 
 
+def test_several_images_under_one_field_reach_the_upstream_each_once(
+    media: tuple[FakeMediaUpstream, str, Path], fake: FakeMediaUpstream, client: openai.OpenAI
+) -> None:
+    # The SDK sends a list of images as `image[]` parts, one per file (gpt-image-1 takes up to 16).
+    edited = client.images.edit(model="gpt-image", image=[("a.png", PNG, "image/png"), ("b.png", PNG + b"2", "image/png")],
+                                prompt="merge them")  # fmt: skip
+    assert edited.data
+    sent = fake.requests[-1]
+    assert sent.files["image[]"] == [("a.png", "image/png", PNG), ("b.png", "image/png", PNG + b"2")]
+
+
 def test_a_streamed_image_is_relayed_and_counted_from_its_completed_event(
     media: tuple[FakeMediaUpstream, str, Path], fake: FakeMediaUpstream, client: openai.OpenAI
 ) -> None:

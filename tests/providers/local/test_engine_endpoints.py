@@ -83,10 +83,23 @@ def test_sleep_releases_the_cache_refuses_and_falls_back_then_wake_up_serves(gat
     assert fallen.headers["x-switchyard-provider"] == "hosted"
     ready = httpx.get(f"{gateway.url}/health/ready")
     assert ready.status_code == 200 and ready.json()["local_models"]["engine"]["state"] == "sleeping"
-    assert admin(gateway.url, "POST", "/wake_up").json() == {"engines": {"engine": "awake"}}
+    assert refused.value.code == "model_sleeping"
+    # vLLM's tags: the weights never left (nothing to take back); an unknown tag is named.
+    assert admin(gateway.url, "POST", "/wake_up?tags=weights").json() == {"engines": {"engine": "sleeping"}}
+    unknown = admin(gateway.url, "POST", "/wake_up?tags=gpu")
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "tags"
+    assert admin(gateway.url, "POST", "/wake_up?tags=kv_cache").json() == {"engines": {"engine": "awake"}}
     assert admin(gateway.url, "GET", "/is_sleeping").json()["is_sleeping"] is False
     after = client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=4, temperature=0)
     assert after.choices[0].message.content == before.choices[0].message.content  # a fresh cache, the same answer
+
+
+def test_a_sleep_level_not_built_is_refused_by_name(gateway: ServedApp) -> None:
+    refused = admin(gateway.url, "POST", "/sleep?level=2")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "level"
+    assert "not built" in refused.json()["error"]["message"]
+    assert admin(gateway.url, "GET", "/is_sleeping").json()["is_sleeping"] is False  # nothing was done
+    assert admin(gateway.url, "POST", "/sleep?level=2", key="sk-not-admin-000000000000").status_code == 401
 
 
 def test_sleep_and_reset_are_refused_while_a_request_runs(gateway: ServedApp) -> None:
