@@ -640,6 +640,7 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         ):
             problems.append(f"models.{model_name}.routing: local_first needs a deployment on a `type: local` provider")
     names = [key.name for key in config.server.api_keys]
+    adapters = {module.name for p in config.providers.values() if isinstance(p, LocalProviderConfig) for module in p.lora_modules}
     for index, key in enumerate(config.server.api_keys):
         if names.count(key.name) > 1:
             problems.append(f"server.api_keys[{index}].name: {key.name!r} is used twice")
@@ -647,7 +648,7 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
             problems.append(f"server.api_keys[{index}].name: {ADMIN_KEY_NAME!r} names the admin keys; pick another")
         for position, model in enumerate(key.models):
             provider, slash, _ = model.partition("/")
-            if model != "*" and model not in config.models and not (slash and provider in config.providers):
+            if model != "*" and model not in config.models and model not in adapters and not (slash and provider in config.providers):
                 problems.append(f"server.api_keys[{index}].models[{position}]: {model!r} is not a model here")
     policies = {
         "fallbacks": config.fallbacks,
@@ -663,6 +664,33 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         if cycle:
             problems.append(f"{policy}: the chains loop: {' -> '.join(cycle)}")
     problems += _chain_problems("default_fallbacks", config.default_fallbacks, config.models)
+    problems += _lora_module_problems(config)
+    return problems
+
+
+def _lora_module_problems(config: GatewayConfig) -> list[str]:
+    """A configured adapter's name is a model name of its own: not one under ``models:``, nor the upstream ``model``
+    a deployment sends to its engine (whose requests the adapter would then take), nor another provider's adapter;
+    an encoder takes no adapter."""
+    problems = []
+    for provider_name, provider in config.providers.items():
+        if not isinstance(provider, LocalProviderConfig) or not provider.lora_modules:
+            continue
+        if serves_embeddings(provider):
+            problems.append(f"providers.{provider_name}.lora_modules: an embedding model serves no LoRA adapters")
+            continue
+        upstream = {d.model for model in config.models.values() for d in model.deployments if d.provider == provider_name}
+        for index, module in enumerate(provider.lora_modules):
+            where = f"providers.{provider_name}.lora_modules[{index}].name"
+            if module.name in config.models:
+                problems.append(f"{where}: {module.name!r} is already a model under `models:`; give the adapter another name")
+            elif module.name in upstream:
+                problems.append(f"{where}: {module.name!r} is the model a deployment sends to {provider_name!r}; "
+                                "give the adapter another name")  # fmt: skip
+            others = [other for other, entry in config.providers.items() if other != provider_name
+                      and isinstance(entry, LocalProviderConfig) and module.name in {m.name for m in entry.lora_modules}]  # fmt: skip
+            if others:
+                problems.append(f"{where}: {module.name!r} is also an adapter of provider {others[0]!r}")
     return problems
 
 

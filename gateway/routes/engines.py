@@ -119,7 +119,7 @@ def engine_routes(table: ModelTable, keys: KeyRing) -> APIRouter:
         if table.is_public(name) or name in _upstream_names(table, engine):
             raise InvalidRequest(f"'{name}' is already a model's name: give the adapter another.", param="lora_name")
         await engine.load_lora_adapter(name, body.lora_path)
-        table.add_model(name, Deployment(engine.name, name, engine), _parent_name(table, engine))
+        table.add_model(name, Deployment(engine.name, name, engine), table.base_model_of(engine))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
     @engines.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
@@ -198,15 +198,6 @@ def _upstream_names(table: ModelTable, engine: ServesLoraAdapters) -> set[str]:
         for model in table.model_names if table.parent_of(model) is None
         for deployment in table.deployments_for(model) if deployment.provider is engine
     }  # fmt: skip
-
-
-def _parent_name(table: ModelTable, engine: ServesLoraAdapters) -> str:
-    """The base model's name as clients know it: the first configured model the engine serves, else the engine's."""
-    return next(
-        (model for model in table.model_names if table.parent_of(model) is None
-         and any(deployment.provider is engine for deployment in table.deployments_for(model))),
-        engine.name,
-    )  # fmt: skip
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:

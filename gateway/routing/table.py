@@ -18,7 +18,8 @@ from gateway.routing.balancer import DeploymentState
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.deployment import Deployment
 from providers import Provider
-from providers.base import LoadsModel, ReportsEngineStats, UnsupportedPolicy
+from providers.base import LoadsModel, ReportsEngineStats, ServesLoraAdapters, UnsupportedPolicy
+from providers.local import LocalProviderConfig
 
 # ``provider/model`` names whose deployment state is kept (oldest dropped first).
 MAX_DIRECT_MODELS = 1024
@@ -41,7 +42,7 @@ class ModelTable:
         self._local_first = {name: m.local_first for name, m in config.models.items()}
         # The deployments on each engine in this process: their requests in flight are the engine's (local_first).
         self._on_engine: dict[str, list[DeploymentState]] = {}
-        # Models made at run time (add_model: LoRA adapters), each with its parent's name.
+        # Models made at run time or from lora_modules (add_model: LoRA adapters), each with its parent's name.
         self._parents: dict[str, str] = {}
         kept = previous._kept_states(self._cooldown) if previous is not None else {}
         self._routes = {
@@ -59,6 +60,7 @@ class ModelTable:
         for states in self._direct.values():
             for state in states:
                 self._track_engine(state)
+        self._add_configured_adapters(config, previous)
         if previous is not None:
             self._keep_added_models(previous)
 
@@ -140,6 +142,29 @@ class ModelTable:
         for state in self._routes.pop(name):
             if (on_engine := self._on_engine.get(state.deployment.provider_name)) is not None:
                 on_engine.remove(state)
+
+    def base_model_of(self, provider: Provider | ServesLoraAdapters) -> str:
+        """The name clients know ``provider``'s base model by (an adapter's ``parent``): the first configured model
+        it serves, else the provider's name."""
+        return next(
+            (model for model in self.model_names if self.parent_of(model) is None
+             and any(deployment.provider is provider for deployment in self.deployments_for(model))),
+            provider.name,
+        )  # fmt: skip
+
+    def _add_configured_adapters(self, config: GatewayConfig, previous: ModelTable | None) -> None:
+        """Each adapter under a local provider's ``lora_modules`` is a model from the start, as ``add_model`` makes
+        one (its provider answers 503 loading until the adapter is loaded). A provider a reload kept holds what it
+        holds now: ``_keep_added_models`` carries its adapters over, one unloaded since start staying out."""
+        for provider_name, entry in config.providers.items():
+            provider = self._providers.get(provider_name)
+            if not isinstance(entry, LocalProviderConfig) or provider is None:
+                continue
+            if previous is not None and previous._providers.get(provider_name) is provider:
+                continue
+            parent = self.base_model_of(provider)
+            for module in entry.lora_modules:
+                self.add_model(module.name, Deployment(provider_name, module.name, provider), parent)
 
     def _keep_added_models(self, previous: ModelTable) -> None:
         """Models ``previous`` made at run time stay, while the provider serving them is the same (it holds the adapter)."""

@@ -9,12 +9,20 @@ metrics to observe.
 LoRA adapters (POST /v1/load_lora_adapter, ``ServesLoraAdapters``) are read
 off the event loop and the engine's thread, then added between two steps; a
 request whose ``model`` names a loaded adapter runs through it, in the same
-batches as the base model's requests.
+batches as the base model's requests. The adapters ``lora_modules`` names are
+loaded the same way at start, once the model is and before the provider is
+ready::
+
+    engine loading ──► engine ready ──► each lora_modules adapter read and added ──► ready
+          │                                   └─(one fails)─► failed: "the LoRA adapter 'sql' (lora_modules[0]) ..."
+          └─(the model fails)─► failed
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +44,7 @@ from local_engine.async_engine import AsyncLLMEngine
 from local_engine.inputs import PromptType
 from local_engine.stop import stream_holdback
 from local_engine.tool_calls import ToolPlan, render_prompt
+from local_engine.worker import one_line
 from providers.base import EngineStats, UpstreamRequest, UpstreamResponse
 from providers.errors import (
     EngineFailed,
@@ -57,6 +66,7 @@ from providers.local.translate import (
 )
 from providers.wire import Endpoint, RequestTimings, Usage, usage_requested
 
+logger = logging.getLogger(__name__)
 
 class LocalChatProvider(LocalProvider):
     serves = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
@@ -65,6 +75,14 @@ class LocalChatProvider(LocalProvider):
         self.engine = AsyncLLMEngine(config.engine_config(), load_retries=config.load_retries)
         self.tool_call_format = config.tool_call_format
         super().__init__(name, config, self.engine)
+        # The lora_modules adapters: until they are all loaded (settled) the provider is loading; one that
+        # fails to load makes it failed, with why. Set on the event loop, read by any thread.
+        self._lora_modules = config.lora_modules
+        self._lora_modules_settled = threading.Event()
+        if not self._lora_modules:
+            self._lora_modules_settled.set()
+        self._lora_modules_loading: asyncio.Task[None] | None = None
+        self._lora_modules_error: str | None = None
 
     def engine_stats(self) -> EngineStats | None:
         return self.engine.stats if self.state == "ready" else None
@@ -73,9 +91,63 @@ class LocalChatProvider(LocalProvider):
 
     @property
     def state(self) -> str:
-        """``loading``, ``ready``, ``sleeping`` (after ``sleep``), ``failed`` or ``stopped``."""
+        """``loading``, ``ready``, ``sleeping`` (after ``sleep``), ``failed`` or ``stopped``.
+
+        Ready once the model is loaded and so is every adapter ``lora_modules`` names.
+        """
+        if self._lora_modules_error is not None:
+            return "failed"
         state = self.engine.state
+        if state == "ready" and not self._lora_modules_settled.is_set():
+            return "loading"
         return "sleeping" if state == "ready" and self.sleeping else state
+
+    @property
+    def error(self) -> str | None:
+        return self._lora_modules_error or self.engine.error
+
+    async def start(self) -> None:
+        await super().start()
+        if self._lora_modules:
+            self._lora_modules_loading = asyncio.create_task(self._load_lora_modules())
+
+    async def wait_loaded(self) -> None:
+        """Until the model and the ``lora_modules`` adapters are loaded, or one failed for good."""
+        await super().wait_loaded()
+        loading = self._lora_modules_loading
+        if loading is not None and loading.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([loading])  # never raises: the load's outcome is in state and error
+        elif not self._lora_modules_settled.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._lora_modules_settled.wait)
+
+    async def aclose(self) -> None:
+        if self._lora_modules_loading is not None:
+            self._lora_modules_loading.cancel()
+        self._lora_modules_settled.set()  # a task cancelled before it ran never reaches its own ``finally``
+        await super().aclose()
+
+    async def _load_lora_modules(self) -> None:
+        """Load each configured adapter as POST /v1/load_lora_adapter would, once the model is loaded."""
+        try:
+            await self.engine.wait_loaded()
+            for index, module in enumerate(self._lora_modules):
+                if self.engine.state != "ready":
+                    return  # the model failed (its own error says why), or the provider is closing
+                try:
+                    await self._add_lora(module.name, module.path)
+                except EngineNotReady:
+                    return
+                except Exception as error:  # InvalidLoraAdapter, LoraLimitReached, an unreadable file
+                    reason = str(error) if isinstance(error, InvalidLoraAdapter | LoraLimitReached) else one_line(error)
+                    self._lora_modules_error = (
+                        f"the LoRA adapter '{module.name}' (lora_modules[{index}]) could not be loaded: {reason.rstrip('.')}"
+                    )
+                    logger.error("%s", self._lora_modules_error)
+                    logger.debug("loading the LoRA adapter failed", exc_info=error)  # a bad file is not a bug
+                    await self.engine.stop()  # as after a failed load, the model's thread ends
+                    return
+        finally:
+            self._lora_modules_settled.set()
 
     @property
     def sleeping(self) -> bool:
@@ -94,12 +166,8 @@ class LocalChatProvider(LocalProvider):
 
     async def load_lora_adapter(self, lora_name: str, lora_path: str) -> None:
         self._require_ready()
-        engine = self.engine.engine
-        assert engine is not None
         try:
-            # Reading and checking the files runs on a worker thread: neither the event loop nor a step waits on it.
-            adapter = await asyncio.to_thread(engine.read_lora, lora_name, lora_path)
-            await self.engine.call(lambda engine: engine.add_lora(adapter))
+            await self._add_lora(lora_name, lora_path)
         except InvalidLoraAdapter as error:
             raise InvalidLocalRequest(str(error), param=error.param, provider=self.name) from None
         except LoraLimitReached as error:
@@ -111,6 +179,8 @@ class LocalChatProvider(LocalProvider):
             raise self._not_ready() from None
 
     async def unload_lora_adapter(self, lora_name: str) -> bool:
+        if self.state not in ("ready", "sleeping"):  # a configured adapter not loaded yet is not "not found"
+            raise self._not_ready()
         try:
             return await self.engine.call(lambda engine: engine.remove_lora(lora_name))
         except LoraNotLoaded as error:
@@ -120,6 +190,14 @@ class LocalChatProvider(LocalProvider):
             ) from None  # fmt: skip
         except EngineNotReady:
             raise self._not_ready() from None
+
+    async def _add_lora(self, lora_name: str, lora_path: str) -> None:
+        """Read and check the adapter on a worker thread (neither the event loop nor a step waits on it), then
+        add it on the engine's, between two steps; the engine's InvalidLoraAdapter or LoraLimitReached."""
+        engine = self.engine.engine
+        assert engine is not None
+        adapter = await asyncio.to_thread(engine.read_lora, lora_name, lora_path)
+        await self.engine.call(lambda engine: engine.add_lora(adapter))
 
     def _lora_of(self, payload: dict[str, Any]) -> str | None:
         """The loaded adapter the request's ``model`` names, if it names one (read from the engine's own table)."""

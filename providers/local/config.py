@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from local_engine.config import QUANTIZATION_KINDS, EngineConfig
 from local_engine.default_model import MINILM, SMOLLM2
 from local_engine.tool_calls import TOOL_CALL_FORMATS
 from providers.presets import PRESETS, ProviderPreset
+
+
+class LoraModule(BaseModel):
+    """A PEFT LoRA adapter loaded at start, as vLLM's ``--lora-modules name=path``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # As POST /v1/load_lora_adapter takes a lora_name: the model name clients call.
+    name: str = Field(min_length=1, max_length=256, description="The model name clients call the adapter by.")
+    path: str = Field(min_length=1, description="A PEFT adapter directory (adapter_config.json, "
+                      "adapter_model.safetensors).")  # fmt: skip
 
 
 class LocalProviderConfig(BaseModel):
@@ -41,6 +52,10 @@ class LocalProviderConfig(BaseModel):
         4, ge=0, description="LoRA adapters loaded at once (POST /v1/load_lora_adapter); 0 refuses every load."
     )
     max_lora_rank: int = Field(16, ge=1, description="The largest rank `r` a LoRA adapter may have.")
+    lora_modules: tuple[LoraModule, ...] = Field(
+        (), description="LoRA adapters loaded once the model is, before the provider is ready; each a model name "
+        "from the start, `parent` the base model.",
+    )
     # OpenAI defines token-id `input` in its own tokenizer's ids, and the clients that send ids mean those:
     # LangChain's OpenAIEmbeddings tokenizes every text with tiktoken (cl100k_base) and sends the ids. Read
     # as the local model's ids they index the wrong rows, or none. So by default they are decoded to text
@@ -60,6 +75,18 @@ class LocalProviderConfig(BaseModel):
         "`parameters`), or `generic` for a template without tools (the tools described in the system prompt, "
         "the calls written as hermes writes them; constrained decoding keeps them well formed).",
     )
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _distinct_and_within_max_loras(cls, modules: tuple[LoraModule, ...], info: ValidationInfo) -> tuple[LoraModule, ...]:
+        names = [module.name for module in modules]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"the adapter name {', '.join(map(repr, twice))} is given twice; each must be unique")
+        max_loras = info.data.get("max_loras")  # absent when it is itself invalid (reported on its own)
+        if max_loras is not None and len(modules) > max_loras:
+            raise ValueError(f"{len(modules)} adapters, more than max_loras ({max_loras}) lets the engine hold")
+        return modules
 
     @property
     def preset(self) -> ProviderPreset:

@@ -6,13 +6,19 @@ one rsLoRA on every projection at rank 4. Greedy tokens through the engine
 must equal transformers' greedy generate on ``merge_and_unload()`` of each,
 and differ from the base model's (so the comparison can fail). Then the
 same through the gateway, served by uvicorn on a real port, with the openai
-SDK calling the adapter's model name.
+SDK calling the adapter's model name: adapters loaded with POST
+/v1/load_lora_adapter, and adapters the provider's ``lora_modules`` loads
+at start (a bad one failing the provider, as a model that cannot load).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from transformers import LlamaForCausalLM as HFLlama
 from transformers import PreTrainedTokenizerBase
 
 from gateway.app import create_app
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config, parse_config
 from local_engine import (
     EngineConfig,
     InvalidLoraAdapter,
@@ -37,6 +43,9 @@ from local_engine import (
 )
 from local_engine.block_manager import BlockManager
 from local_engine.sequence import Sequence
+from providers.errors import ModelLoading
+from providers.local import LocalProviderConfig
+from providers.local.chat import LocalChatProvider
 from tests.conftest import TINY_VOCAB
 from tests.local_engine.tiny import random_llama, tiny_loaded
 from tests.providers.local.conftest import wait_ready
@@ -278,12 +287,17 @@ def test_a_bad_adapter_is_refused_naming_what_is_wrong_and_nothing_changes(
 # --- through the gateway, with the openai SDK ---
 
 
-def gateway_config(tiny_model_dir: Path, attempts: int = 1) -> dict[str, Any]:
+def gateway_config(
+    tiny_model_dir: Path, attempts: int = 1, lora_modules: dict[str, Path] | None = None
+) -> dict[str, Any]:
     per_block = 2 * 2 * 4 * 2 * 16 * 4  # k+v, layers, block, kv heads, head dim, float32
+    engine = {"type": "local", "model": str(tiny_model_dir), "dtype": "float32", "kv_cache_bytes": per_block * 256,
+              "block_size": 4, "max_loras": 2}  # fmt: skip
+    if lora_modules is not None:
+        engine["lora_modules"] = [{"name": name, "path": str(path)} for name, path in lora_modules.items()]
     return {
         "server": {"usage_ledger": False, "admin_keys": [ADMIN], "api_keys": [{"key": CLIENT, "name": "client"}]},
-        "providers": {"engine": {"type": "local", "model": str(tiny_model_dir), "dtype": "float32",
-                                 "kv_cache_bytes": per_block * 256, "block_size": 4, "max_loras": 2}},
+        "providers": {"engine": engine},
         "models": {"tiny": {"deployments": [{"provider": "engine", "model": "tiny"}]}},
         "router": {"retries": {"attempts": attempts}},
     }  # fmt: skip
@@ -401,3 +415,195 @@ def test_a_loaded_adapter_stays_served_across_a_configuration_reload(
     assert completion(client, "poet", prompts[0]) == smollm2_tokenizer.decode(expected["poet"][0])
     assert admin(gateway.url, "/v1/unload_lora_adapter", {"lora_name": "poet"}).status_code == 200
     assert "poet" not in {model.id for model in client.models.list()}
+
+
+# --- adapters the provider's lora_modules names, loaded at start ---
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_configured_adapters_are_models_from_the_start_answer_as_peft_merged_models_and_follow_reloads(
+    tmp_path: Path, tiny_model_dir: Path, adapter_dirs: dict[str, Path], prompts: list[list[int]],
+    expected: dict[str | None, list[list[int]]], smollm2_tokenizer: PreTrainedTokenizerBase,
+) -> None:  # fmt: skip
+    # The model's directory fills only after the first load attempt failed: until then the provider is loading.
+    late = tmp_path / "arrives-late"
+    late.mkdir()
+    config = gateway_config(late, lora_modules=adapter_dirs)
+    config["providers"]["engine"]["load_retries"] = 3
+    path = write_config(tmp_path / "providers.yaml", config)
+    first_attempt_failed = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "attempt 1 of 4" in record.getMessage():
+                first_attempt_failed.set()
+
+    seen = Seen()
+    logging.getLogger("local_engine.worker").addHandler(seen)
+    app = create_app(load_config(path), reload_from=lambda: load_config(path))
+    with ServedApp(app) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=CLIENT, max_retries=0, timeout=60)
+        try:
+            assert first_attempt_failed.wait(30)
+        finally:
+            logging.getLogger("local_engine.worker").removeHandler(seen)
+        # Models from the start, before anything is loaded, listed as vLLM lists adapters; a request is answered
+        # as the loading model's: never a 404, never the base model's answer.
+        listed = {model.id: model for model in client.models.list()}
+        assert sorted(listed) == ["poet", "sql", "tiny"]
+        assert listed["sql"].model_extra == {"parent": "tiny"} and listed["poet"].model_extra == {"parent": "tiny"}
+        with pytest.raises(openai.APIStatusError) as loading:
+            completion(client, "sql", prompts[1])
+        assert loading.value.status_code == 503 and loading.value.code == "model_loading", loading.value.message
+        shutil.copytree(tiny_model_dir, late, dirs_exist_ok=True)  # the retry after 1 s finds it
+        # Until the adapters too are loaded, the same answer; then the adapter's own.
+        sql_text = smollm2_tokenizer.decode(expected["sql"][1])
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{served.url}/health/ready").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            try:
+                assert completion(client, "sql", prompts[1]) == sql_text
+            except openai.APIStatusError as refused:
+                assert refused.status_code == 503 and refused.code == "model_loading", refused.message
+        assert httpx.get(f"{served.url}/health/ready").status_code == 200
+        for name in (None, *ADAPTERS):
+            for index, prompt in enumerate(prompts):
+                got = completion(client, name or "tiny", prompt)
+                assert got == smollm2_tokenizer.decode(expected[name][index]), (name, index)
+
+        # Unloaded like an adapter loaded by POST: gone.
+        assert admin(served.url, "/v1/unload_lora_adapter", {"lora_name": "sql"}).status_code == 200
+        assert sorted(model.id for model in client.models.list()) == ["poet", "tiny"]
+        with pytest.raises(openai.NotFoundError):
+            completion(client, "sql", prompts[0])
+        # A reload that leaves the entry alone keeps the engine as it is: poet served, sql still unloaded.
+        config["router"]["retries"]["attempts"] = 2
+        write_config(path, config)
+        kept = admin(served.url, "/admin/reload", {})
+        assert kept.status_code == 200 and kept.json()["providers"]["kept"] == ["engine"], kept.text
+        assert {model.id: model.model_extra for model in client.models.list() if model.id != "tiny"} == {
+            "poet": {"parent": "tiny"}
+        }
+        assert completion(client, "poet", prompts[0]) == smollm2_tokenizer.decode(expected["poet"][0])
+        # A reload that changes lora_modules changes the entry: the provider is built again, with its adapters;
+        # one that cannot load refuses the reload, naming it, and nothing changes.
+        bad = broken_copy(adapter_dirs["sql"], tmp_path / "rank", "rank")
+        write_config(path, gateway_config(late, lora_modules={"sql": adapter_dirs["sql"], "wide": bad}))
+        refused = admin(served.url, "/admin/reload", {})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "model_load_failed", refused.text
+        assert "'wide'" in refused.json()["error"]["message"] and "max_lora_rank" in refused.json()["error"]["message"]
+        assert sorted(model.id for model in client.models.list()) == ["poet", "tiny"]
+        write_config(path, gateway_config(late, lora_modules={"sql": adapter_dirs["sql"]}))
+        rebuilt = admin(served.url, "/admin/reload", {})
+        assert rebuilt.status_code == 200 and rebuilt.json()["providers"]["started"] == ["engine"], rebuilt.text
+        assert httpx.get(f"{served.url}/health/ready").status_code == 200  # the reload waited for the adapters
+        assert sorted(model.id for model in client.models.list()) == ["sql", "tiny"]
+        assert completion(client, "sql", prompts[2]) == smollm2_tokenizer.decode(expected["sql"][2])
+
+
+@pytest.mark.parametrize(("change", "named"), [("rank", "max_lora_rank"), ("absent", "does not exist")])
+def test_a_configured_adapter_that_cannot_load_fails_the_provider_naming_it(
+    tmp_path: Path, tiny_model_dir: Path, adapter_dirs: dict[str, Path], change: str, named: str
+) -> None:
+    bad = tmp_path / "no-such-adapter" if change == "absent" else broken_copy(adapter_dirs["sql"], tmp_path / change, change)
+    config = gateway_config(tiny_model_dir, lora_modules={"sql": adapter_dirs["sql"], "wide": bad})
+    reported: list[str] = []  # what `switchyard serve` is told of a model that failed to load (it then exits)
+    with ServedApp(create_app(load_config(write_config(tmp_path / "providers.yaml", config)),
+                              on_load_failure=reported.append)) as served:  # fmt: skip
+        wait_ready(served.url)
+        ready = httpx.get(f"{served.url}/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed", ready.text
+        reason = ready.json()["local_models"]["engine"]["error"]
+        assert "'wide' (lora_modules[1])" in reason and named in reason and "\n" not in reason
+        deadline = time.monotonic() + 10
+        while not reported and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reported == [reason]
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=CLIENT, max_retries=0, timeout=60)
+        for model in ("tiny", "sql", "wide"):  # the base model, the adapter that loaded, the one that did not
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.completions.create(model=model, prompt="hello", max_tokens=2)
+            assert caught.value.status_code == 503 and caught.value.code == "model_load_failed", model
+            assert "'wide'" in caught.value.message and named in caught.value.message
+
+
+def test_the_provider_stays_loading_until_its_configured_adapters_are_loaded(
+    tiny_model_dir: Path, adapter_dirs: dict[str, Path]
+) -> None:
+    entry = gateway_config(tiny_model_dir, lora_modules={"poet": adapter_dirs["poet"]})["providers"]["engine"]
+    provider = LocalChatProvider("engine", LocalProviderConfig.model_validate(entry))
+
+    async def scenario() -> None:
+        await provider.start()
+        try:
+            # Waiting before the provider's own wait: this wakes first, the model loaded and the adapter not yet.
+            await provider.engine.wait_loaded()
+            assert provider.engine.state == "ready" and provider.state == "loading"
+            with pytest.raises(ModelLoading):
+                await provider.detokenize([1])
+            await provider.wait_loaded()
+            assert provider.state == "ready" and provider.error is None
+            assert provider.engine.engine is not None and list(provider.engine.engine.loras.by_name) == ["poet"]
+        finally:
+            await provider.aclose()
+
+    asyncio.run(scenario())
+
+
+def config_problems(tiny_model_dir: Path, **change: Any) -> str:
+    """The config error for ``gateway_config`` with the engine's entry (``engine``) or ``models`` changed."""
+    config = gateway_config(tiny_model_dir)
+    config["providers"]["engine"].update(change.get("engine", {}))
+    config["models"].update(change.get("models", {}))
+    return config_problems_of(config)
+
+
+@pytest.mark.parametrize(
+    ("engine", "models", "named"),
+    [
+        ({"lora_modules": [{"name": "sql", "path": "/a"}, {"name": "sql", "path": "/b"}]}, {},
+         "providers.engine.lora_modules: Value error, the adapter name 'sql' is given twice"),
+        ({"lora_modules": [{"name": n, "path": f"/{n}"} for n in ("a", "b", "c")]}, {},
+         "providers.engine.lora_modules: Value error, 3 adapters, more than max_loras (2)"),
+        ({"lora_modules": [{"name": "tiny", "path": "/a"}]}, {},
+         "providers.engine.lora_modules[0].name: 'tiny' is already a model under `models:`"),
+        ({"lora_modules": [{"name": "base", "path": "/a"}]}, {"chat": {"deployments": [{"provider": "engine", "model": "base"}]}},
+         "providers.engine.lora_modules[0].name: 'base' is the model a deployment sends to 'engine'"),
+        ({"lora_modules": [{"name": "", "path": "/a"}]}, {}, "providers.engine.lora_modules[0].name: String should have at least 1"),
+        ({"lora_modules": [{"name": "sql"}]}, {}, "providers.engine.lora_modules[0].path: required field is missing"),
+        ({"model": "all-minilm-l6-v2", "lora_modules": [{"name": "sql", "path": "/a"}]}, {},
+         "providers.engine.lora_modules: an embedding model serves no LoRA adapters"),
+    ],
+    ids=["duplicate", "over-max-loras", "a-model-name", "an-upstream-name", "empty-name", "no-path", "encoder"],
+)  # fmt: skip
+def test_lora_modules_config_errors_name_the_field(
+    tiny_model_dir: Path, engine: dict[str, Any], models: dict[str, Any], named: str
+) -> None:
+    assert named in config_problems(tiny_model_dir, engine=engine, models=models)
+
+
+def test_a_configured_adapter_is_a_model_a_key_may_be_limited_to(tiny_model_dir: Path) -> None:
+    config = gateway_config(tiny_model_dir, lora_modules={"sql": Path("/adapters/sql")})
+    config["server"]["api_keys"] = [{"key": CLIENT, "name": "client", "models": ["sql"]}]
+    parsed = parse_config(yaml.safe_dump(config), source="providers.yaml", environ={})
+    entry = parsed.providers["engine"]
+    assert isinstance(entry, LocalProviderConfig) and [module.name for module in entry.lora_modules] == ["sql"]
+    config["server"]["api_keys"][0]["models"] = ["nope"]
+    assert "server.api_keys[0].models[0]: 'nope' is not a model here" in config_problems_of(config)
+
+
+def config_problems_of(config: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(yaml.safe_dump(config), source="providers.yaml", environ={})
+    return str(refused.value)
+
+
+def test_two_providers_may_not_serve_adapters_of_one_name(tiny_model_dir: Path) -> None:
+    config = gateway_config(tiny_model_dir, lora_modules={"sql": Path("/adapters/sql")})
+    config["providers"]["second"] = {**config["providers"]["engine"]}
+    problems = config_problems_of(config)
+    assert "providers.engine.lora_modules[0].name: 'sql' is also an adapter of provider 'second'" in problems
