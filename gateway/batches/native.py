@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -215,7 +214,6 @@ class ProviderBatches:
                 _error("native_batch_failed", f"Provider '{state.provider}' failed batch {state.batch_id}.")]
             return "failed"
         by_id = {line.custom_id: line for line in lines}
-        started = time.time() - batch.created_at
         for field in ("output_file_id", "error_file_id"):
             file_id = upstream.get(field)
             if not isinstance(file_id, str) or not file_id:
@@ -231,13 +229,11 @@ class ProviderBatches:
                 ok = isinstance(status, int) and 200 <= status < 300
                 if await self._store.put_result(batch.id, LineResult(line.index, ok, row)):  # type: ignore[arg-type]
                     await self._count(batch, line, key, status if isinstance(status, int) else 500,
-                                      response.get("body") if response is not None else None, started)  # fmt: skip
+                                      response.get("body") if response is not None else None)  # fmt: skip
         await _delete_quietly(api, state.file_id, batch.id)  # the upload was the gateway's own; its outputs stay the provider's
         return {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}[state.status or "completed"]
 
-    async def _count(
-        self, batch: StoredBatch, line: BatchLine, key: ApiKey | None, status: int, body: Any, elapsed: float
-    ) -> None:  # fmt: skip
+    async def _count(self, batch: StoredBatch, line: BatchLine, key: ApiKey | None, status: int, body: Any) -> None:
         """One answered line, as a request of its creator: ledger, metrics, budgets, webhooks; at the batch price."""
         state = batch.native
         assert state is not None
@@ -254,7 +250,7 @@ class ProviderBatches:
         if 200 <= status < 300:
             outcome.usage = responses_usage(body) if responses else reported_usage(body)
         endpoint: Endpoint | Door = Door.RESPONSES if responses else Endpoint(batch.endpoint.removeprefix("/v1/"))
-        await generation.accounting.finish_answered(endpoint, outcome, elapsed)
+        await generation.accounting.finish_answered(endpoint, outcome)
 
     def _api(self, provider_name: str) -> UpstreamBatches | None:
         adapter = self._serving().adapters.get(provider_name)

@@ -183,15 +183,16 @@ class Accounting:
         ))  # fmt: skip
         raise DollarBudgetSpent(refusal.budget.described, resets_at)
 
-    async def finish_answered(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> None:
+    async def finish_answered(self, endpoint: Endpoint | Door, outcome: Outcome) -> None:
         """Count a request answered outside the relay (a line of a batch the provider's Batch API ran): its
-        cost is charged to its key's budgets as spent, never held before (nothing here admitted it)."""
+        cost is charged to its key's budgets as spent, never held before (nothing here admitted it); how long
+        it took is not known."""
         key = outcome.key
         budgets = () if key is None or not isinstance(outcome.model, str) else key.budgets_for(outcome.model)
         cost = self.cost(outcome, outcome.usage)
         if budgets:
             await charge(self._budgets, budgets, 0.0 if cost is None else cost.usd)
-        self.finish(endpoint, outcome, time.perf_counter() - elapsed)
+        self.finish(endpoint, outcome, None)
 
     async def admit(self, key: ApiKey, model: str, request_id: str | None = None) -> list[tuple[bytes, bytes]]:
         """Raise unless ``key`` may call ``model`` now; the rate-limit headers for the answer."""
@@ -211,10 +212,14 @@ class Accounting:
         """A stream's first event went out ``seconds`` after the request came in."""
         self._metrics.first_token.labels(self._metrics.model_label(outcome.model)).observe(seconds)
 
-    def finish(self, endpoint: Endpoint | Door, outcome: Outcome, started: float) -> None:
-        """Count the finished request under ``endpoint``: an OpenAI endpoint, or the door it came through (``messages``)."""
-        elapsed = time.perf_counter() - started
-        self._observe(endpoint, outcome, elapsed)
+    def finish(self, endpoint: Endpoint | Door, outcome: Outcome, started: float | None) -> None:
+        """Count the finished request under ``endpoint``: an OpenAI endpoint, or the door it came through (``messages``).
+
+        ``started``: its perf_counter at the start; None when how long it took is not known (a line of a batch the
+        provider ran: its hours in the provider's queue are no request's latency), recorded as 0 and not observed.
+        """
+        elapsed = 0.0 if started is None else time.perf_counter() - started
+        self._observe(endpoint, outcome, None if started is None else elapsed)
         usage = outcome.usage
         key = outcome.key
         cost = self.cost(outcome, usage)
@@ -260,11 +265,12 @@ class Accounting:
         """A shadow copy not sent: too many were in flight."""
         self._metrics.shadow_skipped.labels(self._metrics.model_label(model)).inc()
 
-    def _observe(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float) -> None:
+    def _observe(self, endpoint: Endpoint | Door, outcome: Outcome, elapsed: float | None) -> None:
         metrics = self._metrics
         model = metrics.model_label(outcome.model)
         metrics.requests.labels(endpoint.value, model, outcome.provider, str(outcome.status)).inc()
-        metrics.duration.labels(endpoint.value, model).observe(elapsed)
+        if elapsed is not None:
+            metrics.duration.labels(endpoint.value, model).observe(elapsed)
         if outcome.trace.attempts:
             metrics.attempts.labels(model).inc(outcome.trace.attempts)
         if len(outcome.trace.models) > 1:

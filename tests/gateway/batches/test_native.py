@@ -141,6 +141,7 @@ def test_a_batch_is_run_by_the_provider_and_priced_at_its_discount(
     assert all(row["prompt_tokens"] == PROMPT_TOKENS and row["completion_tokens"] == COMPLETION_TOKENS for row in answered)
     assert all(row["cost_usd"] == pytest.approx(LIVE_COST * (1 - discount)) for row in answered)
     assert all(row["price_source"] == f"config, batch {discount:.0%} off" for row in answered)
+    assert all(row["latency_ms"] == 0 for row in rows)  # a line's time in the provider's queue is not known
 
 
 def test_a_create_whose_answer_was_lost_is_found_not_sent_again(tmp_path: Path, provider: tuple[FakeBatchAPI, ServedApp]) -> None:
