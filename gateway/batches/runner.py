@@ -39,7 +39,7 @@ from gateway.batches.records import ENDED, NativeState, Owner, StoredBatch, Stor
 from gateway.batches.store import BatchStore
 from gateway.batches.targets import Serving
 from gateway.config import ADMIN_KEY_NAME
-from gateway.errors import InvalidBatchInput, ModelNotFound
+from gateway.errors import BatchNotCancellable, InvalidBatchInput, ModelNotFound
 from gateway.keys.keyring import ApiKey
 from gateway.webhooks import Event, WebhookSender
 from gateway.webhooks.events import BatchFinished
@@ -117,7 +117,14 @@ class BatchRunner:
         self._running.pop(batch_id, None)
 
     async def cancel(self, batch: StoredBatch) -> StoredBatch:
-        """Mark ``batch`` cancelling: no new line is sent; once those in flight end it is cancelled."""
+        """Mark ``batch`` cancelling: no new line is sent; once those in flight end it is cancelled.
+
+        BatchNotCancellable (409) when it has ended; a batch cancelling already is left as it is.
+        """
+        if batch.status in ENDED:
+            raise BatchNotCancellable(batch.id, batch.status)
+        if batch.status == "cancelling":
+            return batch
         batch = self._running.get(batch.id, batch)
         batch.status = "cancelling"
         batch.times["cancelling_at"] = int(self._clock())

@@ -91,6 +91,12 @@ def api_key_of(scope: Scope) -> ApiKey | None:
     return scope.get("state", {}).get(SCOPE_KEY)
 
 
+def key_name_of(scope: Scope) -> str | None:
+    """The name of the key that made this request: what owns its files and batches (None on an open gateway)."""
+    key = api_key_of(scope)
+    return None if key is None else key.name
+
+
 def team_budget(team: TeamConfig) -> tuple[DollarBudget, ...]:
     """The dollar budget its keys share, if it has one."""
     if team.budget_usd is None:

@@ -17,10 +17,9 @@ from starlette.responses import Response
 from gateway.batches import BatchRunner, BatchStore, FileBodies, StoredBatch
 from gateway.batches.creation import submit_batch
 from gateway.batches.input import BatchLine, read_lines
-from gateway.batches.records import ENDED
-from gateway.errors import BatchNotCancellable, BatchNotFound, InvalidBatchInput, InvalidRequest
+from gateway.errors import BatchNotFound, InvalidBatchInput, InvalidRequest
 from gateway.http.responses import json_response
-from gateway.keys.keyring import api_key_of
+from gateway.keys.keyring import api_key_of, key_name_of
 
 
 class CreateBatch(BaseModel):
@@ -38,15 +37,11 @@ class CreateBatch(BaseModel):
 def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["batches"])
 
-    def owner_of(request: Request) -> str | None:
-        key = api_key_of(request.scope)
-        return None if key is None else key.name
-
     async def shown(batch: StoredBatch) -> Response:
         return json_response(batch.to_openai(*await store.counts(batch.id)))
 
     async def found(request: Request, batch_id: str) -> StoredBatch:
-        batch = await store.get_batch(batch_id, owner_of(request))
+        batch = await store.get_batch(batch_id, key_name_of(request.scope))
         if batch is None:
             raise BatchNotFound(batch_id)
         return batch
@@ -55,7 +50,7 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
     async def create_batch(request: Request, body: CreateBatch) -> Response:
         """Create a batch from an uploaded file of requests; the gateway runs it through its router."""
         key = api_key_of(request.scope)
-        owner = owner_of(request)
+        owner = key_name_of(request.scope)
         record = await store.get_file(body.input_file_id, owner)
         if record is None or record.purpose != "batch":
             raise InvalidRequest(f"No file with id '{body.input_file_id[:64]}' and purpose `batch` found.", param="input_file_id")
@@ -73,7 +68,7 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
         limit: Annotated[int, Query(ge=1, le=100, description="Batches per page.")] = 20,
     ) -> Response:
         """The batches of the calling key, newest first."""
-        page = await store.list_batches(owner_of(request), after, limit + 1)
+        page = await store.list_batches(key_name_of(request.scope), after, limit + 1)
         data = [batch.to_openai(*await store.counts(batch.id)) for batch in page[:limit]]
         return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None, "has_more": len(page) > limit})  # fmt: skip
@@ -87,11 +82,7 @@ def batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> 
     async def cancel_batch(request: Request, batch_id: str) -> Response:
         """Cancel a running batch: no new line is sent; once those in flight end, it is cancelled (with their results)."""
         batch = await found(request, batch_id)
-        if batch.status in ENDED:
-            raise BatchNotCancellable(batch.id, batch.status)
-        if batch.status != "cancelling":
-            batch = await runner.cancel(batch)
-        return await shown(batch)
+        return await shown(await runner.cancel(batch))
 
     return api
 

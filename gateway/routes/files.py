@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, Response
 from gateway.batches import BatchStore, FileBodies, StoredFile
 from gateway.errors import FileNotFound, FileTooLarge, InvalidRequest
 from gateway.http.responses import json_response
-from gateway.keys.keyring import api_key_of
+from gateway.keys.keyring import key_name_of
 
 # The purposes an upload may have: the gateway keeps files for its batches only.
 UPLOAD_PURPOSES = ("batch",)
@@ -37,12 +37,8 @@ _UPLOAD_BODY = {
 def file_routes(store: BatchStore, bodies: FileBodies, max_file_bytes: int) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["files"])
 
-    def owner_of(request: Request) -> str | None:
-        key = api_key_of(request.scope)
-        return None if key is None else key.name
-
     async def found(request: Request, file_id: str) -> StoredFile:
-        record = await store.get_file(file_id, owner_of(request))
+        record = await store.get_file(file_id, key_name_of(request.scope))
         if record is None:
             raise FileNotFound(file_id)
         return record
@@ -67,7 +63,7 @@ def file_routes(store: BatchStore, bodies: FileBodies, max_file_bytes: int) -> A
             file_id = f"file-{uuid.uuid4().hex}"
             upload.file.seek(0)
             await bodies.write(file_id, upload.file)
-            record = StoredFile(file_id, owner_of(request), (upload.filename or "upload.jsonl")[:256], str(purpose), upload.size or 0, int(time.time()))
+            record = StoredFile(file_id, key_name_of(request.scope), (upload.filename or "upload.jsonl")[:256], str(purpose), upload.size or 0, int(time.time()))
             await store.put_file(record)
         finally:
             await form.close()
@@ -82,7 +78,7 @@ def file_routes(store: BatchStore, bodies: FileBodies, max_file_bytes: int) -> A
         after: Annotated[str | None, Query(description="The id of the file the page starts after.")] = None,
     ) -> Response:
         """The files of the calling key."""
-        page = await store.list_files(owner_of(request), purpose, limit + 1, order == "desc", after)
+        page = await store.list_files(key_name_of(request.scope), purpose, limit + 1, order == "desc", after)
         data = [record.to_openai() for record in page[:limit]]
         return json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None, "has_more": len(page) > limit})  # fmt: skip
@@ -105,7 +101,7 @@ def file_routes(store: BatchStore, bodies: FileBodies, max_file_bytes: int) -> A
     async def delete_file(request: Request, file_id: str) -> Response:
         """Delete a file (a batch still running on it fails at its next resume)."""
         record = await found(request, file_id)
-        if not await store.delete_file(record.id, owner_of(request)):
+        if not await store.delete_file(record.id, key_name_of(request.scope)):
             raise FileNotFound(file_id)
         await bodies.delete(record.id)
         return json_response({"id": record.id, "object": "file", "deleted": True})

@@ -32,10 +32,10 @@ from gateway.batches import BatchRunner, BatchStore, FileBodies, StoredBatch, St
 from gateway.batches.creation import submit_batch
 from gateway.batches.input import BatchLine
 from gateway.batches.records import ENDED, LineResult
-from gateway.errors import BatchNotCancellable, BatchNotFound, BatchStillRunning, InvalidRequest
+from gateway.errors import BatchNotFound, BatchStillRunning, InvalidRequest
 from gateway.http.doors.anthropic_messages import MessagesRequest, error_type_of
 from gateway.http.responses import json_response
-from gateway.keys.keyring import api_key_of
+from gateway.keys.keyring import api_key_of, key_name_of
 from providers import OpenAIError
 
 ENDPOINT = "/v1/messages"
@@ -60,12 +60,8 @@ class CreateMessageBatch(BaseModel):
 def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRunner) -> APIRouter:
     api = APIRouter(prefix="/v1/messages/batches", tags=["anthropic"])
 
-    def owner_of(request: Request) -> str | None:
-        key = api_key_of(request.scope)
-        return None if key is None else key.name
-
     async def found(request: Request, batch_id: str) -> StoredBatch:
-        batch = await store.get_batch(batch_id, owner_of(request)) if batch_id.startswith(KIND) else None
+        batch = await store.get_batch(batch_id, key_name_of(request.scope)) if batch_id.startswith(KIND) else None
         if batch is None:
             raise BatchNotFound(batch_id)
         return batch
@@ -82,7 +78,7 @@ def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRun
                            + b"\n" for line in lines)  # fmt: skip
         file_id = f"file-{uuid.uuid4().hex}"
         await bodies.write(file_id, content)
-        await store.put_file(StoredFile(file_id, owner_of(request), "message_batch_requests.jsonl", "batch", len(content), now))
+        await store.put_file(StoredFile(file_id, key_name_of(request.scope), "message_batch_requests.jsonl", "batch", len(content), now))
         batch = await submit_batch(store, runner, key, file_id, ENDPOINT, lines, _unserved, kind=KIND)
         return json_response(await shown(request, batch))
 
@@ -96,7 +92,7 @@ def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRun
         """The Message Batches of the calling key, newest first."""
         if before_id is not None:
             raise InvalidRequest("`before_id` is not supported here; page with `after_id` from the newest.", param="before_id")
-        page = await store.list_batches(owner_of(request), after_id, limit + 1, kind=KIND)
+        page = await store.list_batches(key_name_of(request.scope), after_id, limit + 1, kind=KIND)
         data = [await shown(request, batch) for batch in page[:limit]]
         return json_response({"data": data, "has_more": len(page) > limit, "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None})  # fmt: skip
@@ -110,11 +106,7 @@ def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRun
     async def cancel_message_batch(request: Request, message_batch_id: str) -> Response:
         """Cancel it: requests not yet sent are canceled; it ends once those in flight are answered."""
         batch = await found(request, message_batch_id)
-        if batch.status in ENDED:
-            raise BatchNotCancellable(batch.id, batch.status)
-        if batch.status != "cancelling":
-            batch = await runner.cancel(batch)
-        return json_response(await shown(request, batch))
+        return json_response(await shown(request, await runner.cancel(batch)))
 
     @api.get("/{message_batch_id}/results")
     async def message_batch_results(request: Request, message_batch_id: str) -> Response:
@@ -135,7 +127,7 @@ def message_batch_routes(store: BatchStore, bodies: FileBodies, runner: BatchRun
         batch = await found(request, message_batch_id)
         if batch.status not in ENDED:
             raise BatchStillRunning(batch.id, "it can be deleted")
-        await store.delete_batch(batch.id, owner_of(request))
+        await store.delete_batch(batch.id, key_name_of(request.scope))
         return json_response({"id": batch.id, "type": "message_batch_deleted"})
 
     return api
