@@ -2,8 +2,15 @@
 
 The upstream here is a plain socket server on 127.0.0.1 that answers each
 request and closes the connection at once, as a server closing an idle
-keep-alive connection does: the client's next request takes the pooled
-connection before it has seen the close.
+keep-alive connection does. The client blocks its event loop a moment
+after each answer, so the close has arrived, unread, when the next request
+takes the pooled connection. What happens then is a race in the kernel and
+the event loop: aiohttp finds it cannot write the body (or the write gets
+EPIPE), which the gateway sends again because the upstream never read it;
+or the write lands and the upstream's close answers it (ServerDisconnected,
+ECONNRESET), which it does not, since a server that read the request and
+died looks the same. So the test asserts the first kind never reaches the
+caller, and no request is ever seen twice.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import pytest
 from yarl import URL
 
 from providers.config import HostedProviderConfig
+from providers.errors import UpstreamUnreachable
 from providers.http_upstream import HTTPUpstream
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -44,7 +52,6 @@ def closing_upstream() -> Iterator[tuple[str, list[bytes]]]:
                 while len(body) < length:
                     body += connection.recv(65536)
                 bodies.append(body)
-                time.sleep(0.02)  # the client waits for the answer, so it reads the answer and the close together
                 connection.sendall(ANSWER)  # then closed: HTTP/1.1 said keep-alive, the server changed its mind
 
     threading.Thread(target=serve, daemon=True).start()
@@ -52,13 +59,23 @@ def closing_upstream() -> Iterator[tuple[str, list[bytes]]]:
     listener.close()
 
 
-async def test_a_request_on_a_connection_closed_under_it_is_sent_once_more(closing_upstream: tuple[str, list[bytes]]) -> None:
+async def test_a_request_the_upstream_never_read_is_sent_once_more(
+    closing_upstream: tuple[str, list[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
     url, bodies = closing_upstream
     upstream = HTTPUpstream("closing", HostedProviderConfig(type="custom", base_url=url))
+    answered = 0
     try:
-        for number in range(6):
-            response, answer = await upstream.post(URL(f"{url}/v1/chat/completions"), f"request-{number}".encode())
-            assert response.status == 200 and answer == b"{}"
+        for number in range(20):
+            try:
+                response, answer = await upstream.post(URL(f"{url}/v1/chat/completions"), f"request-{number}".encode())
+                answered += response.status == 200 and answer == b"{}"
+            except UpstreamUnreachable:
+                pass  # the other kind of the race: the upstream may have read it, so it is the router's to retry
+            time.sleep(0.05)  # the event loop blocked: the upstream's close arrives before the next request
     finally:
         await upstream.aclose()
-    assert bodies == [f"request-{number}".encode() for number in range(6)]  # each once: none lost, none twice
+    failures = [record.getMessage() for record in caplog.records if record.name == "providers.http_upstream"]
+    assert not [f for f in failures if "Can not write request body" in f or "Broken pipe" in f], failures
+    assert len(bodies) == len(set(bodies)), "a request was sent twice to an upstream that had read it"
+    assert answered >= 10  # at least the first request on each new connection
